@@ -1,0 +1,224 @@
+"""The metric catalogue: every family gateway-metrics exposes, declared once, as data.
+
+Exposition, the recording helpers, the summaries, the docs and the dashboards read this
+module; tests keep them in step with it. Adding a metric is one entry in ``FAMILIES``.
+
+Names follow the seed documents so existing PromQL keeps working. Counter names carry
+their ``_total`` suffix here exactly as they are exposed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Literal
+
+
+class Category(StrEnum):
+    SYSTEM = "system"
+    PROVIDERS = "providers"
+    MODELS = "models"
+    BUSINESS = "business"
+    PERFORMANCE = "performance"
+
+
+#: The value a capped label records under once its family has seen ``label_cap`` values.
+OVERFLOW_VALUE = "other"
+#: The value of a label whose caller passed nothing usable (None, empty, an object).
+UNKNOWN_VALUE = "unknown"
+
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+#: ``status`` of ``model_inference_requests_total``: success or an error category of the
+#: OpenAI-style error taxonomy, plus the two a gateway sees without an upstream answer.
+INFERENCE_STATUSES = (
+    "success",
+    "invalid_request_error",
+    "authentication_error",
+    "rate_limit_error",
+    "server_error",
+    "not_found_error",
+    "service_unavailable",
+    "timeout",
+    "unknown",
+)
+TOKEN_TYPES = ("input", "output")
+ROUTING_OUTCOMES = ("primary", "failover", "panic")
+CIRCUIT_STATES = ("closed", "open", "half_open")
+#: Exposed value of ``gatewayz_provider_circuit_state``: the index into CIRCUIT_STATES.
+CIRCUIT_STATE_VALUES = {state: float(index) for index, state in enumerate(CIRCUIT_STATES)}
+
+
+@dataclass(frozen=True, slots=True)
+class Label:
+    """One label of a family.
+
+    ``values`` set: an enum; anything else records as ``fallback``.
+    ``values`` None: free text from callers, capped per family (``"other"`` past the cap).
+    """
+
+    name: str
+    values: frozenset[str] | None = None
+    fallback: str = UNKNOWN_VALUE
+
+    @property
+    def capped(self) -> bool:
+        return self.values is None
+
+
+def enum(name: str, values: Iterable[str], fallback: str = UNKNOWN_VALUE) -> Label:
+    return Label(name, frozenset(values), fallback)
+
+
+def free(name: str) -> Label:
+    return Label(name)
+
+
+# Histogram buckets. LLM calls are slow and long-tailed: a completion can take a minute,
+# so the inference buckets reach 300 s, the HTTP ones 60 s (streamed responses).
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+INFERENCE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0)
+# Time to first token: interactive use feels instant under ~0.3 s and broken past ~5 s.
+TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
+DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+Kind = Literal["counter", "gauge", "histogram"]
+
+
+@dataclass(frozen=True, slots=True)
+class Family:
+    name: str
+    kind: Kind
+    help: str
+    labels: tuple[Label, ...]
+    categories: frozenset[Category]
+    buckets: tuple[float, ...] = ()
+    #: Filled at scrape time by a collector (app.collectors), never by a recording helper.
+    computed: bool = False
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return tuple(label.name for label in self.labels)
+
+    @property
+    def sample_names(self) -> tuple[str, ...]:
+        """Names of the series this family exposes in the text format."""
+        if self.kind == "histogram":
+            return (f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count")
+        return (self.name,)
+
+
+_S, _PR, _M, _B, _PE = (
+    Category.SYSTEM,
+    Category.PROVIDERS,
+    Category.MODELS,
+    Category.BUSINESS,
+    Category.PERFORMANCE,
+)
+
+
+def _family(
+    name: str,
+    kind: Kind,
+    help: str,
+    labels: Iterable[Label],
+    categories: Iterable[Category],
+    buckets: tuple[float, ...] = (),
+    computed: bool = False,
+) -> Family:
+    return Family(name, kind, help, tuple(labels), frozenset(categories), buckets, computed)
+
+
+_method = enum("method", HTTP_METHODS, fallback="OTHER")
+_endpoint = free("endpoint")
+_provider = free("provider")
+_model = free("model")
+
+FAMILIES: tuple[Family, ...] = (
+    # system
+    _family("http_requests_total", "counter", "HTTP requests by method, route template and status code.",
+            [_method, _endpoint, free("status_code")], [_S]),
+    _family("http_request_duration_seconds", "histogram",
+            "HTTP request duration in seconds, to the last byte of the response.",
+            [_method, _endpoint], [_S, _PE], HTTP_BUCKETS),
+    _family("http_requests_in_flight", "gauge", "HTTP requests being served now.",
+            [_method, _endpoint], [_S], computed=True),
+    _family("http_exceptions_total", "counter", "Exceptions raised while serving HTTP requests.",
+            [_method, _endpoint, free("exception_type")], [_S]),
+    _family("active_connections", "gauge", "Open connections by kind (db, redis, provider).",
+            [free("type")], [_S]),
+    _family("queue_size", "gauge", "Items waiting in a queue.", [free("queue_name")], [_S]),
+    _family("gatewayz_label_overflow_total", "counter",
+            "Samples recorded under label value \"other\" because the family reached its label cap.",
+            [free("metric"), free("label")], [_S]),
+    _family("gatewayz_recording_rejected_total", "counter",
+            "Values the recording helpers dropped as unusable (None, wrong type, negative).",
+            [free("helper"), free("reason")], [_S]),
+    # providers
+    _family("provider_availability", "gauge",
+            "Share of recent calls and probes that reached the provider (0 while its circuit is open).",
+            [_provider], [_PR], computed=True),
+    _family("provider_error_rate", "gauge", "Share of recent calls that failed (5xx, timeout, connection).",
+            [_provider], [_PR], computed=True),
+    _family("provider_response_time_seconds", "histogram", "Upstream provider response time in seconds.",
+            [_provider], [_PR], INFERENCE_BUCKETS),
+    _family("gatewayz_provider_health_score", "gauge",
+            "Composite provider health: 0.4 availability + 0.3 (1 - error rate) + 0.3 Apdex.",
+            [_provider], [_PR], computed=True),
+    _family("gatewayz_provider_circuit_state", "gauge",
+            "Provider circuit breaker state: 0 closed, 1 open, 2 half-open.",
+            [_provider], [_PR], computed=True),
+    _family("gatewayz_cost_by_provider", "gauge",
+            "Cumulative upstream cost in USD by provider (only grows; use increase()).",
+            [_provider], [_PR, _B]),
+    _family("gatewayz_routing_decisions_total", "counter",
+            "Routing decisions: primary choice, failover to another provider, or panic.",
+            [enum("outcome", ROUTING_OUTCOMES)], [_PR]),
+    _family("gatewayz_provider_circuit_transitions_total", "counter",
+            "Circuit breaker moves by provider and the state entered.",
+            [_provider, enum("to_state", CIRCUIT_STATES)], [_PR]),
+    # models
+    _family("model_inference_requests_total", "counter", "Upstream inference calls by outcome.",
+            [_provider, _model, enum("status", INFERENCE_STATUSES)], [_M]),
+    _family("model_inference_duration_seconds", "histogram", "Upstream inference duration in seconds.",
+            [_provider, _model], [_M, _PE], INFERENCE_BUCKETS),
+    _family("tokens_used_total", "counter", "Tokens consumed, input and output.",
+            [_provider, _model, enum("token_type", TOKEN_TYPES)], [_M]),
+    _family("gatewayz_time_to_first_token_seconds", "histogram",
+            "Time from the upstream request to the first streamed token, in seconds.",
+            [_provider, _model], [_M, _PE], TTFT_BUCKETS),
+    _family("gatewayz_token_efficiency", "gauge", "Output tokens per input token since start.",
+            [_provider, _model], [_M], computed=True),
+    # business
+    _family("credits_used_total", "counter", "Credits consumed.", [_provider, _model], [_B]),
+    _family("api_key_usage_total", "counter", "API key uses by outcome.", [free("status")], [_B]),
+    _family("active_api_keys", "gauge", "API keys by status.", [free("status")], [_B]),
+    _family("user_credit_balance", "gauge", "Sum of user credit balances by plan type.",
+            [free("plan_type")], [_B]),
+    _family("trial_active", "gauge", "Trials by status.", [free("status")], [_B]),
+    _family("active_subscriptions", "gauge", "Active subscriptions by plan and billing cycle.",
+            [free("plan"), free("billing_cycle")], [_B]),
+    # performance
+    _family("database_queries_total", "counter", "Database queries by table and operation.",
+            [free("table"), free("operation")], [_PE]),
+    _family("database_query_duration_seconds", "histogram", "Database query duration in seconds.",
+            [free("table")], [_PE], DB_BUCKETS),
+    _family("cache_hits_total", "counter", "Cache hits.", [free("cache_name")], [_PE]),
+    _family("cache_misses_total", "counter", "Cache misses.", [free("cache_name")], [_PE]),
+    _family("cache_size_bytes", "gauge", "Cache size in bytes.", [free("cache_name")], [_PE]),
+    _family("rate_limited_requests_total", "counter", "Requests refused by a rate limit.",
+            [free("limit_type")], [_PE]),
+    _family("current_rate_limit", "gauge", "Requests left in the current rate-limit window.",
+            [free("limit_type")], [_PE]),
+)
+
+FAMILIES_BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
+
+#: Collectors of the Python process itself (process_*, python_info, python_gc_*).
+RUNTIME_CATEGORY = Category.SYSTEM
+
+
+def families_in(category: Category) -> tuple[Family, ...]:
+    return tuple(family for family in FAMILIES if category in family.categories)
+

@@ -1,0 +1,36 @@
+"""Shared FastAPI dependencies, as ``Annotated`` aliases the routers import."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+
+from app.settings import Settings
+
+
+def get_app_settings(request: Request) -> Settings:
+    """The settings of the app serving this request (``create_app`` stores them)."""
+    return request.app.state.settings  # type: ignore[no-any-return]
+
+
+SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def require_api_key(request: Request, settings: SettingsDep) -> None:
+    """Check the bearer token when ``GATEWAY_METRICS_API_KEY`` is set; 401 otherwise."""
+    if settings.api_key is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    expected = settings.api_key.get_secret_value().encode()
+    # compare_digest keeps the comparison time independent of where the tokens differ.
+    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+        raise HTTPException(
+            status_code=status.HTTP_401_UNAUTHORIZED,
+            detail="missing or invalid bearer token",
+            headers={"WWW-Authenticate": 'Bearer realm="gateway-metrics"'},
+        )
+
+
+ApiKeyDep = Depends(require_api_key)

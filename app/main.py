@@ -1,0 +1,56 @@
+"""The application factory: ``create_app(settings)``; ``app`` is the default instance."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app import __version__
+from app.collectors import register_collectors
+from app.middleware import MetricsMiddleware
+from app.registry import METRICS
+from app.routers import health, metrics
+from app.settings import Settings, get_settings
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service; may run many times in one process (tests, two apps).
+
+    Every app of a process shares the process's metric registry, as every gateway worker
+    records into one registry; each app has its own settings.
+    """
+    settings = settings or get_settings()
+    METRICS.set_label_cap(settings.label_cap)
+    register_collectors()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        tasks: list[asyncio.Task[None]] = []
+        if settings.demo:
+            from app.demo import DemoTraffic
+
+            tasks.append(asyncio.create_task(DemoTraffic(settings).run(), name="demo-traffic"))
+        try:
+            yield
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    app = FastAPI(
+        title="gateway-metrics",
+        version=__version__,
+        summary="Metrics, summaries and provider health for an LLM API gateway.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.include_router(health.router)
+    app.include_router(metrics.router)
+    app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,139 @@
+"""The pure ASGI middleware: HTTP metrics, request ids and the JSON access log.
+
+Per request it records ``http_requests_total``, ``http_request_duration_seconds`` (to the
+last byte of the response, so streams are measured whole) and, on an exception,
+``http_exceptions_total``, all labelled by the matched route template, never the raw
+path; a request no route matched is ``endpoint="unmatched"``. ``http_requests_in_flight``
+costs the request nothing but a dict insert: the gauge is computed at scrape time from
+the requests being served (the route is known by then, the router has matched it).
+
+Add it to any ASGI app::
+
+    app.add_middleware(MetricsMiddleware)            # FastAPI / Starlette
+    app = MetricsMiddleware(app, access_log=False)   # any ASGI app
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from time import perf_counter
+from typing import Any
+
+from starlette.routing import Mount
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app.access_log import access_line, access_logger
+from app.recording import record_http_request
+from app.request_id import HEADER as REQUEST_ID_HEADER
+from app.request_id import request_id_from
+
+UNMATCHED = "unmatched"
+
+#: Requests being served now, by an id of their own: (scope, root path on entry).
+_ACTIVE: dict[int, tuple[Scope, str]] = {}
+
+
+def route_template(scope: Scope, entry_root_path: str = "") -> str:
+    """The template of the route that served ``scope`` (``/v1/keys/{key_id}``)."""
+    route = scope.get("route")
+    if route is None:
+        return UNMATCHED
+    path = getattr(route, "path_format", None) or getattr(route, "path", None)
+    if not isinstance(path, str):
+        return UNMATCHED
+    root_path = scope.get("root_path", "")
+    # Routes inside a Mount match the path below it; the mount's prefix shows in root_path.
+    prefix = root_path[len(entry_root_path) :] if root_path.startswith(entry_root_path) else ""
+    if isinstance(route, Mount):  # a mounted app that is not a router: /static/{path}
+        if prefix.endswith(path):
+            prefix = prefix[: -len(path)]
+        return f"{prefix}{path}/{{path}}"
+    return prefix + path if prefix else path
+
+
+def requests_in_flight() -> Iterator[tuple[str, str]]:
+    """(method, route template) of every request being served now."""
+    for scope, entry_root_path in list(_ACTIVE.values()):
+        yield scope.get("method", ""), route_template(scope, entry_root_path)
+
+
+class MetricsMiddleware:
+    """HTTP metrics, ``X-Request-ID`` and the access log, as a pure ASGI middleware."""
+
+    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+        self.app = app
+        self.logger: logging.Logger | None = access_logger() if access_log else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        started = perf_counter()
+        incoming_id = None
+        for name, value in scope["headers"]:
+            if name == REQUEST_ID_HEADER:
+                incoming_id = value
+                break
+        request_id = request_id_from(incoming_id)
+        scope.setdefault("state", {})["request_id"] = request_id
+        request_id_header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
+        entry_root_path = scope.get("root_path", "")
+        response = [500, 0]  # status, body bytes; a list so send_wrapper can update it
+        finished = 0.0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal finished
+            if message["type"] == "http.response.start":
+                response[0] = message["status"]
+                headers = [h for h in message.get("headers", ()) if h[0].lower() != REQUEST_ID_HEADER]
+                headers.append(request_id_header)
+                message["headers"] = headers
+            elif message["type"] == "http.response.body":
+                response[1] += len(message.get("body", b""))
+                if not message.get("more_body", False):
+                    finished = perf_counter()
+            await send(message)
+
+        key = id(response)
+        _ACTIVE[key] = (scope, entry_root_path)
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            del _ACTIVE[key]
+            duration = (finished or perf_counter()) - started
+            method = scope["method"]
+            route = route_template(scope, entry_root_path)
+            record_http_request(method, route, response[0], duration, error)
+            logger = self.logger
+            if logger is not None and logger.isEnabledFor(logging.INFO):
+                logger.info(_access_line(scope, request_id, method, route, response, duration))
+
+
+def _access_line(
+    scope: Scope, request_id: str, method: str, route: str, response: list[int], duration: float
+) -> str:
+    user_agent = None
+    for name, value in scope["headers"]:
+        if name == b"user-agent":
+            user_agent = value.decode("latin-1")
+            break
+    client = scope.get("client")
+    state: dict[str, Any] = scope.get("state") or {}
+    return access_line(
+        request_id=request_id,
+        method=method,
+        route=route,
+        raw_path=scope.get("path", ""),
+        status=response[0],
+        latency_s=duration,
+        user_id=state.get("user_id"),
+        ip=client[0] if client else None,
+        user_agent=user_agent,
+        body_bytes=response[1],
+    )

@@ -1,0 +1,451 @@
+"""The recording helpers the gateway core calls on every request and upstream call.
+
+They keep the seed's names and keyword arguments, so code written against it runs
+unchanged. None of them raises into the caller on bad input: a label value that is
+None, empty or of the wrong type records as ``"unknown"`` (enums as their fallback), a
+number that is not a finite, non-negative number is dropped and counted in
+``gatewayz_recording_rejected_total{helper, reason}``. Everything that is sane is kept.
+
+Cost: each helper is a dict lookup for the cached label child plus the prometheus_client
+``inc``/``observe`` itself (see ``benchmarks/hot_path.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from time import perf_counter
+from types import TracebackType
+from typing import Any
+
+from app.registry import METRICS
+from app.topn import SpaceSaving, key_fingerprint
+
+_requests = METRICS["model_inference_requests_total"]
+_inference_duration = METRICS["model_inference_duration_seconds"]
+_provider_response = METRICS["provider_response_time_seconds"]
+_ttft = METRICS["gatewayz_time_to_first_token_seconds"]
+_tokens = METRICS["tokens_used_total"]
+_credits = METRICS["credits_used_total"]
+_cost = METRICS["gatewayz_cost_by_provider"]
+_api_key_usage = METRICS["api_key_usage_total"]
+_http_requests = METRICS["http_requests_total"]
+_http_duration = METRICS["http_request_duration_seconds"]
+_http_exceptions = METRICS["http_exceptions_total"]
+_db_queries = METRICS["database_queries_total"]
+_db_duration = METRICS["database_query_duration_seconds"]
+_cache_hits = METRICS["cache_hits_total"]
+_cache_misses = METRICS["cache_misses_total"]
+_rate_limited = METRICS["rate_limited_requests_total"]
+_routing = METRICS["gatewayz_routing_decisions_total"]
+_rejected = METRICS["gatewayz_recording_rejected_total"]
+
+#: Heavy hitters for the summary's bounded top-N lists (never Prometheus labels).
+TOP_USERS_BY_CREDITS = SpaceSaving(capacity=500)
+TOP_KEYS_BY_CREDITS = SpaceSaving(capacity=500)
+TOP_KEYS_BY_REQUESTS = SpaceSaving(capacity=500)
+
+
+def reject(helper: str, reason: str) -> None:
+    """Count a value a helper dropped."""
+    _rejected.child(helper, reason).inc()
+
+
+def _amount(value: Any, helper: str, signed: bool = False) -> float | None:
+    """``value`` as a finite (non-negative unless ``signed``) float, or None, counted."""
+    if type(value) is float or type(value) is int:  # the common case, checked cheaply
+        if (value >= 0 or signed) and -math.inf < value < math.inf:
+            return value
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = float(value)
+        if (number >= 0 or signed) and math.isfinite(number):
+            return number
+    reason = "not_a_number" if not isinstance(value, (int, float)) or isinstance(value, bool) else (
+        "negative" if value < 0 else "not_finite"
+    )
+    reject(helper, reason)
+    return None
+
+
+# --- upstream calls ---------------------------------------------------------------------
+
+_STATUS_BY_CODE = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "authentication_error",
+    404: "not_found_error",
+    408: "timeout",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+    503: "service_unavailable",
+    504: "timeout",
+}
+
+
+def inference_status(status_code: int | None = None, error: BaseException | str | None = None) -> str:
+    """The ``status`` label of an upstream call: success or its error category."""
+    if status_code is None and error is not None:
+        status_code = _status_code_of(error)
+    if isinstance(status_code, int) and not isinstance(status_code, bool):
+        if status_code < 400:
+            return "success" if error is None else _status_of_error(error)
+        category = _STATUS_BY_CODE.get(status_code)
+        if category is not None:
+            return category
+        return "server_error" if status_code >= 500 else "invalid_request_error"
+    if error is None:
+        return "success"
+    return _status_of_error(error)
+
+
+def _status_code_of(error: BaseException | str) -> int | None:
+    """The HTTP status an exception carries (httpx, openai and requests style), if any."""
+    code = getattr(error, "status_code", None)
+    if code is None:
+        response = getattr(error, "response", None)
+        code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) and not isinstance(code, bool) else None
+
+
+def _status_of_error(error: BaseException | str) -> str:
+    name = error if isinstance(error, str) else type(error).__name__
+    lowered = name.lower()
+    if "timeout" in lowered or "timedout" in lowered:
+        return "timeout"
+    if "connect" in lowered or "network" in lowered or "unavailable" in lowered:
+        return "service_unavailable"
+    if lowered in _STATUS_NAMES:
+        return lowered
+    return "unknown"
+
+
+_STATUS_NAMES = frozenset(
+    ("invalid_request_error", "authentication_error", "rate_limit_error", "server_error",
+     "not_found_error", "service_unavailable")
+)
+
+
+def _tracker_record(provider: str, **outcome: Any) -> None:
+    """Feed the app's provider health tracker; its failures never reach the caller."""
+    try:
+        from app.scoring import get_tracker
+
+        get_tracker().record(provider, **outcome)
+    except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
+        reject("health_tracker", "tracker_error")
+
+
+def record_upstream_call(
+    provider: Any,
+    model: Any,
+    *,
+    duration_s: Any,
+    status_code: int | None = None,
+    error: BaseException | str | None = None,
+    ttft_s: Any = None,
+    headers: Mapping[str, str] | None = None,
+    error_code: str | None = None,
+) -> None:
+    """Record one finished upstream call: counters, latency histograms and health.
+
+    ``status_code`` is the provider's HTTP status (None with no error = success);
+    ``error`` an exception or a kind ("timeout", "connection", "stream_broken");
+    ``ttft_s`` the time to first token of a streamed call; ``headers`` the provider's
+    response headers (rate-limit hints); ``error_code`` its error code
+    (``insufficient_quota``).
+    """
+    status = inference_status(status_code, error)
+    _requests.child(provider, model, status).inc()
+    duration = _amount(duration_s, "track_model_inference")
+    if duration is not None:
+        _inference_duration.child(provider, model).observe(duration)
+        _provider_response.child(provider).observe(duration)
+    ttft = None
+    if ttft_s is not None:
+        ttft = _amount(ttft_s, "record_time_to_first_token")
+        if ttft is not None:
+            _ttft.child(provider, model).observe(ttft)
+    _tracker_record(
+        _provider_response.label_value("provider", provider),
+        duration_s=duration if duration is not None else 0.0,
+        status_code=status_code,
+        error=error,
+        ttft_s=ttft,
+        headers=headers,
+        error_code=error_code,
+    )
+
+
+class InferenceCall:
+    """One upstream call being tracked by :func:`track_model_inference`.
+
+    Mark what the block learned: ``call.first_token()`` when a stream yields its first
+    token, ``call.status_code = resp.status_code`` and ``call.headers = resp.headers``
+    for a provider's answer, ``call.fail(...)`` for a failure that raised nothing.
+    """
+
+    __slots__ = ("provider", "model", "started", "ttft_s", "status_code", "error", "error_code", "headers")
+
+    def __init__(self, provider: Any, model: Any) -> None:
+        self.provider = provider
+        self.model = model
+        self.started = 0.0
+        self.ttft_s: float | None = None
+        self.status_code: int | None = None
+        self.error: BaseException | str | None = None
+        self.error_code: str | None = None
+        self.headers: Mapping[str, str] | None = None
+
+    def first_token(self) -> None:
+        if self.ttft_s is None:
+            self.ttft_s = perf_counter() - self.started
+
+    def fail(
+        self,
+        status_code: int | None = None,
+        *,
+        error: BaseException | str | None = None,
+        error_code: str | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.error = error if error is not None or status_code is not None else "unknown"
+        self.error_code = error_code
+        if headers is not None:
+            self.headers = headers
+
+    def __enter__(self) -> InferenceCall:
+        self.started = perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        duration = perf_counter() - self.started
+        error = self.error
+        if exc is not None and error is None:
+            error = exc
+            if self.ttft_s is not None and self.status_code is None:
+                error = "stream_broken"  # it failed after streaming had started
+        record_upstream_call(
+            self.provider,
+            self.model,
+            duration_s=duration,
+            status_code=self.status_code,
+            error=error,
+            ttft_s=self.ttft_s,
+            headers=self.headers,
+            error_code=self.error_code,
+        )
+
+    async def __aenter__(self) -> InferenceCall:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def track_model_inference(provider: Any, model: Any) -> InferenceCall:
+    """Time an upstream call and record its outcome; an exception in the block is a failure.
+
+    ::
+
+        with track_model_inference("openrouter", "gpt-4o") as call:
+            response = await client.post(...)
+            call.status_code = response.status_code
+    """
+    return InferenceCall(provider, model)
+
+
+def record_time_to_first_token(provider: Any, model: Any, seconds: Any) -> None:
+    value = _amount(seconds, "record_time_to_first_token")
+    if value is not None:
+        _ttft.child(provider, model).observe(value)
+
+
+def record_tokens_used(provider: Any, model: Any, input_tokens: Any, output_tokens: Any) -> None:
+    """Count the tokens of one call; either count may be None (not reported)."""
+    if input_tokens is not None:
+        count = _amount(input_tokens, "record_tokens_used")
+        if count is not None:
+            _tokens.child(provider, model, "input").inc(count)
+    if output_tokens is not None:
+        count = _amount(output_tokens, "record_tokens_used")
+        if count is not None:
+            _tokens.child(provider, model, "output").inc(count)
+
+
+def record_credits_used(
+    provider: Any, model: Any, user_id: Any, credits: Any, *, api_key: str | None = None
+) -> None:
+    """Count credits; ``user_id`` (and ``api_key``, fingerprinted) feed the top-N lists only."""
+    amount = _amount(credits, "record_credits_used")
+    if amount is None:
+        return
+    _credits.child(provider, model).inc(amount)
+    if user_id is not None and user_id != "":
+        TOP_USERS_BY_CREDITS.add(str(user_id), amount)
+    if isinstance(api_key, str) and api_key:
+        TOP_KEYS_BY_CREDITS.add(key_fingerprint(api_key), amount)
+
+
+def record_provider_cost(provider: Any, cost_usd: Any) -> None:
+    amount = _amount(cost_usd, "record_provider_cost")
+    if amount is not None:
+        _cost.child(provider).inc(amount)
+
+
+def record_api_key_usage(api_key: Any, status: Any = "success") -> None:
+    """Count one use of an API key by outcome; the key only feeds the top-N, fingerprinted."""
+    _api_key_usage.child(status).inc()
+    if isinstance(api_key, str) and api_key:
+        TOP_KEYS_BY_REQUESTS.add(key_fingerprint(api_key), 1.0)
+
+
+def record_routing_decision(outcome: Any) -> None:
+    """Count a routing decision: ``primary``, ``failover`` or ``panic``."""
+    _routing.child(outcome).inc()
+
+
+# --- HTTP, database, cache, rate limits ----------------------------------------------------
+
+
+class _Timed(ABC):
+    """Base of the timing context managers: subclasses record in ``finish``."""
+
+    __slots__ = ("started",)
+
+    def __enter__(self) -> Any:
+        self.started = perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.finish(perf_counter() - self.started, exc)
+
+    @abstractmethod
+    def finish(self, duration: float, exc: BaseException | None) -> None: ...
+
+
+class HttpRequest(_Timed):
+    """A request tracked by :func:`track_http_request`; set ``status_code`` when known."""
+
+    __slots__ = ("method", "endpoint", "status_code")
+
+    def __init__(self, method: Any, endpoint: Any) -> None:
+        self.method = method.upper() if isinstance(method, str) else method
+        self.endpoint = endpoint
+        self.status_code: int | None = None
+
+    def finish(self, duration: float, exc: BaseException | None) -> None:
+        record_http_request(self.method, self.endpoint, self.status_code or (500 if exc else 200), duration, exc)
+
+
+def record_http_request(
+    method: Any, endpoint: Any, status_code: Any, duration_s: float, exc: BaseException | None = None
+) -> None:
+    """Record one served HTTP request (the middleware and track_http_request both call it)."""
+    _http_requests.child(method, endpoint, status_code).inc()
+    _http_duration.child(method, endpoint).observe(duration_s)
+    if exc is not None:
+        _http_exceptions.child(method, endpoint, type(exc).__name__).inc()
+
+
+def track_http_request(method: Any, endpoint: Any) -> HttpRequest:
+    """Time a request served outside the middleware; ``endpoint`` must be a route template."""
+    return HttpRequest(method, endpoint)
+
+
+class DatabaseQuery(_Timed):
+    __slots__ = ("table", "operation")
+
+    def __init__(self, table: Any, operation: Any) -> None:
+        self.table = table
+        self.operation = operation
+
+    def finish(self, duration: float, exc: BaseException | None) -> None:
+        record_database_query(self.table, self.operation, duration)
+
+
+def track_database_query(table: Any, operation: Any) -> DatabaseQuery:
+    """Time a database query: ``with track_database_query("users", "select"): ...``."""
+    return DatabaseQuery(table, operation)
+
+
+def record_database_query(table: Any, operation: Any, duration_s: Any) -> None:
+    _db_queries.child(table, operation).inc()
+    duration = _amount(duration_s, "record_database_query")
+    if duration is not None:
+        _db_duration.child(table).observe(duration)
+
+
+def record_cache_hit(cache_name: Any) -> None:
+    _cache_hits.child(cache_name).inc()
+
+
+def record_cache_miss(cache_name: Any) -> None:
+    _cache_misses.child(cache_name).inc()
+
+
+def record_rate_limited(limit_type: Any) -> None:
+    """Count a request refused by one of the gateway's own rate limits."""
+    _rate_limited.child(limit_type).inc()
+
+
+# --- gauges the gateway sets from its own state --------------------------------------------
+
+
+def _set_gauge(
+    family: str, helper: str, labels: tuple[Any, ...], value: Any, signed: bool = False
+) -> None:
+    number = _amount(value, helper, signed)
+    if number is not None:
+        METRICS[family].child(*labels).set(number)
+
+
+def set_active_connections(connection_type: Any, count: Any) -> None:
+    _set_gauge("active_connections", "set_active_connections", (connection_type,), count)
+
+
+def set_queue_size(queue_name: Any, size: Any) -> None:
+    _set_gauge("queue_size", "set_queue_size", (queue_name,), size)
+
+
+def set_cache_size(cache_name: Any, size_bytes: Any) -> None:
+    _set_gauge("cache_size_bytes", "set_cache_size", (cache_name,), size_bytes)
+
+
+def set_rate_limit_remaining(limit_type: Any, remaining: Any) -> None:
+    _set_gauge("current_rate_limit", "set_rate_limit_remaining", (limit_type,), remaining)
+
+
+def set_active_api_keys(status: Any, count: Any) -> None:
+    _set_gauge("active_api_keys", "set_active_api_keys", (status,), count)
+
+
+def set_user_credit_balance(plan_type: Any, balance: Any) -> None:
+    # A balance may be negative (an overdraft), unlike every other gauge here.
+    _set_gauge("user_credit_balance", "set_user_credit_balance", (plan_type,), balance, signed=True)
+
+
+def set_trial_active(status: Any, count: Any) -> None:
+    _set_gauge("trial_active", "set_trial_active", (status,), count)
+
+
+def set_active_subscriptions(plan: Any, billing_cycle: Any, count: Any) -> None:
+    _set_gauge("active_subscriptions", "set_active_subscriptions", (plan, billing_cycle), count)

@@ -1,0 +1,116 @@
+"""The service's configuration: one pydantic-settings class, read from ``GATEWAY_METRICS_*``.
+
+Nothing else in the package reads ``os.environ``. Every field is documented in the README
+with its default; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Settings of one gateway-metrics app; ``create_app(Settings(...))`` overrides them."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_METRICS_", extra="ignore")
+
+    # Serving
+    host: str = Field("127.0.0.1", description="Address the console script binds to.")
+    port: int = Field(8000, ge=1, le=65535, description="Port the console script binds to.")
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="If set, the console script also serves /metrics alone on this port "
+        "(an internal scrape port, so the public port can block it).",
+    )
+
+    # Security
+    api_key: SecretStr | None = Field(
+        None, description="Bearer token required on /metrics and /prometheus/metrics/*."
+    )
+
+    # Recording
+    access_log: bool = Field(True, description="Write one JSON line per request.")
+    label_cap: int = Field(
+        500, ge=1, description="Distinct values a caller-supplied label keeps per family."
+    )
+    top_n: int = Field(10, ge=1, le=1000, description="Length of the summary's top-N lists.")
+
+    # Demo traffic
+    demo: bool = Field(False, description="Feed the registry with simulated gateway traffic.")
+    demo_rate: float = Field(
+        20.0, gt=0, le=10_000, description="Simulated upstream calls per second in demo mode."
+    )
+    demo_cycle_seconds: float = Field(
+        240.0, gt=0, description="Period over which the demo's flaky provider degrades and recovers."
+    )
+
+    # Prometheus-compatible backend for the summaries
+    prometheus_url: str | None = Field(
+        None, description="Base URL of Prometheus, VictoriaMetrics, Thanos or Mimir."
+    )
+    prometheus_bearer_token: SecretStr | None = Field(None, description="Bearer token for the backend.")
+    prometheus_username: str | None = Field(None, description="Basic-auth user for the backend.")
+    prometheus_password: SecretStr | None = Field(None, description="Basic-auth password.")
+    prometheus_verify_tls: bool = Field(True, description="Verify the backend's TLS certificate.")
+    prometheus_ca_bundle: str | None = Field(None, description="CA bundle path for the backend.")
+    query_deadline_seconds: float = Field(
+        2.0, gt=0, le=60, description="Deadline for one summary's backend queries, all together."
+    )
+    query_cache_seconds: float = Field(
+        10.0, ge=0, le=3600, description="How long backend query results are reused."
+    )
+    summary_window_seconds: int = Field(
+        300, ge=10, le=86_400, description="Default window for rates, ratios and percentiles."
+    )
+    snapshot_interval_seconds: float = Field(
+        5.0, gt=0, le=300, description="How often local mode snapshots its own registry."
+    )
+
+    # Provider health
+    health_weights: Annotated[tuple[float, float, float], NoDecode] = Field(
+        (0.4, 0.3, 0.3),
+        description="Weights of availability, 1 - error rate and latency score; sum to 1.",
+    )
+    apdex_threshold_seconds: float = Field(
+        2.0, gt=0, description="Global Apdex threshold T for provider latency."
+    )
+    probe_urls: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=dict,
+        description="Active probes, as provider=url pairs separated by commas.",
+    )
+    probe_interval_seconds: float = Field(15.0, gt=0, description="Interval between probes.")
+
+    @field_validator("health_weights", mode="before")
+    @classmethod
+    def _parse_weights(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(float(part) for part in value.split(","))
+        return value
+
+    @field_validator("probe_urls", mode="before")
+    @classmethod
+    def _parse_probes(cls, value: object) -> object:
+        if isinstance(value, str):
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError("expected provider=url pairs separated by commas")
+            return {name.strip(): url.strip() for name, url in pairs}
+        return value
+
+    @model_validator(mode="after")
+    def _check_weights(self) -> Settings:
+        if abs(sum(self.health_weights) - 1.0) > 1e-6 or min(self.health_weights) < 0:
+            raise ValueError("health_weights must be three non-negative numbers summing to 1")
+        return self
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The settings read from the environment, once per process."""
+    return Settings()
