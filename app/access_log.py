@@ -62,11 +62,12 @@ def access_line(
 def access_logger() -> logging.Logger:
     """The access logger, given a plain stdout handler if the host app configured none."""
     logger = logging.getLogger(ACCESS_LOGGER)
+    if logger.level == logging.NOTSET:  # the host app did not choose: on, as documented
+        logger.setLevel(logging.INFO)
     if not logger.handlers:
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
         # The line is already JSON: propagating would print it again through the root
         # logger's format.
         logger.propagate = False

@@ -76,18 +76,18 @@ def _enum_lookup(label: Label) -> dict[str, str]:
 class LabelValues:
     """The values one label of one family has recorded, capped at ``cap`` distinct ones."""
 
-    __slots__ = ("label", "cap", "_seen", "_known")
+    __slots__ = ("label", "cap", "_seen", "known")
 
     def __init__(self, label: Label, cap: int) -> None:
         self.label = label
         self.cap = cap
         self._seen: set[str] = set()
-        self._known: dict[Any, str] = {}  # raw value -> recorded value, for values within the cap
+        self.known: dict[Any, str] = {}  # raw value -> recorded value, for values within the cap
 
     def clean(self, value: Any) -> tuple[str, bool]:
         """(recorded value, overflowed) for what a caller passed."""
         try:
-            return self._known[value], False
+            return self.known[value], False
         except (KeyError, TypeError):
             pass
         text = clean_label_value(self.label, value)
@@ -95,16 +95,16 @@ class LabelValues:
             if len(self._seen) >= self.cap:
                 return OVERFLOW_VALUE, True
             self._seen.add(text)
-        if len(self._known) < MAX_CACHED_KEYS:
+        if len(self.known) < MAX_CACHED_KEYS:
             try:
-                self._known[value] = text
+                self.known[value] = text
             except TypeError:  # unhashable raw value: cleaned every time
                 pass
         return text, False
 
     def clear(self) -> None:
         self._seen.clear()
-        self._known.clear()
+        self.known.clear()
 
 
 class BoundedMetric:
@@ -149,8 +149,11 @@ class BoundedMetric:
         """What ``value`` records as in this family's ``label_name`` label."""
         for values in self._values:
             if values.label.name == label_name:
-                with self._lock:
-                    return values.clean(value)[0]
+                try:
+                    return values.known[value]  # the hot path: seen before, within the cap
+                except (KeyError, TypeError):
+                    with self._lock:
+                        return values.clean(value)[0]
         raise KeyError(label_name)
 
     def _resolve(self, values: tuple[Any, ...]) -> Any:

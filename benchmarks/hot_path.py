@@ -1,0 +1,204 @@
+"""Cost of gateway-metrics on the gateway's hot path, measured side by side in one run.
+
+Part 1 drives the same FastAPI route in-process (no sockets, one event loop) bare and
+under each instrumentation, interleaving the variants round by round so they share the
+machine's state, and prints the median cost per request and its ratio to the bare route.
+
+Part 2 times each recording helper against the raw prometheus_client calls
+(``labels(...).inc()`` / ``.observe()``) that record the same samples.
+
+    .venv/bin/python benchmarks/hot_path.py            # scripts/setup.sh test,bench first
+
+Targets (ratios to the bare route of the same run): metrics and request ids <= x1.15,
+with the JSON access log on <= x1.35; a helper <= 2x its raw calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import tempfile
+import time
+import timeit
+from collections.abc import Callable
+from typing import Any
+
+from fastapi import FastAPI
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
+from app import metrics
+from app.access_log import ACCESS_LOGGER
+from app.catalogue import INFERENCE_BUCKETS
+from app.middleware import MetricsMiddleware
+from app.scoring import HealthTracker, set_tracker
+
+Scope = dict[str, Any]
+
+BASE_SCOPE: Scope = {
+    "type": "http",
+    "asgi": {"version": "3.0", "spec_version": "2.3"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": "/v1/items/42",
+    "raw_path": b"/v1/items/42",
+    "query_string": b"",
+    "root_path": "",
+    "headers": [(b"host", b"bench"), (b"user-agent", b"bench/1.0"), (b"accept", b"*/*")],
+    "client": ("127.0.0.1", 50000),
+    "server": ("bench", 80),
+}
+
+
+def route_app() -> FastAPI:
+    app = FastAPI()
+
+    @app.get("/v1/items/{item_id}")
+    async def item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    return app
+
+
+def variants(log_path: str) -> dict[str, Any]:
+    from prometheus_fastapi_instrumentator import Instrumentator
+    from starlette_exporter import PrometheusMiddleware
+
+    logger = logging.getLogger(ACCESS_LOGGER)
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+
+    quiet = route_app()
+    quiet.add_middleware(MetricsMiddleware, access_log=False)
+    logged = route_app()
+    logged.add_middleware(MetricsMiddleware, access_log=True)
+    instrumented = route_app()
+    Instrumentator().instrument(instrumented)
+    exported = route_app()
+    exported.add_middleware(PrometheusMiddleware, group_paths=True)
+    return {
+        "bare route": route_app(),
+        "gateway-metrics, access log off": quiet,
+        "gateway-metrics, JSON access log on": logged,
+        "prometheus-fastapi-instrumentator": instrumented,
+        "starlette-exporter": exported,
+    }
+
+
+async def drive(app: Any, requests: int) -> float:
+    """Seconds per request for ``requests`` calls of ``app``."""
+
+    async def receive() -> dict[str, Any]:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        return None
+
+    started = time.perf_counter()
+    for _ in range(requests):
+        scope = dict(BASE_SCOPE)
+        await app(scope, receive, send)
+    return (time.perf_counter() - started) / requests
+
+
+async def measure_apps(apps: dict[str, Any], rounds: int, requests: int) -> dict[str, float]:
+    for app in apps.values():  # build middleware stacks, warm caches
+        await drive(app, 200)
+    samples: dict[str, list[float]] = {name: [] for name in apps}
+    for _ in range(rounds):
+        for name, app in apps.items():
+            samples[name].append(await drive(app, requests))
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def helper_pairs() -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
+    """(name, helper call, raw prometheus_client calls recording the same samples)."""
+    registry = CollectorRegistry()
+    requests = Counter("raw_requests", "", ["provider", "model", "status"], registry=registry)
+    duration = Histogram("raw_duration", "", ["provider", "model"], buckets=INFERENCE_BUCKETS, registry=registry)
+    provider_time = Histogram("raw_provider", "", ["provider"], buckets=INFERENCE_BUCKETS, registry=registry)
+    tokens = Counter("raw_tokens", "", ["provider", "model", "token_type"], registry=registry)
+    credits = Counter("raw_credits", "", ["provider", "model"], registry=registry)
+    key_usage = Counter("raw_key_usage", "", ["status"], registry=registry)
+    hits = Counter("raw_hits", "", ["cache_name"], registry=registry)
+    db = Counter("raw_db", "", ["table", "operation"], registry=registry)
+    db_time = Histogram("raw_db_time", "", ["table"], registry=registry)
+
+    def raw_upstream() -> None:
+        requests.labels("openai", "gpt-4o", "success").inc()
+        duration.labels("openai", "gpt-4o").observe(0.8)
+        provider_time.labels("openai").observe(0.8)
+
+    def raw_tokens() -> None:
+        tokens.labels("openai", "gpt-4o", "input").inc(120)
+        tokens.labels("openai", "gpt-4o", "output").inc(300)
+
+    def track_inference() -> None:
+        with metrics.track_model_inference("openai", "gpt-4o"):
+            pass
+
+    def raw_track_inference() -> None:
+        started = time.perf_counter()
+        elapsed = time.perf_counter() - started
+        requests.labels("openai", "gpt-4o", "success").inc()
+        duration.labels("openai", "gpt-4o").observe(elapsed)
+        provider_time.labels("openai").observe(elapsed)
+
+    def raw_db() -> None:
+        db.labels("users", "select").inc()
+        db_time.labels("users").observe(0.002)
+
+    return [
+        ("track_model_inference (with health tracking)", track_inference, raw_track_inference),
+        ("record_upstream_call (with health tracking)",
+         lambda: metrics.record_upstream_call("openai", "gpt-4o", duration_s=0.8), raw_upstream),
+        ("record_tokens_used", lambda: metrics.record_tokens_used("openai", "gpt-4o", 120, 300), raw_tokens),
+        ("record_credits_used (with top-N user)",
+         lambda: metrics.record_credits_used("openai", "gpt-4o", "user-1", 1.5),
+         lambda: credits.labels("openai", "gpt-4o").inc(1.5)),
+        ("record_api_key_usage (with top-N key)",
+         lambda: metrics.record_api_key_usage("sk-live-abc", "success"),
+         lambda: key_usage.labels("success").inc()),
+        ("record_cache_hit", lambda: metrics.record_cache_hit("responses"), lambda: hits.labels("responses").inc()),
+        ("record_database_query", lambda: metrics.record_database_query("users", "select", 0.002), raw_db),
+    ]
+
+
+def best_of(func: Callable[[], None], number: int, repeat: int) -> float:
+    return min(timeit.repeat(func, number=number, repeat=repeat)) / number
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=15)
+    parser.add_argument("--requests", type=int, default=2000, help="requests per variant per round")
+    args = parser.parse_args()
+    set_tracker(HealthTracker())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        log_path = os.path.join(tmp, "access.log")
+        results = asyncio.run(measure_apps(variants(log_path), args.rounds, args.requests))
+        lines = sum(1 for _ in open(log_path))
+    bare = results["bare route"]
+    print(f"Per-request cost of one FastAPI route, in-process, median of {args.rounds} rounds "
+          f"x {args.requests} requests ({os.cpu_count()} cores)")
+    print(f"{'variant':42} {'us/request':>11} {'x bare':>8}")
+    for name, seconds in results.items():
+        print(f"{name:42} {seconds * 1e6:11.1f} {seconds / bare:8.2f}")
+    print(f"(access log: {lines} JSON lines written to a file)")
+    print()
+    print(f"{'helper':46} {'helper us':>10} {'raw us':>8} {'x raw':>7}")
+    for name, helper, raw in helper_pairs():
+        helper_s = best_of(helper, 20_000, 5)
+        raw_s = best_of(raw, 20_000, 5)
+        print(f"{name:46} {helper_s * 1e6:10.2f} {raw_s * 1e6:8.2f} {helper_s / raw_s:7.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite: Python deps into .venv, and the Debian packages
+# prometheus (with promtool) and victoria-metrics when their binaries are missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
+command -v victoria-metrics >/dev/null || missing+=(victoria-metrics)
+if [ ${#missing[@]} -gt 0 ]; then
+  as_root apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+scripts/setup.sh test
+exec .venv/bin/python -m pytest "$@"

@@ -1,0 +1,224 @@
+"""The ASGI middleware: route templates, streams, exceptions, request ids, access log."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import string
+from collections.abc import AsyncIterator
+
+import pytest
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import access_log
+from app.middleware import MetricsMiddleware
+from app.registry import METRICS
+from tests.conftest import sample
+
+
+class Boom(RuntimeError):
+    pass
+
+
+def gateway_app(access_log: bool = False) -> FastAPI:
+    app = FastAPI()
+    items = FastAPI()
+
+    @app.get("/v1/keys/{key_id}")
+    def get_key(key_id: str) -> dict[str, str]:
+        return {"key_id": key_id}
+
+    @app.get("/boom")
+    def boom() -> None:
+        raise Boom("upstream exploded")
+
+    @app.get("/stream")
+    def stream() -> StreamingResponse:
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(3):
+                await asyncio.sleep(0.05)
+                yield b"data: token\n\n"
+
+        return StreamingResponse(chunks(), media_type="text/event-stream")
+
+    @app.get("/whoami")
+    def whoami(request: Request) -> dict[str, str]:
+        request.state.user_id = "user-42"
+        return {"ok": "yes"}
+
+    @app.get("/in-flight")
+    def in_flight() -> dict[str, float]:
+        text = "".join(
+            line for line in _scrape_lines() if line.startswith("http_requests_in_flight{")
+        )
+        families = text_string_to_metric_families(text + "\n")
+        return {
+            s.labels["endpoint"]: s.value for f in families for s in f.samples if s.labels["method"] == "GET"
+        }
+
+    @app.get("/custom-id")
+    def custom_id() -> StreamingResponse:
+        return StreamingResponse(iter([b"x"]), headers={"X-Request-ID": "from-the-app"})
+
+    @items.get("/items/{item_id}")
+    def get_item(item_id: int) -> dict[str, int]:
+        return {"item_id": item_id}
+
+    app.mount("/v2", items)
+    app.add_middleware(MetricsMiddleware, access_log=access_log)
+    return app
+
+
+def _scrape_lines() -> list[str]:
+    from prometheus_client import generate_latest
+
+    return generate_latest(METRICS.category_registries["system"]).decode().splitlines(keepends=True)
+
+
+@pytest.fixture
+def gateway() -> TestClient:
+    return TestClient(gateway_app(), raise_server_exceptions=False)
+
+
+def requests(method: str, endpoint: str, status: str) -> float:
+    return sample("http_requests_total", {"method": method, "endpoint": endpoint, "status_code": status})
+
+
+def test_requests_are_labelled_by_route_template(gateway: TestClient) -> None:
+    before = requests("GET", "/v1/keys/{key_id}", "200")
+    for key in ("a1", "b2", "c3"):
+        assert gateway.get(f"/v1/keys/{key}").status_code == 200
+    assert requests("GET", "/v1/keys/{key_id}", "200") == before + 3
+    assert sample("http_requests_total", {"method": "GET", "endpoint": "/v1/keys/a1", "status_code": "200"}) == 0
+
+
+def test_mounted_app_routes_carry_the_mount_prefix(gateway: TestClient) -> None:
+    before = requests("GET", "/v2/items/{item_id}", "200")
+    gateway.get("/v2/items/7")
+    assert requests("GET", "/v2/items/{item_id}", "200") == before + 1
+
+
+def test_unmatched_paths_share_one_series(gateway: TestClient) -> None:
+    before = requests("GET", "unmatched", "404")
+    rng = random.Random(1)
+    paths = ["/" + "".join(rng.choices(string.ascii_lowercase, k=12)) for _ in range(300)]
+    for path in paths:
+        gateway.get(path)
+    assert requests("GET", "unmatched", "404") == before + 300
+    text = "".join(_scrape_lines())
+    assert not any(path in text for path in paths)
+
+
+def test_unknown_method_records_as_other(gateway: TestClient) -> None:
+    before = requests("OTHER", "/v1/keys/{key_id}", "405")
+    gateway.request("BREW", "/v1/keys/k")
+    assert requests("OTHER", "/v1/keys/{key_id}", "405") == before + 1
+
+
+def test_exception_counts_as_500_and_exception(gateway: TestClient) -> None:
+    labels = {"method": "GET", "endpoint": "/boom", "exception_type": "Boom"}
+    before = sample("http_exceptions_total", labels)
+    assert gateway.get("/boom").status_code == 500
+    assert sample("http_exceptions_total", labels) == before + 1
+    assert requests("GET", "/boom", "500") >= 1
+
+
+def test_stream_is_measured_to_its_last_byte(gateway: TestClient) -> None:
+    labels = {"method": "GET", "endpoint": "/stream"}
+    before_sum = sample("http_request_duration_seconds_sum", labels)
+    response = gateway.get("/stream")
+    assert response.content.count(b"token") == 3
+    assert sample("http_request_duration_seconds_sum", labels) - before_sum >= 0.15
+
+
+def test_in_flight_counts_the_request_being_served(gateway: TestClient) -> None:
+    assert gateway.get("/in-flight").json() == {"/in-flight": 1.0}
+    assert not any(line.startswith("http_requests_in_flight{") for line in _scrape_lines())
+
+
+# --- request ids -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("incoming", ["abc-123", "trace.id_0", "x" * 128])
+def test_safe_request_id_is_echoed(gateway: TestClient, incoming: str) -> None:
+    assert gateway.get("/v1/keys/k", headers={"X-Request-ID": incoming}).headers["x-request-id"] == incoming
+
+
+@pytest.mark.parametrize("incoming", ["has space", "quote\"inject", "x" * 129, "", "semi;colon", "é"])
+def test_unsafe_request_id_is_replaced(gateway: TestClient, incoming: str) -> None:
+    response = gateway.get("/v1/keys/k", headers={"X-Request-ID": incoming.encode("utf-8")})
+    returned = response.headers["x-request-id"]
+    assert returned != incoming
+    assert returned.isalnum() and 16 <= len(returned) <= 64
+
+
+def test_request_ids_are_unique(gateway: TestClient) -> None:
+    ids = {gateway.get("/v1/keys/k").headers["x-request-id"] for _ in range(50)}
+    assert len(ids) == 50
+
+
+def test_one_request_id_header_even_if_the_app_sets_one(gateway: TestClient) -> None:
+    response = gateway.get("/custom-id", headers={"X-Request-ID": "mine"})
+    assert response.headers.get_list("x-request-id") == ["mine"]
+
+
+# --- access log --------------------------------------------------------------------------
+
+def test_access_log_line_has_the_fields(access_lines: list[str]) -> None:
+    client = TestClient(gateway_app(access_log=True))
+    client.get("/v1/keys/secret-id?x=1", headers={"User-Agent": "pytest-agent", "X-Request-ID": "req-1"})
+    client.get("/whoami")
+    first, second = (json.loads(line) for line in access_lines[-2:])
+    assert set(first) == {"ts", "request_id", "method", "route", "raw_path", "status", "latency_ms",
+                          "user_id", "ip", "user_agent", "bytes"}
+    assert first["request_id"] == "req-1"
+    assert first["method"] == "GET"
+    assert first["route"] == "/v1/keys/{key_id}"
+    assert first["raw_path"] == "/v1/keys/secret-id"
+    assert first["status"] == 200
+    assert first["user_agent"] == "pytest-agent"
+    assert first["bytes"] == len(b'{"key_id":"secret-id"}')
+    assert first["latency_ms"] > 0
+    assert first["user_id"] is None
+    assert second["user_id"] == "user-42"
+
+
+def test_access_line_escapes_hostile_values() -> None:
+    line = access_log.access_line(
+        request_id="r", method="GET", route="unmatched", raw_path='/a"b\\c\n', status=404,
+        latency_s=0.001, user_id='u"1', ip=None, user_agent="agent\u2028\x00", body_bytes=0,
+    )
+    parsed = json.loads(line)
+    assert parsed["raw_path"] == '/a"b\\c\n'
+    assert parsed["user_agent"] == "agent\u2028\x00"
+    assert "\n" not in line
+
+
+def test_access_log_off_builds_no_line(access_lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def must_not_run(**_: object) -> str:
+        raise AssertionError("line built while the access log is off")
+
+    monkeypatch.setattr(access_log, "access_line", must_not_run)
+    monkeypatch.setattr("app.middleware.access_line", must_not_run)
+    TestClient(gateway_app(access_log=False)).get("/v1/keys/k")
+    assert access_lines == []
+
+
+def test_access_logger_below_info_builds_no_line(access_lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def must_not_run(**_: object) -> str:
+        raise AssertionError("line built while the logger is disabled")
+
+    monkeypatch.setattr("app.middleware.access_line", must_not_run)
+    logger = logging.getLogger(access_log.ACCESS_LOGGER)
+    client = TestClient(gateway_app(access_log=True))
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        client.get("/v1/keys/k")
+    finally:
+        logger.setLevel(level)
+    assert access_lines == []

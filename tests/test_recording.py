@@ -1,0 +1,211 @@
+"""The recording helpers: what they record, bad input, label caps, top-N lists."""
+
+from __future__ import annotations
+
+import random
+import string
+
+import pytest
+
+from app import metrics
+from app.catalogue import FAMILIES_BY_NAME, Label
+from app.recording import TOP_KEYS_BY_CREDITS, TOP_USERS_BY_CREDITS, inference_status
+from app.registry import BoundedMetric, clean_label_value
+from app.topn import SpaceSaving, key_fingerprint
+from tests.conftest import sample
+
+
+def calls(provider: str, model: str, status: str) -> float:
+    return sample("model_inference_requests_total", {"provider": provider, "model": model, "status": status})
+
+
+def rejected(helper: str, reason: str) -> float:
+    return sample("gatewayz_recording_rejected_total", {"helper": helper, "reason": reason})
+
+
+def test_track_model_inference_records_success_and_duration() -> None:
+    before = calls("rec-openai", "gpt-4o", "success")
+    with metrics.track_model_inference("rec-openai", "gpt-4o") as call:
+        call.first_token()
+    assert calls("rec-openai", "gpt-4o", "success") == before + 1
+    assert sample("model_inference_duration_seconds_count", {"provider": "rec-openai", "model": "gpt-4o"}) >= 1
+    assert sample("provider_response_time_seconds_count", {"provider": "rec-openai"}) >= 1
+    assert sample("gatewayz_time_to_first_token_seconds_count", {"provider": "rec-openai", "model": "gpt-4o"}) >= 1
+
+
+def test_exception_in_the_block_is_a_failure_and_propagates() -> None:
+    before = calls("rec-fail", "m", "timeout")
+    with pytest.raises(TimeoutError):
+        with metrics.track_model_inference("rec-fail", "m"):
+            raise TimeoutError("read timed out")
+    assert calls("rec-fail", "m", "timeout") == before + 1
+
+
+def test_status_code_marks_the_call() -> None:
+    before = calls("rec-code", "m", "rate_limit_error")
+    with metrics.track_model_inference("rec-code", "m") as call:
+        call.status_code = 429
+    assert calls("rec-code", "m", "rate_limit_error") == before + 1
+
+
+@pytest.mark.parametrize(
+    ("status_code", "error", "expected"),
+    [
+        (None, None, "success"),
+        (200, None, "success"),
+        (400, None, "invalid_request_error"),
+        (401, None, "authentication_error"),
+        (403, None, "authentication_error"),
+        (404, None, "not_found_error"),
+        (429, None, "rate_limit_error"),
+        (500, None, "server_error"),
+        (502, None, "server_error"),
+        (503, None, "service_unavailable"),
+        (504, None, "timeout"),
+        (418, None, "invalid_request_error"),
+        (None, "timeout", "timeout"),
+        (None, TimeoutError(), "timeout"),
+        (None, ConnectionRefusedError(), "service_unavailable"),
+        (None, ValueError(), "unknown"),
+        (None, "server_error", "server_error"),
+    ],
+)
+def test_inference_status(status_code: int | None, error: object, expected: str) -> None:
+    assert inference_status(status_code, error) == expected  # type: ignore[arg-type]
+
+
+def test_exception_carrying_a_status_code_is_classified_by_it() -> None:
+    class APIStatusError(Exception):
+        status_code = 529
+
+    assert inference_status(None, APIStatusError()) == "server_error"
+
+
+@pytest.mark.parametrize(
+    ("input_tokens", "output_tokens", "input_kept", "output_kept", "reason"),
+    [
+        (-5, 10, 0, 10, "negative"),
+        (None, 7, 0, 7, None),
+        ("12", 3, 0, 3, "not_a_number"),
+        (float("nan"), 4, 0, 4, "not_finite"),
+        (True, 2, 0, 2, "not_a_number"),
+        (5.0, float("inf"), 5, 0, "not_finite"),
+    ],
+)
+def test_bad_token_counts_are_dropped_and_counted(
+    input_tokens: object, output_tokens: object, input_kept: float, output_kept: float, reason: str | None
+) -> None:
+    model = f"m-{random.random()}"
+    before = rejected("record_tokens_used", reason) if reason else 0
+    metrics.record_tokens_used("rec-tokens", model, input_tokens, output_tokens)
+    labels = {"provider": "rec-tokens", "model": model}
+    assert sample("tokens_used_total", {**labels, "token_type": "input"}) == input_kept
+    assert sample("tokens_used_total", {**labels, "token_type": "output"}) == output_kept
+    if reason:
+        assert rejected("record_tokens_used", reason) == before + 1
+
+
+@pytest.mark.parametrize("bad", [None, "", "   ", 3.5, object(), ["list"], {"a": 1}, b"bytes"])
+def test_bad_label_values_never_raise(bad: object) -> None:
+    metrics.record_tokens_used(bad, bad, 1, 1)
+    metrics.record_credits_used(bad, bad, bad, 1.0)
+    metrics.record_cache_hit(bad)
+    metrics.record_cache_miss(bad)
+    metrics.record_rate_limited(bad)
+    metrics.record_api_key_usage(bad, bad)
+    metrics.record_database_query(bad, bad, bad)
+    metrics.record_time_to_first_token(bad, bad, bad)
+    metrics.record_provider_cost(bad, bad)
+    metrics.record_routing_decision(bad)
+    metrics.set_queue_size(bad, bad)
+    metrics.set_active_subscriptions(bad, bad, 1)
+    with metrics.track_model_inference(bad, bad):
+        pass
+    with metrics.track_database_query(bad, bad):
+        pass
+    with metrics.track_http_request(bad, bad):
+        pass
+
+
+def test_none_labels_record_as_unknown() -> None:
+    before = sample("cache_hits_total", {"cache_name": "unknown"})
+    metrics.record_cache_hit(None)
+    assert sample("cache_hits_total", {"cache_name": "unknown"}) == before + 1
+
+
+def test_enum_labels_fall_back() -> None:
+    routing = FAMILIES_BY_NAME["gatewayz_routing_decisions_total"].labels[0]
+    assert clean_label_value(routing, "FAILOVER") == "failover"
+    assert clean_label_value(routing, "sideways") == "unknown"
+    method = FAMILIES_BY_NAME["http_requests_total"].labels[0]
+    assert clean_label_value(method, "get") == "GET"
+    assert clean_label_value(method, "PROPFIND") == "OTHER"
+
+
+def test_thousands_of_random_model_names_stay_under_the_cap() -> None:
+    family = FAMILIES_BY_NAME["model_inference_requests_total"]
+    overflow = BoundedMetric(FAMILIES_BY_NAME["gatewayz_label_overflow_total"], 100, None)
+    requests = BoundedMetric(family, label_cap=50, overflow=overflow)
+    rng = random.Random(7)
+    for _ in range(5000):
+        name = "".join(rng.choices(string.ascii_letters, k=16))
+        requests.child("openai", name, "success").inc()
+    models = {s.labels["model"] for m in requests.metric.collect() for s in m.samples}
+    assert len(models) == 51  # 50 distinct values, then "other"
+    assert "other" in models
+    total = sum(s.value for m in requests.metric.collect() for s in m.samples)
+    assert total == 5000  # nothing lost: the overflow records under "other"
+    overflowed = sum(s.value for m in overflow.metric.collect() for s in m.samples)
+    assert overflowed == 5000 - 50
+
+
+def test_process_cap_applies_to_the_shared_registry() -> None:
+    metric = metrics.METRICS["cache_misses_total"]
+    cap = metric.label_cap
+    metric.label_cap = 3
+    try:
+        before = sample("gatewayz_label_overflow_total", {"metric": "cache_misses_total", "label": "cache_name"})
+        for n in range(10):
+            metrics.record_cache_miss(f"cap-test-{n}-{random.random()}")
+        after = sample("gatewayz_label_overflow_total", {"metric": "cache_misses_total", "label": "cache_name"})
+        assert after > before
+    finally:
+        metric.label_cap = cap
+
+
+def test_credits_feed_bounded_top_lists_with_fingerprinted_keys() -> None:
+    metrics.record_credits_used("p", "m", "top-user", 1e6, api_key="sk-live-very-secret")
+    users = [hit.key for hit in TOP_USERS_BY_CREDITS.top(3)]
+    keys = [hit.key for hit in TOP_KEYS_BY_CREDITS.top(3)]
+    assert users[0] == "top-user"
+    assert keys[0] == key_fingerprint("sk-live-very-secret")
+    assert "secret" not in keys[0]
+
+
+def test_space_saving_keeps_heavy_hitters_in_fixed_memory() -> None:
+    table = SpaceSaving(capacity=20)
+    rng = random.Random(3)
+    for n in range(20_000):
+        table.add(f"tail-{n}", 1.0)
+        if rng.random() < 0.1:
+            table.add(rng.choice(["whale-a", "whale-b", "whale-c"]), 10.0)
+    top = table.top(3)
+    assert {hit.key for hit in top} == {"whale-a", "whale-b", "whale-c"}
+    assert len(table._values) < 40  # noqa: SLF001 - the memory bound is the point
+    for hit in top:
+        assert hit.value - hit.error <= 20_000 * 0.1 * 10 / 3 * 1.2
+
+
+def test_label_value_is_what_a_family_records() -> None:
+    label = Label("model")
+    assert clean_label_value(label, "  gpt-4o  ") == "gpt-4o"
+    assert clean_label_value(label, "x" * 500) == "x" * 200
+    assert clean_label_value(label, 42) == "42"
+
+
+def test_balance_may_be_negative_other_gauges_not() -> None:
+    metrics.set_user_credit_balance("overdraft-plan", -12.5)
+    assert sample("user_credit_balance", {"plan_type": "overdraft-plan"}) == -12.5
+    before = rejected("set_queue_size", "negative")
+    metrics.set_queue_size("q", -1)
+    assert rejected("set_queue_size", "negative") == before + 1
