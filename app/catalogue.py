@@ -94,7 +94,8 @@ class Family:
     labels: tuple[Label, ...]
     categories: frozenset[Category]
     buckets: tuple[float, ...] = ()
-    #: Filled at scrape time by a collector (app.collectors), never by a recording helper.
+    #: Exposed by a collector of its own (app.collectors, app.http_stats) rather than a
+    #: prometheus_client metric object.
     computed: bool = False
 
     @property
@@ -137,11 +138,12 @@ _model = free("model")
 
 FAMILIES: tuple[Family, ...] = (
     # system
+    # The two per-request HTTP families are aggregated lock-free by app.http_stats.
     _family("http_requests_total", "counter", "HTTP requests by method, route template and status code.",
-            [_method, _endpoint, free("status_code")], [_S]),
+            [_method, _endpoint, free("status_code")], [_S], computed=True),
     _family("http_request_duration_seconds", "histogram",
             "HTTP request duration in seconds, to the last byte of the response.",
-            [_method, _endpoint], [_S, _PE], HTTP_BUCKETS),
+            [_method, _endpoint], [_S, _PE], HTTP_BUCKETS, computed=True),
     _family("http_requests_in_flight", "gauge", "HTTP requests being served now.",
             [_method, _endpoint], [_S], computed=True),
     _family("http_exceptions_total", "counter", "Exceptions raised while serving HTTP requests.",

@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from app.catalogue import CIRCUIT_STATE_VALUES, FAMILIES_BY_NAME, Family
+from app.http_stats import HTTP_STATS, DurationCollector, RequestsCollector
 from app.middleware import requests_in_flight
 from app.registry import METRICS, clean_label_value
 
@@ -42,9 +43,8 @@ class InFlightCollector(_ComputedCollector):
     def collect(self) -> Iterator[Metric]:
         family, gauge = _gauge("http_requests_in_flight")
         method_label = family.labels[0]
-        endpoints = METRICS["http_requests_total"]
         tally = Tally(
-            (clean_label_value(method_label, method), endpoints.label_value("endpoint", route))
+            (clean_label_value(method_label, method), HTTP_STATS.endpoint_label(route))
             for method, route in requests_in_flight()
         )
         for (method, route), count in sorted(tally.items()):
@@ -100,6 +100,10 @@ def register_collectors() -> None:
     if _registered:
         return
     _registered = True
+    METRICS.register(RequestsCollector(HTTP_STATS), FAMILIES_BY_NAME["http_requests_total"].categories)
+    METRICS.register(
+        DurationCollector(HTTP_STATS), FAMILIES_BY_NAME["http_request_duration_seconds"].categories
+    )
     METRICS.register(InFlightCollector(), FAMILIES_BY_NAME["http_requests_in_flight"].categories)
     METRICS.register(
         TokenEfficiencyCollector(), FAMILIES_BY_NAME["gatewayz_token_efficiency"].categories

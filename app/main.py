@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from app import __version__
 from app.collectors import register_collectors
+from app.http_stats import HTTP_STATS
 from app.middleware import MetricsMiddleware
 from app.registry import METRICS
 from app.routers import health, metrics
@@ -24,6 +25,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """
     settings = settings or get_settings()
     METRICS.set_label_cap(settings.label_cap)
+    HTTP_STATS.set_label_cap(settings.label_cap)
     register_collectors()
 
     @asynccontextmanager

@@ -15,18 +15,18 @@ Add it to any ASGI app::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
-from time import perf_counter
+from time import perf_counter, time
 from typing import Any
 
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.access_log import access_line, access_logger
-from app.recording import record_http_request
+from app.access_log import AccessFields, AccessLog
+from app.http_stats import HTTP_STATS
+from app.recording import record_http_exception
 from app.request_id import HEADER as REQUEST_ID_HEADER
-from app.request_id import request_id_from
+from app.request_id import new_request_id, safe_request_id
 
 UNMATCHED = "unmatched"
 
@@ -40,16 +40,18 @@ def route_template(scope: Scope, entry_root_path: str = "") -> str:
     if route is None:
         return UNMATCHED
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
-    if not isinstance(path, str):
+    if type(path) is not str:
         return UNMATCHED
     root_path = scope.get("root_path", "")
+    if root_path == entry_root_path and type(route) is not Mount:
+        return path  # the common case: a route of the app the middleware wraps
     # Routes inside a Mount match the path below it; the mount's prefix shows in root_path.
     prefix = root_path[len(entry_root_path) :] if root_path.startswith(entry_root_path) else ""
     if isinstance(route, Mount):  # a mounted app that is not a router: /static/{path}
         if prefix.endswith(path):
             prefix = prefix[: -len(path)]
         return f"{prefix}{path}/{{path}}"
-    return prefix + path if prefix else path
+    return prefix + path
 
 
 def requests_in_flight() -> Iterator[tuple[str, str]]:
@@ -63,7 +65,7 @@ class MetricsMiddleware:
 
     def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
         self.app = app
-        self.logger: logging.Logger | None = access_logger() if access_log else None
+        self.access_log: AccessLog | None = AccessLog() if access_log else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,29 +73,32 @@ class MetricsMiddleware:
             return
 
         started = perf_counter()
-        incoming_id = None
+        request_id = None
         for name, value in scope["headers"]:
             if name == REQUEST_ID_HEADER:
-                incoming_id = value
+                request_id = safe_request_id(value)
                 break
-        request_id = request_id_from(incoming_id)
-        scope.setdefault("state", {})["request_id"] = request_id
-        request_id_header = (REQUEST_ID_HEADER, request_id.encode("latin-1"))
+        if request_id is None:
+            request_id = new_request_id()
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["request_id"] = request_id  # request.state.request_id, for the app's own logs
         entry_root_path = scope.get("root_path", "")
-        response = [500, 0]  # status, body bytes; a list so send_wrapper can update it
-        finished = 0.0
+        # status, body bytes, end of the last body chunk: filled in by send_wrapper
+        response: list[Any] = [500, 0, 0.0]
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal finished
             if message["type"] == "http.response.start":
                 response[0] = message["status"]
-                headers = [h for h in message.get("headers", ()) if h[0].lower() != REQUEST_ID_HEADER]
-                headers.append(request_id_header)
+                # ASGI response header names are lowercase; ours replaces the app's own.
+                headers = [h for h in message.get("headers") or () if h[0] != REQUEST_ID_HEADER]
+                headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
                 message["headers"] = headers
             elif message["type"] == "http.response.body":
                 response[1] += len(message.get("body", b""))
                 if not message.get("more_body", False):
-                    finished = perf_counter()
+                    response[2] = perf_counter()
             await send(message)
 
         key = id(response)
@@ -106,34 +111,37 @@ class MetricsMiddleware:
             raise
         finally:
             del _ACTIVE[key]
-            duration = (finished or perf_counter()) - started
+            duration = (response[2] or perf_counter()) - started
             method = scope["method"]
             route = route_template(scope, entry_root_path)
-            record_http_request(method, route, response[0], duration, error)
-            logger = self.logger
-            if logger is not None and logger.isEnabledFor(logging.INFO):
-                logger.info(_access_line(scope, request_id, method, route, response, duration))
+            HTTP_STATS.observe(method, route, response[0], duration)
+            if error is not None:
+                record_http_exception(method, route, error)
+            access_log = self.access_log
+            if access_log is not None and access_log.enabled():
+                access_log.add(_access_fields(scope, request_id, method, route, response, duration))
 
 
-def _access_line(
-    scope: Scope, request_id: str, method: str, route: str, response: list[int], duration: float
-) -> str:
+def _access_fields(
+    scope: Scope, request_id: str, method: str, route: str, response: list[Any], duration: float
+) -> AccessFields:
     user_agent = None
     for name, value in scope["headers"]:
         if name == b"user-agent":
             user_agent = value.decode("latin-1")
             break
     client = scope.get("client")
-    state: dict[str, Any] = scope.get("state") or {}
-    return access_line(
-        request_id=request_id,
-        method=method,
-        route=route,
-        raw_path=scope.get("path", ""),
-        status=response[0],
-        latency_s=duration,
-        user_id=state.get("user_id"),
-        ip=client[0] if client else None,
-        user_agent=user_agent,
-        body_bytes=response[1],
+    state = scope.get("state") or {}
+    return (
+        time(),
+        request_id,
+        method,
+        route,
+        scope.get("path", ""),
+        response[0],
+        duration,
+        state.get("user_id"),
+        client[0] if client else None,
+        user_agent,
+        response[1],
     )

@@ -19,6 +19,7 @@ from time import perf_counter
 from types import TracebackType
 from typing import Any
 
+from app.http_stats import HTTP_STATS
 from app.registry import METRICS
 from app.topn import SpaceSaving, key_fingerprint
 
@@ -30,8 +31,6 @@ _tokens = METRICS["tokens_used_total"]
 _credits = METRICS["credits_used_total"]
 _cost = METRICS["gatewayz_cost_by_provider"]
 _api_key_usage = METRICS["api_key_usage_total"]
-_http_requests = METRICS["http_requests_total"]
-_http_duration = METRICS["http_request_duration_seconds"]
 _http_exceptions = METRICS["http_exceptions_total"]
 _db_queries = METRICS["database_queries_total"]
 _db_duration = METRICS["database_query_duration_seconds"]
@@ -359,11 +358,16 @@ class HttpRequest(_Timed):
 def record_http_request(
     method: Any, endpoint: Any, status_code: Any, duration_s: float, exc: BaseException | None = None
 ) -> None:
-    """Record one served HTTP request (the middleware and track_http_request both call it)."""
-    _http_requests.child(method, endpoint, status_code).inc()
-    _http_duration.child(method, endpoint).observe(duration_s)
+    """Record one served HTTP request; ``endpoint`` must be a route template."""
+    duration = _amount(duration_s, "record_http_request")
+    if duration is not None:
+        HTTP_STATS.observe(method, endpoint, status_code, duration)
     if exc is not None:
-        _http_exceptions.child(method, endpoint, type(exc).__name__).inc()
+        record_http_exception(method, endpoint, exc)
+
+
+def record_http_exception(method: Any, endpoint: Any, exc: BaseException) -> None:
+    _http_exceptions.child(method, endpoint, type(exc).__name__).inc()
 
 
 def track_http_request(method: Any, endpoint: Any) -> HttpRequest:

@@ -76,35 +76,38 @@ def _enum_lookup(label: Label) -> dict[str, str]:
 class LabelValues:
     """The values one label of one family has recorded, capped at ``cap`` distinct ones."""
 
-    __slots__ = ("label", "cap", "_seen", "known")
+    __slots__ = ("label", "cap", "_seen", "_known", "_lock")
 
     def __init__(self, label: Label, cap: int) -> None:
         self.label = label
         self.cap = cap
         self._seen: set[str] = set()
-        self.known: dict[Any, str] = {}  # raw value -> recorded value, for values within the cap
+        self._known: dict[Any, str] = {}  # raw value -> recorded value, for values within the cap
+        self._lock = threading.Lock()
 
     def clean(self, value: Any) -> tuple[str, bool]:
         """(recorded value, overflowed) for what a caller passed."""
         try:
-            return self.known[value], False
+            return self._known[value], False
         except (KeyError, TypeError):
             pass
         text = clean_label_value(self.label, value)
-        if self.label.capped and text not in self._seen:
-            if len(self._seen) >= self.cap:
-                return OVERFLOW_VALUE, True
-            self._seen.add(text)
-        if len(self.known) < MAX_CACHED_KEYS:
-            try:
-                self.known[value] = text
-            except TypeError:  # unhashable raw value: cleaned every time
-                pass
+        with self._lock:
+            if self.label.capped and text not in self._seen:
+                if len(self._seen) >= self.cap:
+                    return OVERFLOW_VALUE, True
+                self._seen.add(text)
+            if len(self._known) < MAX_CACHED_KEYS:
+                try:
+                    self._known[value] = text
+                except TypeError:  # unhashable raw value: cleaned every time
+                    pass
         return text, False
 
     def clear(self) -> None:
-        self._seen.clear()
-        self.known.clear()
+        with self._lock:
+            self._seen.clear()
+            self._known.clear()
 
 
 class BoundedMetric:
@@ -116,7 +119,7 @@ class BoundedMetric:
         requests.child("openai", "gpt-4o", "success").inc()
     """
 
-    __slots__ = ("family", "metric", "_values", "_children", "_lock", "_overflow")
+    __slots__ = ("family", "metric", "_values", "_children", "_overflow")
 
     def __init__(self, family: Family, label_cap: int, overflow: BoundedMetric | None) -> None:
         self.family = family
@@ -127,7 +130,6 @@ class BoundedMetric:
         self.metric = metric_type(family.name, family.help, family.label_names, **kwargs)
         self._values = [LabelValues(label, label_cap) for label in family.labels]
         self._children: dict[tuple[Any, ...], Any] = {}
-        self._lock = threading.Lock()
         self._overflow = overflow
 
     @property
@@ -149,30 +151,25 @@ class BoundedMetric:
         """What ``value`` records as in this family's ``label_name`` label."""
         for values in self._values:
             if values.label.name == label_name:
-                try:
-                    return values.known[value]  # the hot path: seen before, within the cap
-                except (KeyError, TypeError):
-                    with self._lock:
-                        return values.clean(value)[0]
+                return values.clean(value)[0]
         raise KeyError(label_name)
 
     def _resolve(self, values: tuple[Any, ...]) -> Any:
         if len(values) != len(self._values):
             raise ValueError(f"{self.family.name} takes {len(self._values)} label values")
         overflowed: list[str] = []
-        with self._lock:
-            cleaned = []
-            for label_values, value in zip(self._values, values):
-                text, overflow = label_values.clean(value)
-                if overflow:
-                    overflowed.append(label_values.label.name)
-                cleaned.append(text)
-            child = self.metric.labels(*cleaned)
-            if not overflowed and len(self._children) < MAX_CACHED_KEYS:
-                try:
-                    self._children[values] = child
-                except TypeError:  # unhashable raw value: resolved every time
-                    pass
+        cleaned = []
+        for label_values, value in zip(self._values, values):
+            text, overflow = label_values.clean(value)
+            if overflow:
+                overflowed.append(label_values.label.name)
+            cleaned.append(text)
+        child = self.metric.labels(*cleaned)
+        if not overflowed and len(self._children) < MAX_CACHED_KEYS:
+            try:
+                self._children[values] = child
+            except TypeError:  # unhashable raw value: resolved every time
+                pass
         if self._overflow is not None:
             for name in overflowed:
                 self._overflow.child(self.family.name, name).inc()
@@ -180,11 +177,10 @@ class BoundedMetric:
 
     def reset(self) -> None:
         """Forget every child and every seen value (tests, demo restarts)."""
-        with self._lock:
-            self.metric.clear()
-            self._children.clear()
-            for values in self._values:
-                values.clear()
+        self.metric.clear()
+        self._children.clear()
+        for values in self._values:
+            values.clear()
 
 
 class MetricSet:

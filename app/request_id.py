@@ -23,10 +23,10 @@ def new_request_id() -> str:
     return f"{_prefix}{next(_counter):010x}"
 
 
-def request_id_from(value: bytes | None) -> str:
-    """The id to use for a request whose ``X-Request-ID`` header was ``value``."""
-    if value is not None and len(value) <= 128:
+def safe_request_id(value: bytes) -> str | None:
+    """``value`` of an ``X-Request-ID`` header if it is a safe token, else None."""
+    if len(value) <= 128:
         text = value.decode("latin-1")
         if _SAFE_ID.fullmatch(text):
             return text
-    return new_request_id()
+    return None

@@ -30,7 +30,7 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from app import metrics
-from app.access_log import ACCESS_LOGGER
+from app.access_log import ACCESS_LOGGER, flush_access_logs
 from app.catalogue import INFERENCE_BUCKETS
 from app.middleware import MetricsMiddleware
 from app.scoring import HealthTracker, set_tracker
@@ -184,7 +184,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         log_path = os.path.join(tmp, "access.log")
         results = asyncio.run(measure_apps(variants(log_path), args.rounds, args.requests))
-        lines = sum(1 for _ in open(log_path))
+        flush_access_logs()
+        with open(log_path) as log:
+            lines = sum(1 for _ in log)
     bare = results["bare route"]
     print(f"Per-request cost of one FastAPI route, in-process, median of {args.rounds} rounds "
           f"x {args.requests} requests ({os.cpu_count()} cores)")

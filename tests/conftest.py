@@ -37,12 +37,12 @@ class LineCollector(logging.Handler):
         self.lines: list[str] = []
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.lines.append(record.getMessage())
+        self.lines.extend(record.getMessage().split("\n"))
 
 
 @pytest.fixture
 def access_lines() -> Iterator[list[str]]:
-    """The access log lines written while the test runs."""
+    """The access log lines written while the test runs (call flush_access_logs first)."""
     logger = logging.getLogger("gateway_metrics.access")
     handler = LineCollector()
     logger.addHandler(handler)

@@ -172,6 +172,7 @@ def test_access_log_line_has_the_fields(access_lines: list[str]) -> None:
     client = TestClient(gateway_app(access_log=True))
     client.get("/v1/keys/secret-id?x=1", headers={"User-Agent": "pytest-agent", "X-Request-ID": "req-1"})
     client.get("/whoami")
+    access_log.flush_access_logs()
     first, second = (json.loads(line) for line in access_lines[-2:])
     assert set(first) == {"ts", "request_id", "method", "route", "raw_path", "status", "latency_ms",
                           "user_id", "ip", "user_agent", "bytes"}
@@ -189,8 +190,7 @@ def test_access_log_line_has_the_fields(access_lines: list[str]) -> None:
 
 def test_access_line_escapes_hostile_values() -> None:
     line = access_log.access_line(
-        request_id="r", method="GET", route="unmatched", raw_path='/a"b\\c\n', status=404,
-        latency_s=0.001, user_id='u"1', ip=None, user_agent="agent\u2028\x00", body_bytes=0,
+        (1.0, "r", "GET", "unmatched", '/a"b\\c\n', 404, 0.001, 'u"1', None, "agent\u2028\x00", 0)
     )
     parsed = json.loads(line)
     assert parsed["raw_path"] == '/a"b\\c\n'
@@ -198,21 +198,19 @@ def test_access_line_escapes_hostile_values() -> None:
     assert "\n" not in line
 
 
-def test_access_log_off_builds_no_line(access_lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    def must_not_run(**_: object) -> str:
-        raise AssertionError("line built while the access log is off")
+def must_not_run(*_: object) -> None:
+    raise AssertionError("access fields gathered while the access log is off")
 
-    monkeypatch.setattr(access_log, "access_line", must_not_run)
-    monkeypatch.setattr("app.middleware.access_line", must_not_run)
+
+def test_access_log_off_builds_nothing(access_lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.middleware._access_fields", must_not_run)
     TestClient(gateway_app(access_log=False)).get("/v1/keys/k")
+    access_log.flush_access_logs()
     assert access_lines == []
 
 
-def test_access_logger_below_info_builds_no_line(access_lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
-    def must_not_run(**_: object) -> str:
-        raise AssertionError("line built while the logger is disabled")
-
-    monkeypatch.setattr("app.middleware.access_line", must_not_run)
+def test_access_logger_below_info_builds_nothing(access_lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("app.middleware._access_fields", must_not_run)
     logger = logging.getLogger(access_log.ACCESS_LOGGER)
     client = TestClient(gateway_app(access_log=True))
     level = logger.level
@@ -221,4 +219,24 @@ def test_access_logger_below_info_builds_no_line(access_lines: list[str], monkey
         client.get("/v1/keys/k")
     finally:
         logger.setLevel(level)
+    access_log.flush_access_logs()
     assert access_lines == []
+
+
+def test_access_lines_leave_in_batches_and_on_a_timer(access_lines: list[str]) -> None:
+    log = access_log.AccessLog(max_lines=3, max_delay_s=0.05)
+    fields = (1.0, "r", "GET", "/", "/", 200, 0.001, None, None, None, 0)
+    for _ in range(7):
+        log.add(fields)
+    assert len(access_lines) == 6  # two full batches; one line waits
+
+    async def wait_for_timer() -> None:
+        log.add(fields)  # first line of a batch inside a loop arms the timer
+        for _ in range(100):
+            if len(access_lines) == 8:
+                return
+            await asyncio.sleep(0.01)
+
+    asyncio.run(wait_for_timer())
+    assert len(access_lines) == 8
+    assert all(json.loads(line)["status"] == 200 for line in access_lines)
