@@ -1,0 +1,51 @@
+"""The demo traffic: every family gets samples, and the flaky provider cycles."""
+
+from __future__ import annotations
+
+from app.catalogue import FAMILIES
+from app.demo import FLAKY, DemoTraffic, flaky_phase
+from app.registry import METRICS
+from app.settings import Settings
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_flaky_provider_degrades_fails_and_recovers_over_a_cycle() -> None:
+    phases = [flaky_phase(position / 100).name for position in range(100)]
+    assert phases[0] == "healthy"
+    assert "degraded" in phases and "down" in phases
+    assert phases[-1] == "healthy"
+    assert phases.index("degraded") < phases.index("down")
+
+
+def test_demo_drives_every_recorded_family() -> None:
+    clock = FakeClock()
+    traffic = DemoTraffic(Settings(demo_rate=400, demo_cycle_seconds=60), clock=clock)
+    for _ in range(30):
+        traffic.tick(1.0)
+        clock.now += 2.0
+    collected = {metric.name for metric in METRICS.all_registry.collect() if metric.samples}
+    for family in FAMILIES:
+        if family.name in ("http_requests_in_flight", "gatewayz_label_overflow_total",
+                           "gatewayz_recording_rejected_total", "http_exceptions_total"):
+            continue  # only real requests, overflows and bad input produce these
+        exposed = family.name.removesuffix("_total") if family.kind == "counter" else family.name
+        assert exposed in collected, family.name
+
+
+def test_tick_makes_the_configured_rate() -> None:
+    traffic = DemoTraffic(Settings(demo_rate=25), clock=FakeClock())
+    assert sum(traffic.tick(0.1) for _ in range(40)) == 100
+
+
+def test_flaky_provider_is_a_demo_provider() -> None:
+    from app.demo import PROFILES
+
+    assert FLAKY in PROFILES
+    assert len(PROFILES) >= 4

@@ -1,0 +1,42 @@
+"""The console script, the internal metrics port app, and the Dockerfile."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from fastapi.testclient import TestClient
+
+from app.cli import metrics_only_app, parse_args
+from app.settings import Settings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_console_script_answers_help() -> None:
+    script = Path(sys.executable).with_name("gateway-metrics")
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    assert "--demo" in result.stdout
+
+
+def test_flags_override_settings() -> None:
+    args = parse_args(["--demo", "--port", "9100"])
+    assert args.demo is True and args.port == 9100
+    assert parse_args([]).demo is None  # unset flags leave the environment's value
+
+
+def test_internal_port_app_serves_metrics_and_nothing_public() -> None:
+    client = TestClient(metrics_only_app(Settings(access_log=False)))
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/prometheus/metrics/models").status_code == 200
+    assert client.get("/docs").status_code == 404
+
+
+def test_dockerfile_runs_the_entry_point_as_non_root_with_a_health_check() -> None:
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert dockerfile.startswith("#") and "FROM python:3.11-slim" in dockerfile
+    assert "\nUSER 10001" in dockerfile
+    assert "HEALTHCHECK" in dockerfile and "/health" in dockerfile
+    assert 'CMD ["gateway-metrics"]' in dockerfile
