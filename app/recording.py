@@ -79,6 +79,8 @@ _STATUS_BY_CODE = {
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    # The provider's own front could not reach its backend: unavailable, not a bad answer.
+    502: "service_unavailable",
     503: "service_unavailable",
     504: "timeout",
 }

@@ -59,7 +59,7 @@ def test_status_code_marks_the_call() -> None:
         (404, None, "not_found_error"),
         (429, None, "rate_limit_error"),
         (500, None, "server_error"),
-        (502, None, "server_error"),
+        (502, None, "service_unavailable"),
         (503, None, "service_unavailable"),
         (504, None, "timeout"),
         (418, None, "invalid_request_error"),

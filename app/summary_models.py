@@ -1,0 +1,136 @@
+"""The summary JSON of SPEC section 4, as pydantic models (the OpenAPI contract).
+
+One shape whatever the source. Figures a window does not define (a rate with no
+traffic, a percentile with no observations) are ``null``, never a made-up zero.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Ms = float | None
+
+
+class SummaryError(BaseModel):
+    """What went wrong with the backend for this answer."""
+
+    kind: str = Field(description="unreachable, timeout, http_error, bad_data, execution, "
+                                  "backend_timeout, garbage, partial, fallback")
+    message: str
+    query: str | None = Field(None, description="The named query concerned, if one.")
+    status: int | None = Field(None, description="The HTTP status it maps to, if one.")
+
+
+class ProviderSummary(BaseModel):
+    provider: str
+    health_score: float | None
+    state: str = Field(description="unknown, healthy, degraded or unavailable")
+    circuit: str | None = Field(None, description="closed, open or half_open (local tracker)")
+    availability: float | None = None
+    error_rate: float | None = Field(None, description="Share of calls that did not succeed, in the window.")
+    requests_per_second: float | None = None
+    avg_response_time_ms: Ms = None
+    p95_response_time_ms: Ms = None
+    cost_usd: float | None = Field(None, description="Cumulative upstream cost.")
+
+
+class ProvidersSummary(BaseModel):
+    total_providers: int
+    healthy_providers: int
+    degraded_providers: int
+    unavailable_providers: int
+    unknown_providers: int = Field(0, description="Providers with no calls in the window yet.")
+    avg_error_rate: float | None = Field(description="Failed share of all providers' calls (traffic-weighted).")
+    avg_response_time_ms: Ms
+    providers: list[ProviderSummary]
+
+
+class ModelSummary(BaseModel):
+    provider: str
+    model: str
+    requests_total: float
+    requests_per_second: float | None
+    error_rate: float | None
+    p50_ms: Ms
+    p95_ms: Ms
+    p99_ms: Ms
+    ttft_p50_ms: Ms = None
+    ttft_p95_ms: Ms = None
+    tokens_input: float = 0
+    tokens_output: float = 0
+    token_efficiency: float | None = Field(None, description="Output tokens per input token.")
+
+
+class ModelsSummary(BaseModel):
+    total_models: int
+    models: list[ModelSummary]
+
+
+class TopEntry(BaseModel):
+    key: str = Field(description="A user id, or an API key's fingerprint (never the key).")
+    value: float
+    error: float = Field(description="Upper bound of the over-estimate in value (Space-Saving).")
+
+
+class BusinessSummary(BaseModel):
+    active_api_keys: float
+    active_subscriptions: float
+    active_trials: float
+    total_tokens_used: float
+    total_credits_used: float
+    total_cost_usd: float
+    credits_per_second: float | None
+    cost_by_provider: dict[str, float]
+    subscriptions_by_plan: dict[str, float]
+    top_users_by_credits: list[TopEntry] = Field(description="This instance's heavy hitters.")
+    top_api_keys_by_credits: list[TopEntry]
+    top_api_keys_by_requests: list[TopEntry]
+
+
+class PerformanceSummary(BaseModel):
+    requests_per_second: float | None
+    error_rate: float | None = Field(description="Share of HTTP responses that were 5xx.")
+    p50_ms: Ms
+    p95_ms: Ms
+    p99_ms: Ms
+    inference_p50_ms: Ms
+    inference_p95_ms: Ms
+    inference_p99_ms: Ms
+    ttft_p95_ms: Ms
+    database_p95_ms: Ms
+    cache_hit_rate: float | None
+    rate_limited_per_second: float | None
+    in_flight: float
+
+
+class SystemSummary(BaseModel):
+    uptime_seconds: float | None
+    resident_memory_bytes: float | None
+    cpu_seconds_per_second: float | None
+    open_fds: float | None
+    active_connections: dict[str, float]
+    queue_sizes: dict[str, float]
+    http_requests_total: float
+    exceptions_per_second: float | None
+    label_overflows_total: float
+    rejected_inputs_total: float
+
+
+class SummaryMetrics(BaseModel):
+    providers: ProvidersSummary | None = None
+    models: ModelsSummary | None = None
+    business: BusinessSummary | None = None
+    performance: PerformanceSummary | None = None
+    system: SystemSummary | None = None
+
+
+class Summary(BaseModel):
+    timestamp: datetime
+    source: Literal["prometheus", "local"]
+    window_seconds: int
+    stale: bool = Field(description="True when a cached value is served after a backend error.")
+    errors: list[SummaryError]
+    metrics: SummaryMetrics
