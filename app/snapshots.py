@@ -221,6 +221,6 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
     end = bounds[index]
     below = 0.0 if index == 0 else counts[index - 1]
     in_bucket = counts[index] - below
-    if in_bucket == 0:  # q = 0 over an empty first bucket
-        return start
+    if in_bucket == 0:  # q = 0 over an empty first bucket: 0/0, NaN in Prometheus too
+        return math.nan
     return start + (end - start) * ((rank - below) / in_bucket)

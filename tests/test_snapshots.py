@@ -1,0 +1,133 @@
+"""Local evaluation of the summary queries: rates, quantiles, matchers, bounded history."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from app.promql import Kind, Matcher, Query, current, quantile, rate
+from app.snapshots import COARSE_STEP_S, FINE_SPAN_S, MAX_WINDOW_S, Snapshots, histogram_quantile
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+INF = math.inf
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        # 10 observations: 4 in (0, 1], 4 in (1, 2], 2 in (2, +Inf)
+        (0.5, {1.0: 4, 2.0: 8, INF: 10}, 1.25),
+        (0.25, {1.0: 4, 2.0: 8, INF: 10}, 0.625),
+        (0.9, {1.0: 4, 2.0: 8, INF: 10}, 2.0),  # rank in +Inf: the highest finite bound
+        (0.0, {1.0: 2, 2.0: 8, INF: 10}, 0.0),
+        (1.0, {1.0: 10, 2.0: 10, INF: 10}, 1.0),
+        (-0.1, {1.0: 4, INF: 10}, -INF),
+        (1.1, {1.0: 4, INF: 10}, INF),
+    ],
+)
+def test_histogram_quantile_matches_prometheus(q: float, buckets: dict[float, float], expected: float) -> None:
+    assert histogram_quantile(q, buckets) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("buckets", [{1.0: 0, INF: 0}, {1.0: 3, 2.0: 5}, {INF: 4}, {1.0: 0, 2.0: 8, INF: 10}])
+def test_histogram_quantile_is_nan_when_undefined(buckets: dict[float, float]) -> None:
+    q = 0.0 if buckets.get(2.0) == 8 else 0.5
+    assert math.isnan(histogram_quantile(q, buckets))
+
+
+def make() -> tuple[CollectorRegistry, Clock, Snapshots]:
+    registry = CollectorRegistry()
+    clock = Clock()
+    return registry, clock, Snapshots(registry, interval=5, clock=clock)
+
+
+def test_rate_is_the_increase_over_the_window_per_second() -> None:
+    registry, clock, snapshots = make()
+    calls = Counter("calls", "", ["provider", "status"], registry=registry)
+    snapshots.take()
+    for second in range(1, 601):
+        clock.now = second
+        calls.labels("a", "success").inc(2)
+        calls.labels("b", "success").inc(1)
+        calls.labels("b", "error").inc(1)
+        if second % 5 == 0:
+            snapshots.take()
+    clock.now = 600.5
+    results = snapshots.evaluate(
+        [rate("all", "calls_total", "provider"),
+         rate("errors", "calls_total", "provider", matchers=(Matcher("status", "!=", "success"),))],
+        window_s=300,
+    )
+    assert results["all"][("a",)] == pytest.approx(2.0, rel=0.01)
+    assert results["all"][("b",)] == pytest.approx(2.0, rel=0.01)
+    assert results["errors"] == {("b",): pytest.approx(1.0, rel=0.01)}
+
+
+def test_quantile_uses_only_the_window() -> None:
+    registry, clock, snapshots = make()
+    latency = Histogram("latency_seconds", "", ["provider"], buckets=(0.1, 1.0, 10.0), registry=registry)
+    for _ in range(100):
+        latency.labels("a").observe(5.0)  # slow, but before the window
+    snapshots.take()
+    clock.now = 400
+    for _ in range(100):
+        latency.labels("a").observe(0.05)
+    results = snapshots.evaluate([quantile("p50", 0.5, "latency_seconds", "provider")], window_s=300)
+    assert results["p50"][("a",)] == pytest.approx(0.05)
+
+
+def test_current_sums_or_takes_the_max() -> None:
+    registry, _clock, snapshots = make()
+    keys = Gauge("keys", "", ["status", "instance"], registry=registry)
+    keys.labels("active", "1").set(10)
+    keys.labels("active", "2").set(10)
+    results = snapshots.evaluate(
+        [current("summed", "keys", "status"), current("maxed", "keys", "status", aggregate="max")], 300
+    )
+    assert results["summed"] == {("active",): 20}
+    assert results["maxed"] == {("active",): 10}
+
+
+def test_regex_matchers_are_anchored_like_promql() -> None:
+    registry, _clock, snapshots = make()
+    codes = Gauge("codes", "", ["status_code"], registry=registry)
+    for code in ("500", "503", "1500", "200"):
+        codes.labels(code).set(1)
+    results = snapshots.evaluate(
+        [Query("fivexx", Kind.CURRENT, "codes", matchers=(Matcher("status_code", "=~", "5.."),))], 300
+    )
+    assert results["fivexx"] == {(): 2}
+
+
+def test_history_is_bounded() -> None:
+    registry, clock, snapshots = make()
+    Counter("c", "", registry=registry).inc()
+    for second in range(0, 2 * MAX_WINDOW_S, 5):
+        clock.now = second
+        snapshots.take()
+    fine = FINE_SPAN_S // 5
+    coarse = (MAX_WINDOW_S - FINE_SPAN_S) // COARSE_STEP_S
+    assert len(snapshots) <= fine + coarse + 3
+
+
+def test_promql_rendering() -> None:
+    assert rate("r", "calls_total", "provider").promql(300) == "sum by (provider) (rate(calls_total[300s]))"
+    assert quantile("q", 0.95, "lat_seconds", "provider", "model").promql(60) == (
+        "histogram_quantile(0.95, sum by (le, provider, model) (rate(lat_seconds_bucket[60s])))"
+    )
+    assert current("c", "keys", aggregate="max").promql(300) == "max(keys)"
+
+
+def test_label_values_are_escaped_in_promql() -> None:
+    query = Query("x", Kind.CURRENT, "m", matchers=(Matcher("model", "=", 'a"} or vector(1) #\\\n'),))
+    assert query.promql(300) == 'sum(m{model="a\\"} or vector(1) #\\\\\\n"})'
