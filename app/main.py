@@ -13,8 +13,20 @@ from app.collectors import register_collectors
 from app.http_stats import HTTP_STATS
 from app.middleware import MetricsMiddleware
 from app.registry import METRICS
-from app.routers import health, metrics
+from app.routers import health, metrics, summary
 from app.settings import Settings, get_settings
+from app.snapshots import Snapshots
+from app.summary_service import SummaryService
+
+_snapshots: Snapshots | None = None
+
+
+def local_snapshots(interval: float) -> Snapshots:
+    """The process's one history of its registry (every app of the process shares it)."""
+    global _snapshots
+    if _snapshots is None:
+        _snapshots = Snapshots(METRICS.all_registry, interval=interval)
+    return _snapshots
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -27,9 +39,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     METRICS.set_label_cap(settings.label_cap)
     HTTP_STATS.set_label_cap(settings.label_cap)
     register_collectors()
+    snapshots = local_snapshots(settings.snapshot_interval_seconds)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        snapshots.start()
         tasks: list[asyncio.Task[None]] = []
         if settings.demo:
             from app.demo import DemoTraffic
@@ -49,8 +63,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.summary_service = SummaryService(settings, snapshots)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(summary.router)
     app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
     return app
 

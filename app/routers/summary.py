@@ -1,0 +1,32 @@
+"""``GET /prometheus/metrics/summary``: the JSON summary for dashboards."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from app.catalogue import Category
+from app.dependencies import ApiKeyDep
+from app.snapshots import MAX_WINDOW_S
+from app.summary_models import Summary
+from app.summary_service import SummaryService
+
+router = APIRouter(prefix="/prometheus/metrics", tags=["summary"], dependencies=[ApiKeyDep])
+
+
+@router.get("/summary", response_model=Summary, summary="JSON summary of one or more categories")
+def summary(
+    request: Request,
+    category: Annotated[
+        list[Category] | None,
+        Query(description="A category; may repeat. None means all."),
+    ] = None,
+    window_seconds: Annotated[
+        int | None,
+        Query(ge=10, le=MAX_WINDOW_S, description="Window of rates, ratios and percentiles."),
+    ] = None,
+) -> Summary:
+    service: SummaryService = request.app.state.summary_service
+    categories = list(dict.fromkeys(category)) if category else list(Category)
+    return service.summary(categories, window_seconds)

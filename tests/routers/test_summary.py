@@ -1,0 +1,99 @@
+"""GET /prometheus/metrics/summary in local mode (the Prometheus source: tests/integration)."""
+
+from __future__ import annotations
+
+import pytest
+from fastapi.testclient import TestClient
+
+from app import metrics
+from app.catalogue import Category
+from app.registry import METRICS
+from app.settings import Settings
+from app.snapshots import Snapshots
+from app.summary_service import SummaryService
+from app.topn import key_fingerprint
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def service() -> tuple[SummaryService, Clock]:
+    clock = Clock()
+    return SummaryService(Settings(), Snapshots(METRICS.all_registry, clock=clock)), clock
+
+
+def test_unknown_category_is_422_naming_the_allowed_ones(client: TestClient) -> None:
+    response = client.get("/prometheus/metrics/summary", params={"category": "billing"})
+    assert response.status_code == 422
+    message = response.json()["detail"][0]["msg"]
+    for category in Category:
+        assert category.value in message
+
+
+@pytest.mark.parametrize("window", [0, 9, 3601, "abc", -5])
+def test_bad_window_is_422(client: TestClient, window: object) -> None:
+    assert client.get("/prometheus/metrics/summary", params={"window_seconds": window}).status_code == 422
+
+
+def test_category_may_repeat_and_none_means_all(client: TestClient) -> None:
+    some = client.get("/prometheus/metrics/summary", params=[("category", "models"), ("category", "business"),
+                                                              ("category", "models")]).json()
+    assert {name for name, value in some["metrics"].items() if value is not None} == {"models", "business"}
+    every = client.get("/prometheus/metrics/summary").json()
+    assert all(every["metrics"][category.value] is not None for category in Category)
+    assert every["source"] == "local" and every["stale"] is False and every["errors"] == []
+    assert every["window_seconds"] == 300
+
+
+def test_summary_is_in_the_openapi_schema(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    response = schema["paths"]["/prometheus/metrics/summary"]["get"]["responses"]["200"]
+    assert response["content"]["application/json"]["schema"]["$ref"].endswith("/Summary")
+    for model in ("ProvidersSummary", "ModelsSummary", "BusinessSummary", "PerformanceSummary", "SystemSummary"):
+        assert model in schema["components"]["schemas"]
+
+
+def test_local_rates_are_over_the_window(service: tuple[SummaryService, Clock]) -> None:
+    summary_service, clock = service
+    summary_service.snapshots.take()
+    for n in range(300):
+        metrics.record_upstream_call("sum-rates", "m1", duration_s=0.4, status_code=500 if n % 10 == 0 else None)
+    metrics.record_tokens_used("sum-rates", "m1", 1000, 250)
+    clock.now = 100.0
+    summary = summary_service.summary([Category.PROVIDERS, Category.MODELS], window_s=100)
+    provider = next(p for p in summary.metrics.providers.providers if p.provider == "sum-rates")
+    assert provider.requests_per_second == pytest.approx(3.0)
+    assert provider.error_rate == pytest.approx(0.1)
+    assert provider.avg_response_time_ms == pytest.approx(400.0)
+    model = next(m for m in summary.metrics.models.models if m.provider == "sum-rates")
+    assert model.requests_total == 300
+    assert 250 <= model.p50_ms <= 500  # inside the (0.25, 0.5] bucket, interpolated
+    assert model.token_efficiency == pytest.approx(0.25)
+
+
+def test_window_without_traffic_gives_null_not_zero(service: tuple[SummaryService, Clock]) -> None:
+    summary_service, clock = service
+    metrics.record_upstream_call("sum-idle", "m1", duration_s=0.4)
+    summary_service.snapshots.take()
+    clock.now = 400.0
+    summary = summary_service.summary([Category.PROVIDERS, Category.MODELS], window_s=300)
+    model = next(m for m in summary.metrics.models.models if m.provider == "sum-idle")
+    assert model.requests_per_second == 0.0
+    assert model.error_rate is None
+    assert model.p95_ms is None
+
+
+def test_business_top_lists_are_bounded_and_keys_fingerprinted(client: TestClient) -> None:
+    for n in range(50):
+        metrics.record_credits_used("p", "m", f"whale-{n}", 1e9 + n, api_key=f"sk-live-{n}")
+    business = client.get("/prometheus/metrics/summary", params={"category": "business"}).json()["metrics"]["business"]
+    assert len(business["top_users_by_credits"]) == Settings().top_n
+    assert business["top_users_by_credits"][0]["key"] == "whale-49"
+    assert business["top_api_keys_by_credits"][0]["key"] == key_fingerprint("sk-live-49")
+    assert "sk-live" not in str(business)
