@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from app.catalogue import FAMILIES_BY_NAME, Category
+from app.catalogue import Category
 
 
 def escape_label_value(value: str) -> str:
@@ -59,22 +59,31 @@ class Query:
     #: gauges every replica reports identically (business state read from the database).
     aggregate: Literal["sum", "max"] = "sum"
 
-    def selector(self, suffix: str = "") -> str:
-        inner = ",".join(m.promql() for m in self.matchers)
+    def selector(self, suffix: str = "", extra: tuple[Matcher, ...] = ()) -> str:
+        inner = ",".join(m.promql() for m in (*self.matchers, *extra))
         return f"{self.metric}{suffix}{{{inner}}}" if inner else f"{self.metric}{suffix}"
 
-    def promql(self, window_s: int) -> str:
+    def promql(self, window_s: int, extra: tuple[Matcher, ...] = ()) -> str:
+        """The PromQL of this query over ``window_s``; ``extra`` matchers narrow every
+        selector (``job="gateway-metrics"`` when other apps export the same names)."""
         by = ", ".join(self.by)
+        window = duration(window_s)
         if self.kind is Kind.QUANTILE:
             grouping = f"le, {by}" if by else "le"
             return (
                 f"histogram_quantile({self.quantile:g}, sum by ({grouping}) "
-                f"(rate({self.selector('_bucket')}[{int(window_s)}s])))"
+                f"(rate({self.selector('_bucket', extra)}[{window}])))"
             )
-        inner = self.selector()
+        inner = self.selector("", extra)
         if self.kind is Kind.RATE:
-            inner = f"rate({inner}[{int(window_s)}s])"
+            inner = f"rate({inner}[{window}])"
         return f"{self.aggregate} by ({by}) ({inner})" if by else f"{self.aggregate}({inner})"
+
+
+def duration(seconds: int) -> str:
+    """A PromQL duration: ``5m`` for 300, ``90s`` for 90."""
+    seconds = int(seconds)
+    return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
 
 
 def rate(name: str, metric: str, *by: str, matchers: tuple[Matcher, ...] = ()) -> Query:
@@ -160,11 +169,3 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
 def queries_for(categories: list[Category]) -> list[Query]:
     return [query for category in categories for query in SUMMARY_QUERIES[category]]
 
-
-def family_of(sample_name: str) -> str | None:
-    """The catalogue family a sample name belongs to (None for runtime collectors)."""
-    for suffix in ("", "_bucket", "_sum", "_count"):
-        base = sample_name[: -len(suffix)] if suffix and sample_name.endswith(suffix) else sample_name
-        if base in FAMILIES_BY_NAME:
-            return base
-    return None

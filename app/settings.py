@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     prometheus_bearer_token: SecretStr | None = Field(None, description="Bearer token for the backend.")
     prometheus_username: str | None = Field(None, description="Basic-auth user for the backend.")
     prometheus_password: SecretStr | None = Field(None, description="Basic-auth password.")
+    prometheus_job: str | None = Field(
+        None,
+        description="If set, every summary query matches job=\"...\" (other apps may export "
+        "http_requests_total or process_* too).",
+    )
     prometheus_verify_tls: bool = Field(True, description="Verify the backend's TLS certificate.")
     prometheus_ca_bundle: str | None = Field(None, description="CA bundle path for the backend.")
     query_deadline_seconds: float = Field(

@@ -121,10 +121,12 @@ def test_history_is_bounded() -> None:
 
 
 def test_promql_rendering() -> None:
-    assert rate("r", "calls_total", "provider").promql(300) == "sum by (provider) (rate(calls_total[300s]))"
-    assert quantile("q", 0.95, "lat_seconds", "provider", "model").promql(60) == (
-        "histogram_quantile(0.95, sum by (le, provider, model) (rate(lat_seconds_bucket[60s])))"
+    assert rate("r", "calls_total", "provider").promql(300) == "sum by (provider) (rate(calls_total[5m]))"
+    assert quantile("q", 0.95, "lat_seconds", "provider", "model").promql(90) == (
+        "histogram_quantile(0.95, sum by (le, provider, model) (rate(lat_seconds_bucket[90s])))"
     )
+    job = (Matcher("job", "=", "gateway-metrics"),)
+    assert rate("r", "calls_total").promql(60, job) == 'sum(rate(calls_total{job="gateway-metrics"}[1m]))'
     assert current("c", "keys", aggregate="max").promql(300) == "max(keys)"
 
 
