@@ -12,7 +12,8 @@ WORKDIR /srv/gateway-metrics
 COPY pyproject.toml README.md ./
 COPY app ./app
 COPY docs ./docs
-RUN pip install . \
+# Editable, so the app finds docs/PROMQL.md beside it (served at /prometheus/metrics/docs).
+RUN pip install -e . \
     && useradd --system --uid 10001 --no-create-home gateway
 
 USER 10001

@@ -97,3 +97,4 @@ def test_business_top_lists_are_bounded_and_keys_fingerprinted(client: TestClien
     assert business["top_users_by_credits"][0]["key"] == "whale-49"
     assert business["top_api_keys_by_credits"][0]["key"] == key_fingerprint("sk-live-49")
     assert "sk-live" not in str(business)
+
