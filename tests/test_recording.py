@@ -174,7 +174,7 @@ def test_process_cap_applies_to_the_shared_registry() -> None:
 
 
 def test_credits_feed_bounded_top_lists_with_fingerprinted_keys() -> None:
-    metrics.record_credits_used("p", "m", "top-user", 1e6, api_key="sk-live-very-secret")
+    metrics.record_credits_used("p", "m", "top-user", 1e15, api_key="sk-live-very-secret")
     users = [hit.key for hit in TOP_USERS_BY_CREDITS.top(3)]
     keys = [hit.key for hit in TOP_KEYS_BY_CREDITS.top(3)]
     assert users[0] == "top-user"
