@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from app.catalogue import FAMILIES_BY_NAME, Label
-from app.registry import METRICS, LabelValues
+from app.registry import METRICS, LabelValues, clean_labels
 
 _REQUESTS = FAMILIES_BY_NAME["http_requests_total"]
 _DURATION = FAMILIES_BY_NAME["http_request_duration_seconds"]
@@ -83,13 +83,7 @@ class HttpStats:
         return shard
 
     def _new_series(self, shard: _Shard, key: tuple[Any, Any, Any]) -> list[float]:
-        overflowed = []
-        labels = []
-        for values, raw in zip(self._values, key):
-            text, overflow = values.clean(raw)
-            if overflow:
-                overflowed.append(values.label.name)
-            labels.append(text)
+        labels, overflowed = clean_labels(self._values, key)
         label_key: LabelKey = (labels[0], labels[1], labels[2])
         series = shard.by_labels.get(label_key)
         if series is None:

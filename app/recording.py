@@ -180,7 +180,39 @@ def record_upstream_call(
     )
 
 
-class InferenceCall:
+class _Timed(ABC):
+    """Base of the timing context managers: subclasses record in ``finish``."""
+
+    __slots__ = ("started",)
+
+    def __enter__(self) -> Any:
+        self.started = perf_counter()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.finish(perf_counter() - self.started, exc)
+
+    async def __aenter__(self) -> Any:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+    @abstractmethod
+    def finish(self, duration: float, exc: BaseException | None) -> None: ...
+
+
+class InferenceCall(_Timed):
     """One upstream call being tracked by :func:`track_model_inference`.
 
     Mark what the block learned: ``call.first_token()`` when a stream yields its first
@@ -188,7 +220,7 @@ class InferenceCall:
     for a provider's answer, ``call.fail(...)`` for a failure that raised nothing.
     """
 
-    __slots__ = ("provider", "model", "started", "ttft_s", "status_code", "error", "error_code", "headers")
+    __slots__ = ("provider", "model", "ttft_s", "status_code", "error", "error_code", "headers")
 
     def __init__(self, provider: Any, model: Any) -> None:
         self.provider = provider
@@ -218,17 +250,7 @@ class InferenceCall:
         if headers is not None:
             self.headers = headers
 
-    def __enter__(self) -> InferenceCall:
-        self.started = perf_counter()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        duration = perf_counter() - self.started
+    def finish(self, duration: float, exc: BaseException | None) -> None:
         error = self.error
         if exc is not None and error is None:
             error = exc
@@ -244,17 +266,6 @@ class InferenceCall:
             headers=self.headers,
             error_code=self.error_code,
         )
-
-    async def __aenter__(self) -> InferenceCall:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 def track_model_inference(provider: Any, model: Any) -> InferenceCall:
@@ -320,27 +331,6 @@ def record_routing_decision(outcome: Any) -> None:
 
 
 # --- HTTP, database, cache, rate limits ----------------------------------------------------
-
-
-class _Timed(ABC):
-    """Base of the timing context managers: subclasses record in ``finish``."""
-
-    __slots__ = ("started",)
-
-    def __enter__(self) -> Any:
-        self.started = perf_counter()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.finish(perf_counter() - self.started, exc)
-
-    @abstractmethod
-    def finish(self, duration: float, exc: BaseException | None) -> None: ...
 
 
 class HttpRequest(_Timed):

@@ -110,6 +110,18 @@ class LabelValues:
             self._known.clear()
 
 
+def clean_labels(label_values: list[LabelValues], raw: tuple[Any, ...]) -> tuple[list[str], list[str]]:
+    """(recorded values, names of the labels that overflowed their cap) for ``raw``."""
+    cleaned: list[str] = []
+    overflowed: list[str] = []
+    for values, value in zip(label_values, raw):
+        text, overflow = values.clean(value)
+        if overflow:
+            overflowed.append(values.label.name)
+        cleaned.append(text)
+    return cleaned, overflowed
+
+
 class BoundedMetric:
     """A prometheus_client metric whose label values are cleaned and capped.
 
@@ -157,13 +169,7 @@ class BoundedMetric:
     def _resolve(self, values: tuple[Any, ...]) -> Any:
         if len(values) != len(self._values):
             raise ValueError(f"{self.family.name} takes {len(self._values)} label values")
-        overflowed: list[str] = []
-        cleaned = []
-        for label_values, value in zip(self._values, values):
-            text, overflow = label_values.clean(value)
-            if overflow:
-                overflowed.append(label_values.label.name)
-            cleaned.append(text)
+        cleaned, overflowed = clean_labels(self._values, values)
         child = self.metric.labels(*cleaned)
         if not overflowed and len(self._children) < MAX_CACHED_KEYS:
             try:
