@@ -8,7 +8,7 @@ evaluated from this process's own registry snapshots in local mode
 and dashboards draw on this module too.
 
 Nothing from a request reaches PromQL as text: windows are integers, categories are an
-enum, and label values are escaped by :func:`escape_label_value`.
+enum, and label values are escaped by :func:`app.backend.escape_label_value`.
 """
 
 from __future__ import annotations
@@ -17,12 +17,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
+from app.backend import escape_label_value
 from app.catalogue import Category
-
-
-def escape_label_value(value: str) -> str:
-    """``value`` as the inside of a double-quoted PromQL string."""
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 class Kind(StrEnum):

@@ -1,0 +1,497 @@
+"""The Prometheus-compatible backend of the summaries: named instant queries run in
+parallel under one deadline, cached for a short TTL, and never an exception for
+backend trouble.
+
+    backend = PrometheusBackend("http://prometheus:9090", deadline_s=2.0, cache_ttl_s=10.0)
+    batch = backend.query_many({"rps": 'sum(rate(http_requests_total{job="gateway-metrics"}[5m]))'})
+    batch.results["rps"].samples   # (Sample(labels={}, value=12.5),)
+    batch.errors, batch.stale      # what went wrong, and whether a last good value was served
+    backend.ping()                 # BackendState(reachable=True, latency_ms=1.9, error=None)
+
+Anything that serves ``/api/v1/query`` works: Prometheus, VictoriaMetrics, Thanos, Mimir.
+Requests go through prometheus-api-client's ``PrometheusConnect``, around its traps
+(checked on 0.7.2 against Prometheus 2.42):
+
+- Its default urllib3 ``Retry`` (3 tries, backoff 1 s, on 408/429/500/502/503/504) turns a
+  query timeout (a 503) into a ``RetryError`` after about 9 s and a refused connection
+  into about 6 s. We pass our own: no retries, and a timeout taken from the deadline.
+- ``custom_query`` returns ``data.result`` alone, dropping ``resultType`` and
+  ``warnings``. We send the same request on the client's own session, headers and auth
+  (``_Connection.query_response``) and read the whole envelope.
+- All calls share one ``requests.Session``, which is not documented as thread-safe: each
+  worker thread gets its own client.
+- ``get_current_metric_value`` pastes label values into PromQL unescaped: never used;
+  build matchers with :func:`label_matcher`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field, replace
+from types import TracebackType
+from typing import Any, Literal, NamedTuple, Self
+from urllib.parse import urlsplit, urlunsplit
+
+import requests
+from cachetools import LRUCache, TTLCache
+
+# The submodule, not the package: the package's lazy __getattr__ hides the types.
+from prometheus_api_client.prometheus_connect import PrometheusConnect
+from urllib3.util.retry import Retry
+
+ErrorKind = Literal[
+    "unreachable",  # no connection (refused, DNS, TLS, reset)
+    "timeout",  # no answer before our deadline
+    "http_error",  # an HTTP error status without a usable Prometheus error body
+    "bad_data",  # the backend rejected the query (Prometheus errorType bad_data, 400)
+    "execution",  # evaluation failed (errorType execution, 422; VictoriaMetrics' 422)
+    "backend_timeout",  # the backend's own query timeout (errorType timeout, 503)
+    "garbage",  # an answer that is not a Prometheus API response
+    "partial",  # an incomplete answer: warnings, isPartial, a cut body, missing fields
+]
+
+#: Entries in the result cache and in the last-good store. The query catalogue is a few
+#: dozen texts per window; the bound only stops a flood of distinct windows growing memory.
+MAX_CACHED_QUERIES = 4096
+#: /ready must answer fast even when the backend hangs.
+PING_TIMEOUT_S = 1.0
+#: The backend is asked to give up a little before us, so its own timeout error (which
+#: says where it spent the time) arrives instead of our bare client timeout.
+BACKEND_TIMEOUT_SHARE = 0.9
+#: Enough of an unexpected body to recognise it in an error message.
+SNIPPET_CHARS = 200
+
+# Connection errors surface at once and read timeouts as ReadTimeout: ``read=False``
+# re-raises read errors instead of wrapping them in a ConnectionError, as requests'
+# own default Retry(0, read=False) does. No retries, so the deadline holds.
+NO_RETRY = Retry(total=0, read=False)
+
+
+@dataclass(frozen=True, slots=True)
+class BackendError:
+    """One thing that went wrong with the backend, as reported in a summary's ``errors``."""
+
+    kind: ErrorKind
+    message: str
+    query: str | None = None  # the named query concerned
+    status: int | None = None  # the HTTP status the backend answered, if it answered
+
+
+class Sample(NamedTuple):
+    labels: dict[str, str]
+    value: float
+
+
+@dataclass(frozen=True, slots=True)
+class QueryResult:
+    """An instant query's answer. NaN samples (0/0, a quantile of no observations) are
+    dropped, as VictoriaMetrics does itself, so both backends answer alike: a missing
+    sample means "undefined". ±Inf is kept. A ``matrix`` keeps each series' last point;
+    a ``string`` has no samples."""
+
+    result_type: str  # vector, scalar, matrix or string
+    samples: tuple[Sample, ...]
+    warnings: tuple[str, ...] = ()
+    stale: bool = False  # served from the last good answer after a failure
+
+    def grouped(self, by: Sequence[str]) -> dict[tuple[str, ...], float]:
+        """Values keyed by the values of the ``by`` labels (an absent label is "")."""
+        return {tuple(sample.labels.get(name, "") for name in by): sample.value for sample in self.samples}
+
+    def value(self) -> float | None:
+        """The value of a single-sample answer (a scalar, or ``sum(...)``); None if empty."""
+        return self.samples[0].value if self.samples else None
+
+
+@dataclass(frozen=True, slots=True)
+class BatchResult:
+    """Answers of :meth:`PrometheusBackend.query_many`, by query name. A name that failed
+    with no last good answer to fall back on is absent from ``results``."""
+
+    results: dict[str, QueryResult]
+    errors: list[BackendError] = field(default_factory=list)
+
+    @property
+    def stale(self) -> bool:
+        return any(result.stale for result in self.results.values())
+
+
+@dataclass(frozen=True, slots=True)
+class BackendState:
+    """The backend's health for ``/ready``."""
+
+    reachable: bool
+    latency_ms: float
+    error: BackendError | None = None
+
+
+class BackendFailure(Exception):
+    def __init__(self, error: BackendError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+# --- PromQL text ----------------------------------------------------------------------
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+# Backslash, quote and newline must be escaped in a PromQL string. Other control
+# characters are escaped so the query stays readable in logs, and U+FFFD because
+# Prometheus' lexer takes it for an invalid UTF-8 byte ("invalid UTF-8 rune", 2.42).
+_ESCAPES: dict[int, str] = {
+    **{code: f"\\u{code:04x}" for code in (*range(0x20), 0x7F, 0xFFFD)},
+    ord("\\"): "\\\\",
+    ord('"'): '\\"',
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+def escape_label_value(value: str) -> str:
+    """``value`` as the inside of a double-quoted PromQL string, matching it exactly
+    (Prometheus and VictoriaMetrics). ValueError for text that is not valid Unicode."""
+    if _LONE_SURROGATE.search(value):
+        raise ValueError("a label value must be valid Unicode text (it holds a lone surrogate)")
+    return value.translate(_ESCAPES)
+
+
+def label_matcher(name: str, value: str, op: Literal["=", "!="] = "=") -> str:
+    """A PromQL label matcher, ``name="value"``, safe for any value."""
+    if not _LABEL_NAME.fullmatch(name):
+        raise ValueError(f"not a label name: {name!r}")
+    if op not in ("=", "!="):
+        raise ValueError(f"not an equality matcher: {op!r}")
+    return f'{name}{op}"{escape_label_value(value)}"'
+
+
+# --- reading the answer -----------------------------------------------------------------
+
+#: Prometheus' errorType names; VictoriaMetrics sends the HTTP status as errorType instead.
+_ERROR_TYPES: dict[str, ErrorKind] = {
+    "bad_data": "bad_data",
+    "execution": "execution",
+    "timeout": "backend_timeout",
+    "canceled": "backend_timeout",
+}
+_ERROR_STATUSES: dict[int, ErrorKind] = {400: "bad_data", 422: "execution", 503: "backend_timeout"}
+
+
+def _snippet(body: bytes | str) -> str:
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    return repr(text[:SNIPPET_CHARS]) + ("..." if len(text) > SNIPPET_CHARS else "")
+
+
+def _failure(kind: ErrorKind, message: str, status: int | None = None) -> BackendFailure:
+    return BackendFailure(BackendError(kind, message, None, status))
+
+
+def _looks_cut(error: json.JSONDecodeError) -> bool:
+    """A JSON object that parsed fine up to where the body ends."""
+    doc = error.doc.rstrip()
+    return doc.lstrip().startswith("{") and (error.msg.startswith("Unterminated") or error.pos >= len(doc) - 1)
+
+
+def _error_from_envelope(status: int, envelope: Mapping[str, Any]) -> BackendFailure:
+    error_type = str(envelope.get("errorType", ""))
+    kind = _ERROR_TYPES.get(error_type)
+    if kind is None and error_type == str(status):
+        kind = _ERROR_STATUSES.get(status)
+    message = f"{error_type or 'error'}: {str(envelope.get('error', ''))[:SNIPPET_CHARS * 2]}"
+    return _failure(kind or "http_error", message, status)
+
+
+def _number(raw: Any) -> float:
+    if not isinstance(raw, str | int | float):
+        raise TypeError(f"a sample value must be a number or a string, not {raw!r}")
+    return float(raw)  # Prometheus sends "NaN", "+Inf", "-Inf", which float() reads
+
+
+def _samples(result_type: str, result: Any) -> tuple[Sample, ...]:
+    """The samples of ``data.result``; TypeError/ValueError/KeyError/IndexError on a bad shape."""
+    if result_type == "string":
+        return ()
+    points: list[tuple[Any, Any]]
+    if result_type == "scalar":
+        points = [({}, result[1])]
+    elif result_type == "vector":
+        points = [(series["metric"], series["value"][1]) for series in result]
+    elif result_type == "matrix":
+        points = [(series["metric"], series["values"][-1][1]) for series in result if series["values"]]
+    else:
+        raise ValueError(f"unknown resultType {result_type!r}")
+    samples = []
+    for labels, raw in points:
+        if not isinstance(labels, dict):
+            raise TypeError(f"series labels must be an object, not {labels!r}")
+        value = _number(raw)
+        if not math.isnan(value):
+            samples.append(Sample({str(k): str(v) for k, v in labels.items()}, value))
+    return tuple(samples)
+
+
+def parse_response(status: int, body: bytes) -> QueryResult:
+    """The answer of ``/api/v1/query``, or BackendFailure saying what is wrong with it."""
+    try:
+        envelope = json.loads(body)
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        if status >= 400:
+            raise _failure("http_error", f"HTTP {status}: {_snippet(body)}", status) from None
+        if isinstance(exc, json.JSONDecodeError) and _looks_cut(exc):
+            raise _failure("partial", f"the answer ends early after {len(body)} bytes", status) from None
+        raise _failure("garbage", f"not JSON: {_snippet(body)}", status) from None
+    if not isinstance(envelope, dict) or "status" not in envelope:
+        kind: ErrorKind = "http_error" if status >= 400 else "garbage"
+        raise _failure(kind, f"not a Prometheus API answer: {_snippet(json.dumps(envelope))}", status)
+    if envelope["status"] == "error":
+        raise _error_from_envelope(status, envelope)
+    if envelope["status"] != "success" or status >= 400:
+        raise _failure("http_error" if status >= 400 else "garbage",
+                       f"HTTP {status} with status {envelope['status']!r}", status)
+    data = envelope.get("data")
+    if not isinstance(data, dict) or "resultType" not in data or "result" not in data:
+        raise _failure("partial", "the answer lacks data.resultType or data.result", status)
+    try:
+        samples = _samples(str(data["resultType"]), data["result"])
+    except (TypeError, ValueError, KeyError, IndexError) as exc:
+        raise _failure("garbage", f"unreadable {data['resultType']!r} result: {exc}", status) from None
+    warnings = [str(warning) for warning in envelope.get("warnings") or ()]
+    if envelope.get("isPartial") is True:  # VictoriaMetrics cluster: some storage nodes missing
+        warnings.append("the backend marked the answer as partial (isPartial)")
+    return QueryResult(str(data["resultType"]), samples, tuple(warnings))
+
+
+# --- the client ---------------------------------------------------------------------------
+
+
+def _reason(exc: requests.RequestException) -> str:
+    """The cause of a requests error, without urllib3's wrapping ("Max retries exceeded...")."""
+    reason: object = exc.args[0] if exc.args else exc
+    reason = getattr(reason, "reason", reason)  # urllib3's MaxRetryError carries the cause
+    return str(reason).rpartition("): ")[2] or str(reason)
+
+
+class _Connection(PrometheusConnect):
+    """PrometheusConnect plus the call it lacks: an instant query's whole response."""
+
+    def query_response(self, query: str, timeout_s: float) -> requests.Response:
+        # The request custom_query sends (same session, headers, auth, TLS settings),
+        # returned whole; POST keeps long queries out of URLs and access logs.
+        backend_timeout_ms = max(1, int(timeout_s * BACKEND_TIMEOUT_SHARE * 1000))
+        return self._session.request(
+            method="POST",
+            url=f"{self.url}/api/v1/query",
+            data={"query": query, "timeout": f"{backend_timeout_ms}ms"},
+            headers=self.headers,
+            auth=self.auth,
+            # Passed per request because requests lets REQUESTS_CA_BUNDLE override a
+            # Session.verify set to a CA path otherwise.
+            verify=self._session.verify,
+            cert=self._session.cert,
+            timeout=timeout_s,
+        )
+
+
+Outcome = QueryResult | BackendError
+
+
+class PrometheusBackend:
+    """Instant queries against one Prometheus-compatible backend.
+
+    ``deadline_s`` bounds a whole :meth:`query_many` batch; answers are reused for
+    ``cache_ttl_s`` (measured on ``clock``, which tests may replace); after a failure the
+    last good answer of that query is served, marked stale. Thread-safe.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        bearer_token: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        verify_tls: bool | str = True,
+        deadline_s: float = 2.0,
+        cache_ttl_s: float = 10.0,
+        max_workers: int = 8,
+        ping_timeout_s: float = PING_TIMEOUT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError(f"the backend URL must be http:// or https://, not {url!r}")
+        if bearer_token is not None and basic_auth is not None:
+            raise ValueError("give a bearer token or basic auth for the backend, not both")
+        if deadline_s <= 0 or cache_ttl_s < 0 or max_workers < 1 or ping_timeout_s <= 0:
+            raise ValueError("deadline_s and ping_timeout_s must be > 0, cache_ttl_s >= 0, max_workers >= 1")
+        self.url = url.rstrip("/")
+        parts = urlsplit(self.url)
+        # Error messages reach the summary JSON: never with credentials from the URL.
+        self._display_url = urlunsplit(parts._replace(netloc=parts.netloc.rpartition("@")[2]))
+        self.deadline_s = deadline_s
+        self.cache_ttl_s = cache_ttl_s
+        self.ping_timeout_s = ping_timeout_s
+        self._headers = {"Accept": "application/json"}
+        if bearer_token is not None:
+            self._headers["Authorization"] = f"Bearer {bearer_token}"
+        self._auth = basic_auth
+        self._verify = verify_tls
+        self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="promql")
+        self._local = threading.local()
+        self._connections: list[_Connection] = []
+        self._lock = threading.Lock()  # guards the two caches, _inflight and _connections
+        self._cache: TTLCache[str, QueryResult] | None = (
+            TTLCache(MAX_CACHED_QUERIES, cache_ttl_s, timer=clock) if cache_ttl_s > 0 else None
+        )
+        self._last_good: LRUCache[str, QueryResult] = LRUCache(MAX_CACHED_QUERIES)
+        self._inflight: dict[str, tuple[Future[Outcome], float]] = {}  # text -> (request, its deadline)
+
+    # --- queries ----------------------------------------------------------------------
+
+    def query_many(self, queries: Mapping[str, str], deadline_s: float | None = None) -> BatchResult:
+        """Run the named instant queries in parallel, all within ``deadline_s`` (by
+        default the backend's); never raises for anything the backend does."""
+        deadline_s = deadline_s or self.deadline_s
+        deadline = time.monotonic() + deadline_s
+        outcomes: dict[str, Outcome] = {}
+        pending: dict[str, Future[Outcome]] = {}
+        for name, text in queries.items():
+            cached = self._cached(text)
+            if cached is not None:
+                outcomes[name] = cached
+            else:
+                pending[name] = self._submit(text, deadline)
+        wait(pending.values(), timeout=max(0.0, deadline - time.monotonic()))
+        for name, future in pending.items():
+            answered = future.done() and not future.cancelled()  # cancelled: close() ran meanwhile
+            outcomes[name] = future.result() if answered else BackendError(
+                "timeout", f"no answer within the {deadline_s:g} s deadline")
+        return self._assemble(queries, outcomes)
+
+    def query(self, name: str, text: str) -> BatchResult:
+        """One named query, as a batch of one."""
+        return self.query_many({name: text})
+
+    def _cached(self, text: str) -> QueryResult | None:
+        if self._cache is None:
+            return None
+        with self._lock:
+            return self._cache.get(text)
+
+    def _submit(self, text: str, deadline: float) -> Future[Outcome]:
+        # Concurrent batches asking for the same text share one request, unless that
+        # request's own deadline has passed (it is about to fail with a timeout).
+        with self._lock:
+            inflight = self._inflight.get(text)
+            if inflight is not None and inflight[1] > time.monotonic():
+                return inflight[0]
+            future = self._executor.submit(self._run, text, deadline)
+            self._inflight[text] = (future, deadline)
+        future.add_done_callback(lambda done: self._forget_inflight(text, done))
+        return future
+
+    def _forget_inflight(self, text: str, future: Future[Outcome]) -> None:
+        with self._lock:
+            if self._inflight.get(text, (None,))[0] is future:
+                del self._inflight[text]
+
+    def _run(self, text: str, deadline: float) -> Outcome:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:  # queued behind slower queries until the deadline passed
+            return BackendError("timeout", "not started before the deadline (all workers busy)")
+        outcome = self._fetch(text, remaining)
+        if isinstance(outcome, QueryResult):
+            with self._lock:
+                if self._cache is not None:
+                    self._cache[text] = outcome
+                self._last_good[text] = outcome
+        return outcome
+
+    def _assemble(self, queries: Mapping[str, str], outcomes: Mapping[str, Outcome]) -> BatchResult:
+        results: dict[str, QueryResult] = {}
+        errors: list[BackendError] = []
+        for name, text in queries.items():
+            outcome = outcomes[name]
+            if isinstance(outcome, BackendError):
+                errors.append(replace(outcome, query=name))
+                with self._lock:
+                    last = self._last_good.get(text)
+                if last is None:
+                    continue
+                outcome = replace(last, stale=True)
+            results[name] = outcome
+            if outcome.warnings:
+                errors.append(BackendError("partial", "; ".join(outcome.warnings), name))
+        return BatchResult(results, errors)
+
+    # --- one request --------------------------------------------------------------------
+
+    def _connection(self) -> _Connection:
+        """This thread's client: requests.Session is not documented as thread-safe."""
+        connection: _Connection | None = getattr(self._local, "connection", None)
+        if connection is None:
+            session = requests.Session()
+            session.verify = self._verify
+            # With a session given, PrometheusConnect ignores disable_ssl and mounts its
+            # HTTPAdapter (with our Retry) on the session for this URL.
+            connection = _Connection(self.url, headers=self._headers,
+                                     auth=self._auth,  # type: ignore[arg-type]  # None is its default
+                                     retry=NO_RETRY, session=session)
+            self._local.connection = connection
+            with self._lock:
+                self._connections.append(connection)
+        return connection
+
+    def _fetch(self, text: str, timeout_s: float) -> Outcome:
+        try:
+            response = self._connection().query_response(text, timeout_s)
+            return parse_response(response.status_code, response.content)
+        except BackendFailure as failure:
+            return failure.error
+        except requests.ConnectTimeout:
+            message = f"cannot reach {self._display_url}: connect timed out after {timeout_s:.2f} s"
+            return BackendError("unreachable", message)
+        except requests.Timeout:
+            return BackendError("timeout", f"no answer within {timeout_s:.2f} s")
+        except requests.exceptions.ChunkedEncodingError:
+            return BackendError("partial", "the answer was cut off before its announced end")
+        except requests.exceptions.ContentDecodingError as exc:
+            return BackendError("garbage", f"the answer's Content-Encoding does not decode: {_reason(exc)}")
+        except requests.RequestException as exc:
+            return BackendError("unreachable", f"cannot reach {self._display_url}: {_reason(exc)}")
+
+    def ping(self, timeout_s: float | None = None) -> BackendState:
+        """Whether the backend answers ``vector(1)`` through /api/v1/query (which every
+        compatible backend serves, unlike Prometheus' /-/ready), never cached."""
+        started = time.monotonic()
+        outcome = self._fetch("vector(1)", timeout_s or self.ping_timeout_s)
+        latency_ms = (time.monotonic() - started) * 1000
+        if isinstance(outcome, BackendError):
+            return BackendState(False, latency_ms, outcome)
+        if outcome.value() != 1.0:
+            return BackendState(False, latency_ms, BackendError("garbage", f"vector(1) answered {outcome.samples!r}"))
+        return BackendState(True, latency_ms)
+
+    # --- lifecycle ----------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop the workers and close every thread's connections."""
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._lock:
+            connections, self._connections = self._connections, []
+        for connection in connections:
+            connection.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"PrometheusBackend({self.url!r}, deadline_s={self.deadline_s:g}, cache_ttl_s={self.cache_ttl_s:g})"

@@ -1,0 +1,406 @@
+"""app.backend: healthy paths against a real Prometheus and a real VictoriaMetrics, faults
+against a deliberately broken server (tests/support/faulty_backend.py)."""
+
+from __future__ import annotations
+
+import base64
+import math
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Gauge, make_asgi_app
+from support.faulty_backend import FaultyBackend, Reply, envelope, error_envelope
+from support.servers import AppServer, MetricsServer, free_port, serve_app, start_prometheus, start_victoriametrics
+
+from app.backend import BatchResult, PrometheusBackend, escape_label_value, label_matcher
+
+#: Label values the probe app exports, one series each, valued by their index.
+LABEL_VALUES = (
+    "plain",
+    'double"quote',
+    "back\\slash",
+    "trailing\\",
+    '\\"',
+    "new\nline",
+    "tab\tand\rreturn",
+    "single'quote and `backtick`",
+    'x"} or vector(666) or {v="',
+    "unicode é ☃ \ufffd",
+)
+INJECTION = 'nope"} or vector(666) or {v="'  # not exported: must match nothing
+PROBE = "gm_label_probe"
+
+#: Fault tests use a short deadline to stay fast; SLACK is what "a little" past it means.
+DEADLINE_S = 0.5
+SLACK_S = 0.5
+QUERY = "vector(1)"
+
+
+class FakeClock:
+    """The backend's cache clock, moved by hand: TTL expiry without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def timed(backend: PrometheusBackend, queries: Mapping[str, str]) -> tuple[BatchResult, float]:
+    started = time.monotonic()
+    batch = backend.query_many(queries)
+    return batch, time.monotonic() - started
+
+
+def probe_query(value: str) -> str:
+    return f"{PROBE}{{{label_matcher('v', value)}}}"
+
+
+# --- real backends ----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def probe_app() -> Iterator[AppServer]:
+    """A scrape target whose series carry label values that need escaping."""
+    registry = CollectorRegistry()
+    gauge = Gauge(PROBE, "One series per awkward label value.", ["v"], registry=registry)
+    for index, value in enumerate(LABEL_VALUES):
+        gauge.labels(v=value).set(index)
+    with serve_app(make_asgi_app(registry)) as app:
+        yield app
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory, probe_app: AppServer) -> Iterator[dict[str, MetricsServer]]:
+    tmp: Path = tmp_path_factory.mktemp("backends")
+    with (
+        start_prometheus(tmp, ["self", probe_app.address]) as prometheus,
+        start_victoriametrics(tmp, ["self", probe_app.address]) as victoriametrics,
+    ):
+        # Started together, they scrape concurrently: Prometheus 2.42 sends its first
+        # scrape about 5 s after start (its discovery manager batches updates).
+        for server in (prometheus, victoriametrics):
+            server.wait_until(f"count({PROBE}) == {len(LABEL_VALUES)}", timeout=20)
+        yield {"prometheus": prometheus, "victoriametrics": victoriametrics}
+
+
+@pytest.fixture(params=["prometheus", "victoriametrics"])
+def server(request: pytest.FixtureRequest, servers: dict[str, MetricsServer]) -> MetricsServer:
+    return servers[request.param]
+
+
+@pytest.fixture
+def backend(server: MetricsServer) -> Iterator[PrometheusBackend]:
+    with PrometheusBackend(server.url) as backend:
+        yield backend
+
+
+def test_label_values_that_need_escaping_match_their_series_exactly(backend: PrometheusBackend) -> None:
+    batch = backend.query_many({value: probe_query(value) for value in LABEL_VALUES})
+    assert batch.errors == []
+    for index, value in enumerate(LABEL_VALUES):
+        [sample] = batch.results[value].samples
+        assert (sample.labels["v"], sample.value) == (value, index)
+
+
+def test_an_injection_attempt_is_a_literal_value(backend: PrometheusBackend) -> None:
+    batch = backend.query_many({"q": probe_query(INJECTION)})
+    assert batch.errors == []
+    assert batch.results["q"].samples == ()
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(value=st.one_of(
+    st.sampled_from(LABEL_VALUES),
+    st.text(st.one_of(st.sampled_from('"\\\n\r\t\x00{}=~!,\'`\ufffd'), st.characters(exclude_categories=["Cs"])),
+            max_size=12),
+))
+def test_any_label_value_matches_literally(backend: PrometheusBackend, value: str) -> None:
+    batch = backend.query_many({"q": probe_query(value)})
+    assert batch.errors == []
+    assert [sample.labels["v"] for sample in batch.results["q"].samples] in ([], [value])
+
+
+def test_result_type_is_the_backends_own(backend: PrometheusBackend, server: MetricsServer) -> None:
+    queries = {"vector": "vector(1)", "scalar": "scalar(vector(2))", "matrix": "up[10s]", "string": '"text"'}
+    batch = backend.query_many(queries)
+    assert batch.errors == []
+    for name, expr in queries.items():
+        assert batch.results[name].result_type == server.query(expr)["resultType"]
+    assert batch.results["vector"].value() == 1.0
+    assert batch.results["scalar"].value() == 2.0
+    assert batch.results["matrix"].samples  # one last point per series
+
+
+def test_nan_samples_are_dropped_and_infinities_kept(backend: PrometheusBackend) -> None:
+    batch = backend.query_many({"nan": "vector(0) / 0", "inf": "vector(1) / 0"})
+    assert batch.errors == []
+    assert batch.results["nan"].samples == ()  # VictoriaMetrics drops NaN itself; Prometheus sends it
+    assert batch.results["inf"].value() == math.inf
+
+
+def test_grouped_values_by_labels(backend: PrometheusBackend) -> None:
+    result = backend.query_many({"q": f"count by (job) ({PROBE})"}).results["q"]
+    assert result.grouped(("job",)) == {("gateway-metrics",): len(LABEL_VALUES)}
+    assert result.grouped(("job", "absent")) == {("gateway-metrics", ""): len(LABEL_VALUES)}
+
+
+def test_invalid_promql_is_the_backends_rejection(backend: PrometheusBackend, server: MetricsServer) -> None:
+    batch = backend.query_many({"broken": "sum(rate("})
+    [error] = batch.errors
+    # Prometheus says bad_data (400); VictoriaMetrics answers every query error with 422.
+    expected = ("bad_data", 400) if server.kind == "prometheus" else ("execution", 422)
+    assert (error.kind, error.status, error.query) == (*expected, "broken")
+    assert "broken" not in batch.results
+
+
+def test_evaluation_error_is_execution_422(backend: PrometheusBackend) -> None:
+    many_to_many = '{__name__=~"up|scrape_duration_seconds"} + on (job) {__name__=~"up|scrape_samples_scraped"}'
+    [error] = backend.query_many({"q": many_to_many}).errors
+    assert (error.kind, error.status) == ("execution", 422)
+
+
+def test_a_batch_answers_every_query(backend: PrometheusBackend) -> None:
+    batch = backend.query_many({f"q{i}": f"vector({i})" for i in range(24)})
+    assert batch.errors == [] and not batch.stale
+    assert {name: result.value() for name, result in batch.results.items()} == {f"q{i}": i for i in range(24)}
+
+
+def test_answers_are_cached_for_the_ttl(servers: dict[str, MetricsServer]) -> None:
+    # Counted by Prometheus itself. (VictoriaMetrics' own counter shows requests up to
+    # a second late, so it cannot say "exactly one more".)
+    prometheus, clock = servers["prometheus"], FakeClock()
+
+    def served() -> float:
+        return prometheus.self_metric("prometheus_http_requests_total", {"handler": "/api/v1/query"})
+
+    def served_at_least(expected: float) -> float:
+        # Prometheus counts a request just after answering it.
+        return float(prometheus.wait_until(lambda: (count := served()) >= expected and count, timeout=5))
+
+    with PrometheusBackend(prometheus.url, cache_ttl_s=10, clock=clock) as backend:
+        before = served()
+        for _ in range(3):  # and two names for one text: still one request
+            assert backend.query_many({"a": "vector(7)", "b": "vector(7)"}).results["b"].value() == 7
+        assert served_at_least(before + 1) == before + 1
+        clock.advance(10.1)
+        backend.query_many({"a": "vector(7)"})
+        assert served_at_least(before + 2) == before + 2
+
+
+def test_ping_reaches_a_real_backend(backend: PrometheusBackend) -> None:
+    state = backend.ping()
+    assert state.reachable and state.error is None
+    assert state.latency_ms < 1000
+
+
+# --- faults -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fake() -> Iterator[FaultyBackend]:
+    with FaultyBackend() as fake:
+        yield fake
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def warm_backend(fake: FaultyBackend, clock: FakeClock) -> Iterator[PrometheusBackend]:
+    """A backend on the fake with a last good answer for QUERY, its cache entry expired."""
+    with PrometheusBackend(fake.url, deadline_s=DEADLINE_S, clock=clock) as backend:
+        assert backend.query_many({"q": QUERY}).errors == []
+        clock.advance(backend.cache_ttl_s + 1)
+        yield backend
+
+
+def assert_stale_answer(batch: BatchResult, elapsed: float, kind: str, status: int | None = None) -> None:
+    assert elapsed < DEADLINE_S + SLACK_S
+    assert [(e.kind, e.status, e.query) for e in batch.errors] == [(kind, status, "q")]
+    assert batch.stale and batch.results["q"].stale
+    assert batch.results["q"].value() == 1.0  # the last good answer
+
+
+def test_backend_down_answers_at_once_with_the_last_good_value(
+    fake: FaultyBackend, warm_backend: PrometheusBackend
+) -> None:
+    fake.stop()
+    batch, elapsed = timed(warm_backend, {"q": QUERY})
+    assert_stale_answer(batch, elapsed, "unreachable")
+    assert "Connection refused" in batch.errors[0].message
+
+
+def test_refused_connection_is_not_retried_for_seconds() -> None:
+    # prometheus-api-client's default Retry would take about 6 s here.
+    with PrometheusBackend(f"http://127.0.0.1:{free_port()}") as backend:
+        batch, elapsed = timed(backend, {"q": QUERY})
+    assert elapsed < SLACK_S
+    assert [e.kind for e in batch.errors] == ["unreachable"]
+    assert batch.results == {} and not batch.stale  # no last good answer to fall back on
+
+
+def test_slow_backend_answers_at_the_deadline_with_the_last_good_value(
+    fake: FaultyBackend, warm_backend: PrometheusBackend
+) -> None:
+    fake.reply = Reply(delay_s=30)
+    batch, elapsed = timed(warm_backend, {"q": QUERY})
+    assert elapsed >= DEADLINE_S * 0.9
+    assert_stale_answer(batch, elapsed, "timeout")
+
+
+def test_one_deadline_covers_the_whole_batch(fake: FaultyBackend) -> None:
+    fake.reply = Reply(delay_s=30)
+    with PrometheusBackend(fake.url, deadline_s=DEADLINE_S, max_workers=2) as backend:
+        batch, elapsed = timed(backend, {f"q{i}": f"vector({i})" for i in range(10)})
+    assert elapsed < DEADLINE_S + SLACK_S
+    assert [e.kind for e in batch.errors] == ["timeout"] * 10
+
+
+def test_backend_is_asked_to_give_up_before_the_deadline(fake: FaultyBackend) -> None:
+    with PrometheusBackend(fake.url, deadline_s=DEADLINE_S) as backend:
+        backend.query_many({"q": QUERY})
+    form = fake.requests[-1].form
+    assert form["query"] == QUERY
+    assert 0 < int(form["timeout"].removesuffix("ms")) < DEADLINE_S * 1000
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind", "status"),
+    [
+        pytest.param(Reply(status=500, body=b"internal error", content_type="text/plain"),
+                     "http_error", 500, id="500-text"),
+        pytest.param(Reply(status=502, body=b"<html>Bad Gateway</html>", content_type="text/html"),
+                     "http_error", 502, id="502-proxy-page"),
+        pytest.param(Reply(status=503, body=error_envelope("timeout", "query timed out in expression evaluation")),
+                     "backend_timeout", 503, id="503-prometheus-timeout"),
+        pytest.param(Reply(status=422, body=error_envelope("execution", "many-to-many matching not allowed")),
+                     "execution", 422, id="422-execution"),
+        pytest.param(Reply(body=b"hello, I am not Prometheus", content_type="text/plain"),
+                     "garbage", 200, id="not-json"),
+        pytest.param(Reply(body=b"[1, 2, 3]"), "garbage", 200, id="json-array"),
+        pytest.param(Reply(body=b'{"answer": 42}'), "garbage", 200, id="json-without-status"),
+        pytest.param(Reply(body=envelope(result="oops")), "garbage", 200, id="result-not-a-list"),
+        pytest.param(Reply(body=envelope(result=[{"metric": {}, "value": [0, "x"]}])),
+                     "garbage", 200, id="value-not-a-number"),
+        pytest.param(Reply(cut_at=40), "partial", None, id="body-cut-short-of-content-length"),
+        pytest.param(Reply(body=envelope()[:60]), "partial", 200, id="json-ends-early"),
+        pytest.param(Reply(body=b'{"status": "success"}'), "partial", 200, id="data-missing"),
+    ],
+)
+def test_faulty_answer_serves_the_last_good_value(
+    fake: FaultyBackend, warm_backend: PrometheusBackend, reply: Reply, kind: str, status: int | None
+) -> None:
+    fake.reply = reply
+    batch, elapsed = timed(warm_backend, {"q": QUERY})
+    assert_stale_answer(batch, elapsed, kind, status)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ({"warnings": ["remote read: store 2 unreachable"]}, "remote read: store 2 unreachable"),
+        ({"isPartial": True}, "isPartial"),
+    ],
+)
+def test_partial_answer_is_served_and_reported(
+    fake: FaultyBackend, warm_backend: PrometheusBackend, extra: dict[str, Any], message: str
+) -> None:
+    fake.reply = Reply(body=envelope(result=[{"metric": {"job": "a"}, "value": [0, "2"]}], **extra))
+    batch = warm_backend.query_many({"q": QUERY})
+    assert not batch.stale and batch.results["q"].value() == 2.0
+    [error] = batch.errors
+    assert error.kind == "partial" and message in error.message and error.query == "q"
+    assert batch.results["q"].warnings
+
+
+def test_queries_run_in_parallel(fake: FaultyBackend) -> None:
+    fake.reply = Reply(delay_s=0.3)
+    with PrometheusBackend(fake.url, max_workers=4) as backend:
+        batch, elapsed = timed(backend, {f"q{i}": f"vector({i})" for i in range(4)})
+    assert batch.errors == []
+    assert elapsed < 0.3 * 2  # one after the other would take 1.2 s
+
+
+def test_concurrent_batches_share_one_request_per_query(fake: FaultyBackend) -> None:
+    fake.reply = Reply(delay_s=0.2)
+    with PrometheusBackend(fake.url) as backend:
+        threads = [threading.Thread(target=backend.query_many, args=({"q": QUERY},)) for _ in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(5)
+    assert fake.request_count == 1
+
+
+def test_bearer_token_is_sent(fake: FaultyBackend) -> None:
+    with PrometheusBackend(fake.url, bearer_token="s3cret-token") as backend:
+        assert backend.query_many({"q": QUERY}).errors == []
+    assert fake.requests[-1].headers["authorization"] == "Bearer s3cret-token"
+
+
+def test_basic_auth_is_sent(fake: FaultyBackend) -> None:
+    with PrometheusBackend(fake.url, basic_auth=("grafana", "pa:ss")) as backend:
+        assert backend.ping().reachable
+    assert fake.requests[-1].headers["authorization"] == "Basic " + base64.b64encode(b"grafana:pa:ss").decode()
+
+
+def test_bearer_token_and_basic_auth_together_are_refused() -> None:
+    with pytest.raises(ValueError, match="not both"):
+        PrometheusBackend("http://127.0.0.1:9090", bearer_token="t", basic_auth=("u", "p"))
+
+
+def test_errors_never_show_credentials_from_the_url() -> None:
+    with PrometheusBackend(f"http://user:hunter2@127.0.0.1:{free_port()}") as backend:
+        [error] = backend.query_many({"q": QUERY}).errors
+    assert error.kind == "unreachable" and "hunter2" not in error.message
+
+
+def test_ping_of_a_down_backend_is_fast_and_says_why() -> None:
+    with PrometheusBackend(f"http://127.0.0.1:{free_port()}") as backend:
+        state = backend.ping()
+    assert not state.reachable and state.error is not None and state.error.kind == "unreachable"
+    assert state.latency_ms < SLACK_S * 1000
+
+
+def test_ping_of_a_slow_backend_keeps_to_its_timeout(fake: FaultyBackend) -> None:
+    fake.reply = Reply(delay_s=30)
+    with PrometheusBackend(fake.url, ping_timeout_s=0.3) as backend:
+        state = backend.ping()
+    assert not state.reachable and state.error is not None and state.error.kind == "timeout"
+    assert state.latency_ms < (0.3 + SLACK_S) * 1000
+
+
+def test_ping_of_a_garbage_backend_is_not_reachable(fake: FaultyBackend) -> None:
+    fake.reply = Reply(body=b"<html>login</html>", content_type="text/html")
+    with PrometheusBackend(fake.url) as backend:
+        state = backend.ping()
+    assert not state.reachable and state.error is not None and state.error.kind == "garbage"
+
+
+# --- PromQL text ---------------------------------------------------------------------------
+
+
+def test_escaping_covers_backslash_quote_newline() -> None:
+    assert escape_label_value('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
+
+
+def test_label_matcher_refuses_a_bad_label_name() -> None:
+    with pytest.raises(ValueError, match="label name"):
+        label_matcher('v"} or vector(1) or {x', "value")
+
+
+def test_text_that_is_not_unicode_is_refused() -> None:
+    with pytest.raises(ValueError, match="surrogate"):
+        escape_label_value("bad \udc80 byte")
