@@ -16,7 +16,7 @@ from app.registry import METRICS
 from app.routers import docs, health, metrics, summary
 from app.settings import Settings, get_settings
 from app.snapshots import Snapshots
-from app.summary_service import SummaryService
+from app.summary_service import SummaryService, backend_from_settings
 
 _snapshots: Snapshots | None = None
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     HTTP_STATS.set_label_cap(settings.label_cap)
     register_collectors()
     snapshots = local_snapshots(settings.snapshot_interval_seconds)
+    summary_service = SummaryService(settings, snapshots, backend_from_settings(settings))
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            summary_service.close()
 
     app = FastAPI(
         title="gateway-metrics",
@@ -63,7 +65,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.summary_service = SummaryService(settings, snapshots)
+    app.state.summary_service = summary_service
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(summary.router)

@@ -14,11 +14,21 @@ from pydantic import BaseModel, Field
 Ms = float | None
 
 
+class BackendReadiness(BaseModel):
+    """The Prometheus backend's state, as /ready reports it."""
+
+    configured: bool
+    reachable: bool | None = None
+    latency_ms: float | None = None
+    error: str | None = None
+
+
 class SummaryError(BaseModel):
     """What went wrong with the backend for this answer."""
 
     kind: str = Field(description="unreachable, timeout, http_error, bad_data, execution, "
-                                  "backend_timeout, garbage, partial, fallback")
+                                  "backend_timeout, garbage, partial; fallback: figures from "
+                                  "this instance's registry")
     message: str
     query: str | None = Field(None, description="The named query concerned, if one.")
     status: int | None = Field(None, description="The HTTP status it maps to, if one.")

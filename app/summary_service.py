@@ -8,15 +8,17 @@ it never had one, from the local registry, and ``errors`` says which and why.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
+from app.backend import BackendError, PrometheusBackend
 from app.catalogue import Category
-from app.promql import queries_for
+from app.promql import Matcher, Query, queries_for
 from app.scoring import get_tracker
 from app.settings import Settings
-from app.snapshots import Snapshots
+from app.snapshots import Result, Snapshots
 from app.summary import HealthFigures, build_metrics
-from app.summary_models import Summary, SummaryError
+from app.summary_models import BackendReadiness, Summary, SummaryError
 
 
 def local_health() -> dict[str, HealthFigures]:
@@ -32,23 +34,106 @@ def local_health() -> dict[str, HealthFigures]:
     }
 
 
+def backend_from_settings(settings: Settings) -> PrometheusBackend | None:
+    if not settings.prometheus_url:
+        return None
+    basic_auth = None
+    if settings.prometheus_username is not None:
+        password = settings.prometheus_password.get_secret_value() if settings.prometheus_password else ""
+        basic_auth = (settings.prometheus_username, password)
+    token = settings.prometheus_bearer_token
+    return PrometheusBackend(
+        settings.prometheus_url,
+        bearer_token=token.get_secret_value() if token else None,
+        basic_auth=basic_auth,
+        verify_tls=settings.prometheus_ca_bundle or settings.prometheus_verify_tls,
+        deadline_s=settings.query_deadline_seconds,
+        cache_ttl_s=settings.query_cache_seconds,
+    )
+
+
+def summary_errors(errors: list[BackendError]) -> list[SummaryError]:
+    """The backend's errors, one entry per distinct failure (a down backend fails every
+    query the same way), naming the queries concerned."""
+    merged: dict[tuple[str, str, int | None], list[str]] = {}
+    for error in errors:
+        merged.setdefault((error.kind, error.message, error.status), []).append(error.query or "")
+    return [
+        SummaryError(kind=kind, message=message, status=status, query=", ".join(q for q in queries if q) or None)
+        for (kind, message, status), queries in merged.items()
+    ]
+
+
 class SummaryService:
-    def __init__(self, settings: Settings, snapshots: Snapshots, backend: object | None = None) -> None:
+    def __init__(
+        self, settings: Settings, snapshots: Snapshots, backend: PrometheusBackend | None = None
+    ) -> None:
         self.settings = settings
         self.snapshots = snapshots
         self.backend = backend
+        self.extra_matchers: tuple[Matcher, ...] = (
+            (Matcher("job", "=", settings.prometheus_job),) if settings.prometheus_job else ()
+        )
 
-    def summary(self, categories: list[Category], window_s: int | None = None) -> Summary:
+    def summary(self, categories: list[Category], window_s: int | None = None, local: bool = False) -> Summary:
         self.snapshots.start()  # no-op once running; an embedding app may skip our lifespan
         window = int(window_s or self.settings.summary_window_seconds)
         queries = queries_for(categories)
-        errors: list[SummaryError] = []
-        results = self.snapshots.evaluate(queries, window)
+        if self.backend is None or local:
+            results = self.snapshots.evaluate(queries, window)
+            return self._summary("local", window, categories, results, local_health(), False, [])
+
+        batch = self.backend.query_many({q.name: q.promql(window, self.extra_matchers) for q in queries})
+        results: dict[str, Result] = {
+            q.name: batch.results[q.name].grouped(q.by) for q in queries if q.name in batch.results
+        }
+        errors = summary_errors(batch.errors)
+        missing = [q for q in queries if q.name not in results]
+        if missing:
+            results.update(self.snapshots.evaluate(missing, window))
+            errors.append(_fallback_error(missing, queries))
+        source = "local" if len(missing) == len(queries) else "prometheus"
+        return self._summary(source, window, categories, results, local_health(), batch.stale, errors)
+
+    def _summary(
+        self,
+        source: str,
+        window: int,
+        categories: list[Category],
+        results: Mapping[str, Result],
+        health: Mapping[str, HealthFigures],
+        stale: bool,
+        errors: list[SummaryError],
+    ) -> Summary:
         return Summary(
             timestamp=datetime.now(UTC),
-            source="local",
+            source=source,  # type: ignore[arg-type]
             window_seconds=window,
-            stale=False,
+            stale=stale,
             errors=errors,
-            metrics=build_metrics(categories, results, local_health(), self.settings.top_n),
+            metrics=build_metrics(categories, results, health, self.settings.top_n),
         )
+
+    def readiness(self) -> BackendReadiness:
+        if self.backend is None:
+            return BackendReadiness(configured=False)
+        state = self.backend.ping()
+        return BackendReadiness(
+            configured=True,
+            reachable=state.reachable,
+            latency_ms=round(state.latency_ms, 3),
+            error=None if state.error is None else f"{state.error.kind}: {state.error.message}",
+        )
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+
+
+def _fallback_error(missing: list[Query], queries: list[Query]) -> SummaryError:
+    return SummaryError(
+        kind="fallback",
+        message=f"{len(missing)} of {len(queries)} figures answered from this instance's registry "
+        "(no good backend answer yet)",
+        query=", ".join(q.name for q in missing),
+    )

@@ -7,18 +7,13 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
+from app.summary_models import BackendReadiness
+
 router = APIRouter(tags=["health"])
 
 
 class Liveness(BaseModel):
     status: Literal["ok"] = "ok"
-
-
-class BackendReadiness(BaseModel):
-    configured: bool
-    reachable: bool | None = None
-    latency_ms: float | None = None
-    error: str | None = None
 
 
 class Readiness(BaseModel):
@@ -35,6 +30,6 @@ def health() -> Liveness:
 def ready(request: Request) -> Readiness:
     """Ready as soon as the app serves; a down backend is reported, never a failure,
     because summaries then answer from the local registry."""
-    probe = getattr(request.app.state, "backend_probe", None)
-    backend = probe() if probe is not None else BackendReadiness(configured=False)
+    service = getattr(request.app.state, "summary_service", None)
+    backend = service.readiness() if service is not None else BackendReadiness(configured=False)
     return Readiness(backend=backend)

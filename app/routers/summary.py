@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
 
@@ -26,7 +26,11 @@ def summary(
         int | None,
         Query(ge=10, le=MAX_WINDOW_S, description="Window of rates, ratios and percentiles."),
     ] = None,
+    source: Annotated[
+        Literal["auto", "local"],
+        Query(description="auto: the backend when configured; local: this instance's registry."),
+    ] = "auto",
 ) -> Summary:
     service: SummaryService = request.app.state.summary_service
     categories = list(dict.fromkeys(category)) if category else list(Category)
-    return service.summary(categories, window_seconds)
+    return service.summary(categories, window_seconds, local=source == "local")

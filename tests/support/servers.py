@@ -484,3 +484,49 @@ def serve_app(
         handle.stop()
         raise
     return handle
+
+
+# --- gateway-metrics in processes of their own ----------------------------------------
+
+
+class ServiceProcess:
+    """A gateway-metrics instance (tests.support.instance) in a subprocess."""
+
+    def __init__(self, tmp_dir: Path, index: int, env: Mapping[str, str], start_timeout: float) -> None:
+        import os
+        import sys
+
+        self.port = free_port()
+        self.url = f"http://{LOOPBACK}:{self.port}"
+        self.address = f"{LOOPBACK}:{self.port}"
+        self.log_path = Path(tmp_dir) / f"instance-{index}-{self.port}.log"
+        argv = [sys.executable, "-m", "tests.support.instance", "--port", str(self.port), "--index", str(index)]
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                _die_with_parent(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                env={**os.environ, **env}, cwd=Path(__file__).resolve().parents[2],
+            )
+        with httpx.Client(timeout=2.0, trust_env=False) as http:
+            try:
+                poll(lambda: self.process.poll() is not None or http.get(self.url + "/health").status_code == 200,
+                     start_timeout, f"instance {index} at {self.url}")
+            except BaseException:
+                self.stop()
+                raise
+        if self.process.poll() is not None:
+            raise ServerError(f"instance {index} exited: {self.log_path.read_text(errors='replace')[-LOG_TAIL_CHARS:]}")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(STOP_TIMEOUT_S)
+
+
+def start_service(tmp_dir: Path | str, index: int, env: Mapping[str, str] | None = None,
+                  start_timeout: float = START_TIMEOUT_S) -> ServiceProcess:
+    """Instance ``index`` of a test fleet, serving on a free loopback port."""
+    return ServiceProcess(Path(tmp_dir), index, env or {}, start_timeout)
