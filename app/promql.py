@@ -1,7 +1,10 @@
 """The named query catalogue of the summaries, and its PromQL.
 
-Every figure of a summary is one :class:`Query`: a rate, a current value or a quantile
-of one catalogue family, summed (or maxed) by a few labels. The same ``Query`` object
+Every figure of a summary comes from a few :class:`Query` objects: a rate or a current
+value of one catalogue family, summed (or maxed) by a few labels. Quantiles are computed
+from the rates of a histogram's buckets (``sum by (le, ...)``) with Prometheus'
+``histogram_quantile`` algorithm (app.quantiles), so one query gives every percentile at
+every grouping, and ratios are divided in the service. The same ``Query`` object
 renders to PromQL for a Prometheus-compatible backend (:meth:`Query.promql`) and is
 evaluated from this process's own registry snapshots in local mode
 (``app.snapshots``), so both sources mean the same thing by construction. Docs, rules
@@ -22,9 +25,8 @@ from app.catalogue import Category
 
 
 class Kind(StrEnum):
-    RATE = "rate"  # per-second rate of a counter (or a histogram's _count/_sum) over the window
+    RATE = "rate"  # per-second rate of a counter (or a histogram's buckets/_sum) over the window
     CURRENT = "current"  # the value now (gauges; counter totals)
-    QUANTILE = "quantile"  # a quantile of a histogram's observations over the window
 
 
 MatchOp = Literal["=", "!=", "=~", "!~"]
@@ -46,11 +48,10 @@ class Query:
 
     name: str
     kind: Kind
-    #: A sample name: ``x_total``, a gauge, ``h_count``/``h_sum``; for QUANTILE the histogram.
+    #: A sample name: ``x_total``, a gauge, ``h_bucket``, ``h_sum``.
     metric: str
     by: tuple[str, ...] = ()
     matchers: tuple[Matcher, ...] = ()
-    quantile: float = 0.0
     #: How series of several instances combine: "sum" for per-process figures, "max" for
     #: gauges every replica reports identically (business state read from the database).
     aggregate: Literal["sum", "max"] = "sum"
@@ -63,16 +64,9 @@ class Query:
         """The PromQL of this query over ``window_s``; ``extra`` matchers narrow every
         selector (``job="gateway-metrics"`` when other apps export the same names)."""
         by = ", ".join(self.by)
-        window = duration(window_s)
-        if self.kind is Kind.QUANTILE:
-            grouping = f"le, {by}" if by else "le"
-            return (
-                f"histogram_quantile({self.quantile:g}, sum by ({grouping}) "
-                f"(rate({self.selector('_bucket', extra)}[{window}])))"
-            )
         inner = self.selector("", extra)
         if self.kind is Kind.RATE:
-            inner = f"rate({inner}[{window}])"
+            inner = f"rate({inner}[{duration(window_s)}])"
         return f"{self.aggregate} by ({by}) ({inner})" if by else f"{self.aggregate}({inner})"
 
 
@@ -91,61 +85,52 @@ def current(name: str, metric: str, *by: str, aggregate: Literal["sum", "max"] =
     return Query(name, Kind.CURRENT, metric, by, matchers, aggregate=aggregate)
 
 
-def quantile(name: str, q: float, histogram: str, *by: str) -> Query:
-    return Query(name, Kind.QUANTILE, histogram, by, quantile=q)
+def buckets(name: str, histogram: str, *by: str) -> Query:
+    """The rate of a histogram's buckets by ``le`` and ``by``: every quantile of every
+    coarser grouping follows from it (app.quantiles), so one query serves p50/p95/p99."""
+    return Query(name, Kind.RATE, f"{histogram}_bucket", ("le", *by))
 
 
-NOT_SUCCESS = (Matcher("status", "!=", "success"),)
-SERVER_ERRORS = (Matcher("status_code", "=~", "5.."),)
-PERCENTILES = (("p50", 0.5), ("p95", 0.95), ("p99", 0.99))
-
-
-def _percentiles(prefix: str, histogram: str, *by: str) -> tuple[Query, ...]:
-    return tuple(quantile(f"{prefix}_{label}", q, histogram, *by) for label, q in PERCENTILES)
-
+_CALLS = rate("calls_per_second", "model_inference_requests_total", "provider", "model", "status")
+_INFERENCE = buckets("inference_buckets", "model_inference_duration_seconds", "provider", "model")
+_TTFT = buckets("ttft_buckets", "gatewayz_time_to_first_token_seconds", "provider", "model")
+_TOKENS = current("tokens_total", "tokens_used_total", "provider", "model", "token_type")
+_COST = current("cost_usd", "gatewayz_cost_by_provider", "provider")
 
 #: The summary's queries, by category. Names are the keys app.summary reads results by.
 SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
     Category.PROVIDERS: (
-        rate("provider_requests_per_second", "model_inference_requests_total", "provider"),
-        rate("provider_errors_per_second", "model_inference_requests_total", "provider", matchers=NOT_SUCCESS),
+        _CALLS,
+        buckets("provider_latency_buckets", "provider_response_time_seconds", "provider"),
         rate("provider_latency_sum", "provider_response_time_seconds_sum", "provider"),
-        rate("provider_latency_count", "provider_response_time_seconds_count", "provider"),
-        quantile("provider_latency_p95", 0.95, "provider_response_time_seconds", "provider"),
-        current("provider_cost_usd", "gatewayz_cost_by_provider", "provider"),
+        _COST,
     ),
     Category.MODELS: (
-        rate("model_requests_per_second", "model_inference_requests_total", "provider", "model"),
-        rate("model_errors_per_second", "model_inference_requests_total", "provider", "model",
-             matchers=NOT_SUCCESS),
-        current("model_requests_total", "model_inference_requests_total", "provider", "model"),
-        *_percentiles("model_latency", "model_inference_duration_seconds", "provider", "model"),
-        quantile("model_ttft_p50", 0.5, "gatewayz_time_to_first_token_seconds", "provider", "model"),
-        quantile("model_ttft_p95", 0.95, "gatewayz_time_to_first_token_seconds", "provider", "model"),
-        current("model_tokens_total", "tokens_used_total", "provider", "model", "token_type"),
+        _CALLS,
+        current("calls_total", "model_inference_requests_total", "provider", "model"),
+        _INFERENCE,
+        _TTFT,
+        _TOKENS,
     ),
     Category.BUSINESS: (
         current("api_keys", "active_api_keys", "status", aggregate="max"),
         current("subscriptions", "active_subscriptions", "plan", "billing_cycle", aggregate="max"),
         current("trials", "trial_active", "status", aggregate="max"),
-        current("credit_balance", "user_credit_balance", "plan_type", aggregate="max"),
-        current("tokens_total", "tokens_used_total", "token_type"),
+        _TOKENS,
         current("credits_total", "credits_used_total"),
-        current("cost_by_provider", "gatewayz_cost_by_provider", "provider"),
         rate("credits_per_second", "credits_used_total"),
-        rate("api_key_uses_per_second", "api_key_usage_total", "status"),
+        _COST,
     ),
     Category.PERFORMANCE: (
-        rate("http_requests_per_second", "http_requests_total"),
-        rate("http_server_errors_per_second", "http_requests_total", matchers=SERVER_ERRORS),
-        *_percentiles("http_latency", "http_request_duration_seconds"),
-        *_percentiles("inference_latency", "model_inference_duration_seconds"),
-        quantile("ttft_p95", 0.95, "gatewayz_time_to_first_token_seconds"),
-        quantile("database_p95", 0.95, "database_query_duration_seconds"),
+        rate("http_per_second", "http_requests_total", "status_code"),
+        buckets("http_buckets", "http_request_duration_seconds"),
+        _INFERENCE,
+        _TTFT,
+        buckets("database_buckets", "database_query_duration_seconds"),
         current("in_flight", "http_requests_in_flight"),
         rate("cache_hits_per_second", "cache_hits_total"),
         rate("cache_misses_per_second", "cache_misses_total"),
-        rate("rate_limited_per_second", "rate_limited_requests_total", "limit_type"),
+        rate("rate_limited_per_second", "rate_limited_requests_total"),
     ),
     Category.SYSTEM: (
         current("process_start_time", "process_start_time_seconds", aggregate="max"),
@@ -155,13 +140,15 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
         current("connections", "active_connections", "type"),
         current("queues", "queue_size", "queue_name"),
         current("http_requests_total", "http_requests_total"),
-        rate("exceptions_per_second", "http_exceptions_total", "exception_type"),
-        current("label_overflows_total", "gatewayz_label_overflow_total", "metric"),
-        current("rejected_inputs_total", "gatewayz_recording_rejected_total", "helper"),
+        rate("exceptions_per_second", "http_exceptions_total"),
+        current("label_overflows_total", "gatewayz_label_overflow_total"),
+        current("rejected_inputs_total", "gatewayz_recording_rejected_total"),
     ),
 }
 
 
 def queries_for(categories: list[Category]) -> list[Query]:
-    return [query for category in categories for query in SUMMARY_QUERIES[category]]
+    """The queries the categories need, each once (categories share some)."""
+    unique = {query.name: query for category in categories for query in SUMMARY_QUERIES[category]}
+    return list(unique.values())
 

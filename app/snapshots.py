@@ -3,8 +3,7 @@ evaluated over them with the same meaning as their PromQL.
 
 A rate over a window is the increase between the snapshot taken at least ``window``
 ago (the oldest one while the process is younger) and now, divided by the time between
-them; a quantile is ``histogram_quantile`` over the bucket increases of that span, with
-Prometheus' interpolation. Snapshots are kept at ``interval`` for the last
+them (bucket rates included: app.quantiles turns them into quantiles). Snapshots are kept at ``interval`` for the last
 ``FINE_SPAN_S`` and one a minute beyond, up to ``MAX_WINDOW_S``, so memory stays bounded.
 """
 
@@ -22,6 +21,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 
 from app.promql import Kind, Matcher, Query
+from app.quantiles import Result
 
 #: Longest window a summary may ask for.
 MAX_WINDOW_S = 3600
@@ -31,7 +31,6 @@ COARSE_STEP_S = 60
 
 LabelPairs = tuple[tuple[str, str], ...]
 Samples = dict[str, dict[LabelPairs, float]]  # sample name -> labels -> value
-Result = dict[tuple[str, ...], float]  # group label values -> value (NaN: undefined)
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,54 +172,10 @@ def evaluate(query: Query, now: Snapshot, base: Snapshot | None) -> Result:
     if base is None:
         return {}
     elapsed = now.at - base.at
-    if query.kind is Kind.RATE:
-        rates: Result = {}
-        before = base.samples.get(query.metric, {})
-        for labels, value in now.samples.get(query.metric, {}).items():
-            if _matches(labels, query.matchers):
-                key = _group(labels, query.by)
-                rates[key] = rates.get(key, 0.0) + _increase(value, before.get(labels)) / elapsed
-        return rates
-    # QUANTILE: bucket increases summed by (le, *by), then histogram_quantile per group.
-    bucket_name = f"{query.metric}_bucket"
-    before = base.samples.get(bucket_name, {})
-    groups: dict[tuple[str, ...], dict[float, float]] = {}
-    for labels, value in now.samples.get(bucket_name, {}).items():
+    rates: Result = {}
+    before = base.samples.get(query.metric, {})
+    for labels, value in now.samples.get(query.metric, {}).items():
         if _matches(labels, query.matchers):
-            le = float(dict(labels)["le"])
-            buckets = groups.setdefault(_group(labels, query.by), {})
-            buckets[le] = buckets.get(le, 0.0) + _increase(value, before.get(labels))
-    return {key: histogram_quantile(query.quantile, buckets) for key, buckets in groups.items()}
-
-
-def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
-    """Prometheus' ``histogram_quantile`` over cumulative ``{upper bound: count}``.
-
-    NaN when there are no observations, as in Prometheus (promql/quantile.go).
-    """
-    if q < 0:
-        return -math.inf
-    if q > 1:
-        return math.inf
-    bounds = sorted(buckets)
-    if len(bounds) < 2 or bounds[-1] != math.inf:
-        return math.nan
-    counts = [buckets[bound] for bound in bounds]
-    for index in range(1, len(counts)):  # counts must not decrease (scrape races)
-        counts[index] = max(counts[index], counts[index - 1])
-    observations = counts[-1]
-    if observations == 0:
-        return math.nan
-    rank = q * observations
-    index = bisect.bisect_left(counts, rank)
-    if index == len(bounds) - 1:
-        return bounds[-2]
-    if index == 0 and bounds[0] <= 0:
-        return bounds[0]
-    start = 0.0 if index == 0 else bounds[index - 1]
-    end = bounds[index]
-    below = 0.0 if index == 0 else counts[index - 1]
-    in_bucket = counts[index] - below
-    if in_bucket == 0:  # q = 0 over an empty first bucket: 0/0, NaN in Prometheus too
-        return math.nan
-    return start + (end - start) * ((rank - below) / in_bucket)
+            key = _group(labels, query.by)
+            rates[key] = rates.get(key, 0.0) + _increase(value, before.get(labels)) / elapsed
+    return rates

@@ -1,8 +1,9 @@
 """Building the summary's categories from the results of the named queries.
 
 Inputs are the results of ``app.promql.SUMMARY_QUERIES`` (from either source) and the
-providers' health; the output is the models of ``app.summary_models``. Ratios are taken
-here from their rates (errors / requests, hits / (hits + misses)), so a window without
+providers' health; the output is the models of ``app.summary_models``. Coarser figures
+are sums of finer ones (a provider's calls are the sum of its models' calls), quantiles
+come from bucket rates (app.quantiles), and ratios are divided here, so a window without
 traffic gives ``null``, not a division by zero.
 """
 
@@ -10,12 +11,12 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from app.catalogue import Category
+from app.quantiles import Result, observations_by, quantiles_by
 from app.recording import TOP_KEYS_BY_CREDITS, TOP_KEYS_BY_REQUESTS, TOP_USERS_BY_CREDITS
-from app.snapshots import Result
 from app.summary_models import (
     BusinessSummary,
     ModelsSummary,
@@ -30,6 +31,9 @@ from app.summary_models import (
 from app.topn import SpaceSaving
 
 Results = Mapping[str, Result]
+Group = Callable[[tuple[str, ...]], tuple[str, ...]]
+
+PERCENTILES = {"p50": 0.5, "p95": 0.95, "p99": 0.99}
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,28 +64,50 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
-def _get(results: Results, name: str, *key: str) -> float | None:
-    return number(results.get(name, {}).get(tuple(key)))
+def rollup(result: Result, group: Group, keep: Callable[[tuple[str, ...]], bool] = lambda key: True) -> Result:
+    """``result`` summed to the coarser keys ``group`` gives (like PromQL's ``sum by``)."""
+    summed: Result = {}
+    for key, value in result.items():
+        if keep(key) and number(value) is not None:
+            coarse = group(key)
+            summed[coarse] = summed.get(coarse, 0.0) + value
+    return summed
 
 
 def _total(results: Results, name: str) -> float:
-    return sum(v for v in results.get(name, {}).values() if number(v) is not None)
+    return sum(rollup(results.get(name, {}), lambda key: ()).values())
+
+
+def _one(results: Results, name: str) -> float | None:
+    return number(results.get(name, {}).get(()))
 
 
 def _by_first_label(results: Results, name: str) -> dict[str, float]:
-    return {key[0]: value for key, value in sorted(results.get(name, {}).items()) if number(value) is not None}
+    return {key[0]: value for key, value in sorted(rollup(results.get(name, {}), lambda key: key[:1]).items())}
+
+
+def _failed(key: tuple[str, ...]) -> bool:
+    return key[-1] != "success"  # calls_per_second is keyed (provider, model, status)
+
+
+def _percentiles(buckets: Result, group: Group) -> dict[str, Result]:
+    return {label: quantiles_by(buckets, q, group) for label, q in PERCENTILES.items()}
 
 
 def build_providers(results: Results, health: Mapping[str, HealthFigures]) -> ProvidersSummary:
-    names = sorted(
-        {key[0] for key in results.get("provider_requests_per_second", {})}
-        | {key[0] for key in results.get("provider_cost_usd", {})}
-        | set(health)
-    )
+    by_provider: Group = lambda key: key[:1]  # noqa: E731
+    calls = rollup(results.get("calls_per_second", {}), by_provider)
+    failures = rollup(results.get("calls_per_second", {}), by_provider, _failed)
+    latency_buckets = results.get("provider_latency_buckets", {})
+    latency_count = observations_by(latency_buckets, by_provider)
+    latency_sum = results.get("provider_latency_sum", {})
+    p95 = quantiles_by(latency_buckets, 0.95, by_provider)
+    cost = results.get("cost_usd", {})
+    names = sorted({key[0] for key in calls} | {key[0] for key in cost} | set(health))
     providers = []
     for name in names:
+        key = (name,)
         figures = health.get(name, HealthFigures(score=None, state="unknown"))
-        requests = _get(results, "provider_requests_per_second", name)
         providers.append(
             ProviderSummary(
                 provider=name,
@@ -89,52 +115,51 @@ def build_providers(results: Results, health: Mapping[str, HealthFigures]) -> Pr
                 state=figures.state,
                 circuit=figures.circuit,
                 availability=figures.availability,
-                error_rate=ratio(_get(results, "provider_errors_per_second", name) or 0.0, requests),
-                requests_per_second=requests,
-                avg_response_time_ms=ms(
-                    ratio(_get(results, "provider_latency_sum", name), _get(results, "provider_latency_count", name))
-                ),
-                p95_response_time_ms=ms(_get(results, "provider_latency_p95", name)),
-                cost_usd=_get(results, "provider_cost_usd", name),
+                error_rate=ratio(failures.get(key, 0.0), calls.get(key)),
+                requests_per_second=number(calls.get(key)),
+                avg_response_time_ms=ms(ratio(latency_sum.get(key), latency_count.get(key))),
+                p95_response_time_ms=ms(p95.get(key)),
+                cost_usd=number(cost.get(key)),
             )
         )
     states = [p.state for p in providers]
-    total_requests = _total(results, "provider_requests_per_second")
     return ProvidersSummary(
         total_providers=len(providers),
         healthy_providers=states.count("healthy"),
         degraded_providers=states.count("degraded"),
         unavailable_providers=states.count("unavailable"),
         unknown_providers=states.count("unknown"),
-        avg_error_rate=ratio(_total(results, "provider_errors_per_second"), total_requests),
-        avg_response_time_ms=ms(
-            ratio(_total(results, "provider_latency_sum"), _total(results, "provider_latency_count"))
-        ),
+        avg_error_rate=ratio(sum(failures.values()), sum(calls.values())),
+        avg_response_time_ms=ms(ratio(sum(latency_sum.values()), sum(latency_count.values()))),
         providers=providers,
     )
 
 
 def build_models(results: Results) -> ModelsSummary:
-    tokens: dict[tuple[str, str], dict[str, float]] = {}
-    for (provider, model, token_type), value in results.get("model_tokens_total", {}).items():
+    by_model: Group = lambda key: key[:2]  # noqa: E731
+    calls = rollup(results.get("calls_per_second", {}), by_model)
+    failures = rollup(results.get("calls_per_second", {}), by_model, _failed)
+    totals = results.get("calls_total", {})
+    latency = _percentiles(results.get("inference_buckets", {}), by_model)
+    ttft = _percentiles(results.get("ttft_buckets", {}), by_model)
+    tokens: dict[tuple[str, ...], dict[str, float]] = {}
+    for (provider, model, token_type), value in results.get("tokens_total", {}).items():
         tokens.setdefault((provider, model), {})[token_type] = value
-    keys = sorted(set(results.get("model_requests_total", {})) | set(tokens))
     models = []
-    for provider, model in keys:
-        requests = _get(results, "model_requests_per_second", provider, model)
-        counts = tokens.get((provider, model), {})
+    for key in sorted(set(totals) | set(calls) | set(tokens)):
+        counts = tokens.get(key, {})
         models.append(
             ModelSummary(
-                provider=provider,
-                model=model,
-                requests_total=_get(results, "model_requests_total", provider, model) or 0.0,
-                requests_per_second=requests,
-                error_rate=ratio(_get(results, "model_errors_per_second", provider, model) or 0.0, requests),
-                p50_ms=ms(_get(results, "model_latency_p50", provider, model)),
-                p95_ms=ms(_get(results, "model_latency_p95", provider, model)),
-                p99_ms=ms(_get(results, "model_latency_p99", provider, model)),
-                ttft_p50_ms=ms(_get(results, "model_ttft_p50", provider, model)),
-                ttft_p95_ms=ms(_get(results, "model_ttft_p95", provider, model)),
+                provider=key[0],
+                model=key[1],
+                requests_total=totals.get(key, 0.0),
+                requests_per_second=number(calls.get(key)),
+                error_rate=ratio(failures.get(key, 0.0), calls.get(key)),
+                p50_ms=ms(latency["p50"].get(key)),
+                p95_ms=ms(latency["p95"].get(key)),
+                p99_ms=ms(latency["p99"].get(key)),
+                ttft_p50_ms=ms(ttft["p50"].get(key)),
+                ttft_p95_ms=ms(ttft["p95"].get(key)),
                 tokens_input=counts.get("input", 0.0),
                 tokens_output=counts.get("output", 0.0),
                 token_efficiency=ratio(counts.get("output", 0.0), counts.get("input")),
@@ -151,15 +176,15 @@ def build_business(results: Results, top_n: int) -> BusinessSummary:
     subscriptions = {
         f"{plan}/{cycle}": value for (plan, cycle), value in sorted(results.get("subscriptions", {}).items())
     }
-    cost = _by_first_label(results, "cost_by_provider")
+    cost = _by_first_label(results, "cost_usd")
     return BusinessSummary(
-        active_api_keys=_get(results, "api_keys", "active") or 0.0,
+        active_api_keys=results.get("api_keys", {}).get(("active",), 0.0),
         active_subscriptions=sum(subscriptions.values()),
-        active_trials=_get(results, "trials", "active") or 0.0,
+        active_trials=results.get("trials", {}).get(("active",), 0.0),
         total_tokens_used=_total(results, "tokens_total"),
         total_credits_used=_total(results, "credits_total"),
         total_cost_usd=sum(cost.values()),
-        credits_per_second=_get(results, "credits_per_second"),
+        credits_per_second=_one(results, "credits_per_second"),
         cost_by_provider=cost,
         subscriptions_by_plan=subscriptions,
         top_users_by_credits=_top(TOP_USERS_BY_CREDITS, top_n),
@@ -169,38 +194,43 @@ def build_business(results: Results, top_n: int) -> BusinessSummary:
 
 
 def build_performance(results: Results) -> PerformanceSummary:
-    requests = _get(results, "http_requests_per_second")
-    hits = _get(results, "cache_hits_per_second")
-    misses = _get(results, "cache_misses_per_second")
+    http = results.get("http_per_second", {})
+    requests = sum(http.values()) if http else None
+    server_errors = sum(value for (code,), value in http.items() if code.startswith("5"))
+    overall: Group = lambda key: ()  # noqa: E731
+    http_latency = _percentiles(results.get("http_buckets", {}), overall)
+    inference = _percentiles(results.get("inference_buckets", {}), overall)
+    hits = _one(results, "cache_hits_per_second")
+    misses = _one(results, "cache_misses_per_second")
     lookups = None if hits is None and misses is None else (hits or 0.0) + (misses or 0.0)
     return PerformanceSummary(
-        requests_per_second=requests,
-        error_rate=ratio(_get(results, "http_server_errors_per_second") or 0.0, requests),
-        p50_ms=ms(_get(results, "http_latency_p50")),
-        p95_ms=ms(_get(results, "http_latency_p95")),
-        p99_ms=ms(_get(results, "http_latency_p99")),
-        inference_p50_ms=ms(_get(results, "inference_latency_p50")),
-        inference_p95_ms=ms(_get(results, "inference_latency_p95")),
-        inference_p99_ms=ms(_get(results, "inference_latency_p99")),
-        ttft_p95_ms=ms(_get(results, "ttft_p95")),
-        database_p95_ms=ms(_get(results, "database_p95")),
+        requests_per_second=number(requests),
+        error_rate=ratio(server_errors, requests),
+        p50_ms=ms(http_latency["p50"].get(())),
+        p95_ms=ms(http_latency["p95"].get(())),
+        p99_ms=ms(http_latency["p99"].get(())),
+        inference_p50_ms=ms(inference["p50"].get(())),
+        inference_p95_ms=ms(inference["p95"].get(())),
+        inference_p99_ms=ms(inference["p99"].get(())),
+        ttft_p95_ms=ms(quantiles_by(results.get("ttft_buckets", {}), 0.95).get(())),
+        database_p95_ms=ms(quantiles_by(results.get("database_buckets", {}), 0.95).get(())),
         cache_hit_rate=ratio(hits or 0.0, lookups),
-        rate_limited_per_second=_total(results, "rate_limited_per_second") if "rate_limited_per_second" in results else None,
+        rate_limited_per_second=_one(results, "rate_limited_per_second"),
         in_flight=_total(results, "in_flight"),
     )
 
 
 def build_system(results: Results) -> SystemSummary:
-    started = _get(results, "process_start_time")
+    started = _one(results, "process_start_time")
     return SystemSummary(
         uptime_seconds=None if started is None else round(time.time() - started, 3),
-        resident_memory_bytes=_get(results, "resident_memory_bytes"),
-        cpu_seconds_per_second=_get(results, "cpu_seconds_per_second"),
-        open_fds=_get(results, "open_fds"),
+        resident_memory_bytes=_one(results, "resident_memory_bytes"),
+        cpu_seconds_per_second=_one(results, "cpu_seconds_per_second"),
+        open_fds=_one(results, "open_fds"),
         active_connections=_by_first_label(results, "connections"),
         queue_sizes=_by_first_label(results, "queues"),
         http_requests_total=_total(results, "http_requests_total"),
-        exceptions_per_second=_total(results, "exceptions_per_second") if "exceptions_per_second" in results else None,
+        exceptions_per_second=_one(results, "exceptions_per_second"),
         label_overflows_total=_total(results, "label_overflows_total"),
         rejected_inputs_total=_total(results, "rejected_inputs_total"),
     )

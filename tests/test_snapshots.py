@@ -7,8 +7,9 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from app.promql import Kind, Matcher, Query, current, quantile, rate
-from app.snapshots import COARSE_STEP_S, FINE_SPAN_S, MAX_WINDOW_S, Snapshots, histogram_quantile
+from app.promql import Kind, Matcher, Query, buckets, current, rate
+from app.quantiles import histogram_quantile, quantiles_by
+from app.snapshots import COARSE_STEP_S, FINE_SPAN_S, MAX_WINDOW_S, Snapshots
 
 
 class Clock:
@@ -82,8 +83,9 @@ def test_quantile_uses_only_the_window() -> None:
     clock.now = 400
     for _ in range(100):
         latency.labels("a").observe(0.05)
-    results = snapshots.evaluate([quantile("p50", 0.5, "latency_seconds", "provider")], window_s=300)
-    assert results["p50"][("a",)] == pytest.approx(0.05)
+    results = snapshots.evaluate([buckets("latency", "latency_seconds", "provider")], window_s=300)
+    p50 = quantiles_by(results["latency"], 0.5, lambda key: key)
+    assert p50[("a",)] == pytest.approx(0.05)
 
 
 def test_current_sums_or_takes_the_max() -> None:
@@ -109,6 +111,14 @@ def test_regex_matchers_are_anchored_like_promql() -> None:
     assert results["fivexx"] == {(): 2}
 
 
+def test_quantiles_roll_up_to_coarser_groups() -> None:
+    rates = {("1", "a"): 4.0, ("2", "a"): 8.0, ("+Inf", "a"): 10.0,
+             ("1", "b"): 0.0, ("2", "b"): 10.0, ("+Inf", "b"): 10.0}
+    assert quantiles_by(rates, 0.5, lambda key: key)[("a",)] == pytest.approx(1.25)
+    # both together: 20 observations, 4 in (0, 1], 14 in (1, 2]
+    assert quantiles_by(rates, 0.5)[()] == pytest.approx(1 + 6 / 14)
+
+
 def test_history_is_bounded() -> None:
     registry, clock, snapshots = make()
     Counter("c", "", registry=registry).inc()
@@ -122,8 +132,8 @@ def test_history_is_bounded() -> None:
 
 def test_promql_rendering() -> None:
     assert rate("r", "calls_total", "provider").promql(300) == "sum by (provider) (rate(calls_total[5m]))"
-    assert quantile("q", 0.95, "lat_seconds", "provider", "model").promql(90) == (
-        "histogram_quantile(0.95, sum by (le, provider, model) (rate(lat_seconds_bucket[90s])))"
+    assert buckets("b", "lat_seconds", "provider", "model").promql(90) == (
+        "sum by (le, provider, model) (rate(lat_seconds_bucket[90s]))"
     )
     job = (Matcher("job", "=", "gateway-metrics"),)
     assert rate("r", "calls_total").promql(60, job) == 'sum(rate(calls_total{job="gateway-metrics"}[1m]))'

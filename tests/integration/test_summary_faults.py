@@ -111,7 +111,7 @@ def test_backend_errors_are_merged_not_repeated_per_query(client: TestClient, fa
     summary, _ = timed_summary(client)
     unreachable = [error for error in summary["errors"] if error["kind"] == "unreachable"]
     assert len(unreachable) == 1
-    assert "model_requests_per_second" in unreachable[0]["query"]
+    assert "calls_per_second" in unreachable[0]["query"]
 
 
 def test_ready_reports_a_down_backend_without_failing(client: TestClient, fake: FaultyBackend) -> None:

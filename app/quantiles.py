@@ -1,0 +1,85 @@
+"""Quantiles from histogram bucket rates, exactly as Prometheus' ``histogram_quantile``.
+
+Both sources of a summary fetch the rates of a histogram's buckets by ``le`` and a few
+labels (``sum by (le, provider, model) (rate(x_bucket[5m]))``); :func:`quantiles_by` sums
+them to any coarser grouping and interpolates, so p50, p95 and p99 per model, per
+provider and overall all come from one query.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Callable, Mapping
+
+#: Group label values -> value, as a query result (NaN: undefined in the window).
+Result = dict[tuple[str, ...], float]
+
+
+def quantiles_by(
+    bucket_rates: Mapping[tuple[str, ...], float],
+    q: float,
+    group: Callable[[tuple[str, ...]], tuple[str, ...]] = lambda key: (),
+) -> Result:
+    """``histogram_quantile(q, sum by (le, group) (...))`` over rates keyed (le, *labels)."""
+    groups: dict[tuple[str, ...], dict[float, float]] = {}
+    for (le, *labels), value in bucket_rates.items():
+        bound = _bound(le)
+        if bound is None:  # not a bucket: a backend answering nonsense
+            continue
+        buckets = groups.setdefault(group(tuple(labels)), {})
+        buckets[bound] = buckets.get(bound, 0.0) + value
+    return {key: histogram_quantile(q, buckets) for key, buckets in groups.items()}
+
+
+def observations_by(
+    bucket_rates: Mapping[tuple[str, ...], float],
+    group: Callable[[tuple[str, ...]], tuple[str, ...]] = lambda key: (),
+) -> Result:
+    """Observations per second by group: the ``+Inf`` bucket, i.e. ``rate(x_count)``."""
+    counts: Result = {}
+    for (le, *labels), value in bucket_rates.items():
+        if _bound(le) == math.inf:
+            key = group(tuple(labels))
+            counts[key] = counts.get(key, 0.0) + value
+    return counts
+
+
+def _bound(le: str) -> float | None:
+    try:
+        return float(le)
+    except ValueError:
+        return None
+
+
+def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
+    """Prometheus' ``histogram_quantile`` over cumulative ``{upper bound: count}``.
+
+    NaN when there are no observations, as in Prometheus (promql/quantile.go).
+    """
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    bounds = sorted(buckets)
+    if len(bounds) < 2 or bounds[-1] != math.inf:
+        return math.nan
+    counts = [buckets[bound] for bound in bounds]
+    for index in range(1, len(counts)):  # counts must not decrease (scrape races)
+        counts[index] = max(counts[index], counts[index - 1])
+    observations = counts[-1]
+    if observations == 0:
+        return math.nan
+    rank = q * observations
+    index = bisect.bisect_left(counts, rank)
+    if index == len(bounds) - 1:
+        return bounds[-2]
+    if index == 0 and bounds[0] <= 0:
+        return bounds[0]
+    start = 0.0 if index == 0 else bounds[index - 1]
+    end = bounds[index]
+    below = 0.0 if index == 0 else counts[index - 1]
+    in_bucket = counts[index] - below
+    if in_bucket == 0:  # q = 0 over an empty first bucket: 0/0, NaN in Prometheus too
+        return math.nan
+    return start + (end - start) * ((rank - below) / in_bucket)
