@@ -38,7 +38,9 @@ def route_template(scope: Scope, entry_root_path: str = "") -> str:
     """The template of the route that served ``scope`` (``/v1/keys/{key_id}``)."""
     route = scope.get("route")
     if route is None:
-        return UNMATCHED
+        route = _route_of_endpoint(scope)
+        if route is None:
+            return UNMATCHED
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
     if type(path) is not str:
         return UNMATCHED
@@ -52,6 +54,28 @@ def route_template(scope: Scope, entry_root_path: str = "") -> str:
             prefix = prefix[: -len(path)]
         return f"{prefix}{path}/{{path}}"
     return prefix + path
+
+
+_ROUTES_BY_ENDPOINT: dict[Any, Any] = {}
+
+
+def _route_of_endpoint(scope: Scope) -> Any:
+    """The route of a matched endpoint the router did not name in ``scope["route"]``
+    (FastAPI sets it for its API routes only, not for plain routes like /openapi.json)."""
+    endpoint = scope.get("endpoint")
+    if endpoint is None:
+        return None
+    try:
+        return _ROUTES_BY_ENDPOINT[endpoint]
+    except (KeyError, TypeError):
+        pass
+    router = getattr(scope.get("app"), "router", None)
+    for candidate in getattr(router, "routes", ()):
+        if getattr(candidate, "endpoint", None) is endpoint:
+            if len(_ROUTES_BY_ENDPOINT) < 10_000:
+                _ROUTES_BY_ENDPOINT[endpoint] = candidate
+            return candidate
+    return None
 
 
 def requests_in_flight() -> Iterator[tuple[str, str]]:

@@ -8,8 +8,11 @@ it never had one, from the local registry, and ``errors`` says which and why.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from datetime import UTC, datetime
+
+from cachetools import TTLCache
 
 from app.backend import BackendError, PrometheusBackend
 from app.catalogue import Category
@@ -74,6 +77,26 @@ class SummaryService:
         self.extra_matchers: tuple[Matcher, ...] = (
             (Matcher("job", "=", settings.prometheus_job),) if settings.prometheus_job else ()
         )
+        # Whole answers, for as long as the query results they were built from: a
+        # dashboard polling every few seconds costs one JSON copy, not 30 queries.
+        self._answers: TTLCache[tuple[object, ...], bytes] | None = (
+            TTLCache(maxsize=256, ttl=settings.query_cache_seconds) if settings.query_cache_seconds > 0 else None
+        )
+        self._answers_lock = threading.Lock()
+
+    def summary_json(self, categories: list[Category], window_s: int | None = None, local: bool = False) -> bytes:
+        """The summary as JSON bytes, reused for ``query_cache_seconds``."""
+        key = (tuple(categories), window_s, local)
+        if self._answers is not None:
+            with self._answers_lock:
+                cached = self._answers.get(key)
+            if cached is not None:
+                return cached
+        answer = self.summary(categories, window_s, local).model_dump_json().encode()
+        if self._answers is not None:
+            with self._answers_lock:
+                self._answers[key] = answer
+        return answer
 
     def summary(self, categories: list[Category], window_s: int | None = None, local: bool = False) -> Summary:
         self.snapshots.start()  # no-op once running; an embedding app may skip our lifespan

@@ -3,8 +3,9 @@ of gateway data, with a cold and with a warm query cache.
 
 The hour is simulated demo traffic backfilled with ``promtool tsdb
 create-blocks-from openmetrics`` (tests/support/backfill.py) rather than waited for.
-The service runs under uvicorn in this process; a concurrent httpx client sends the
-requests over loopback and the script prints p50/p95/p99 for each case.
+The service runs as its console script in a process of its own; a concurrent httpx
+client in this process sends the requests over loopback, and the script prints
+p50/p95/p99 for each case.
 
     .venv/bin/python benchmarks/summary_latency.py          # scripts/setup.sh test first
 
@@ -27,10 +28,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.main import create_app  # noqa: E402
-from app.settings import Settings  # noqa: E402
 from tests.support.backfill import create_blocks  # noqa: E402
-from tests.support.servers import serve_app, start_prometheus  # noqa: E402
+from tests.support.servers import start_prometheus, start_service  # noqa: E402
 
 SUMMARY = "/prometheus/metrics/summary"
 
@@ -91,11 +90,18 @@ def main() -> None:
             rows = []
             for case, cache_s in (("cold cache (every request queries Prometheus)", 0.0),
                                   ("warm cache (TTL 600 s)", 600.0)):
-                settings = Settings(prometheus_url=prometheus.url, query_cache_seconds=cache_s,
-                                    access_log=False, query_deadline_seconds=5.0)
-                with serve_app(create_app(settings)) as service:
+                env = {
+                    "GATEWAY_METRICS_PROMETHEUS_URL": prometheus.url,
+                    "GATEWAY_METRICS_QUERY_CACHE_SECONDS": str(cache_s),
+                    "GATEWAY_METRICS_QUERY_DEADLINE_SECONDS": "5",
+                    "GATEWAY_METRICS_ACCESS_LOG": "false",
+                }
+                service = start_service(tmp, env=env, recipe=False)
+                try:
                     asyncio.run(measure(service.url, 20, 2))  # connections, imports, a first fill
                     latencies = asyncio.run(measure(service.url, args.requests, args.concurrency))
+                finally:
+                    service.stop()
                 rows.append((case, *percentiles(latencies)))
     print(f"\nGET {SUMMARY} (all categories), {args.requests} requests, {args.concurrency} concurrent")
     print(f"{'case':50} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8}")

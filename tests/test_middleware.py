@@ -240,3 +240,9 @@ def test_access_lines_leave_in_batches_and_on_a_timer(access_lines: list[str]) -
     asyncio.run(wait_for_timer())
     assert len(access_lines) == 8
     assert all(json.loads(line)["status"] == 200 for line in access_lines)
+
+
+def test_plain_starlette_routes_are_templated_too(gateway: TestClient) -> None:
+    before = requests("GET", "/openapi.json", "200")
+    gateway.get("/openapi.json")
+    assert requests("GET", "/openapi.json", "200") == before + 1

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 
 from app.catalogue import Category
 from app.dependencies import ApiKeyDep
@@ -15,7 +15,11 @@ from app.summary_service import SummaryService
 router = APIRouter(prefix="/prometheus/metrics", tags=["summary"], dependencies=[ApiKeyDep])
 
 
-@router.get("/summary", response_model=Summary, summary="JSON summary of one or more categories")
+@router.get(
+    "/summary",
+    response_model=Summary,
+    summary="JSON summary of one or more categories",
+)
 def summary(
     request: Request,
     category: Annotated[
@@ -30,7 +34,10 @@ def summary(
         Literal["auto", "local"],
         Query(description="auto: the backend when configured; local: this instance's registry."),
     ] = "auto",
-) -> Summary:
+) -> Response:
+    """The summary; the body is serialized once by the service (and reused while its
+    query results are cached), so it is returned as bytes rather than re-validated."""
     service: SummaryService = request.app.state.summary_service
     categories = list(dict.fromkeys(category)) if category else list(Category)
-    return service.summary(categories, window_seconds, local=source == "local")
+    body = service.summary_json(categories, window_seconds, local=source == "local")
+    return Response(body, media_type="application/json")

@@ -490,9 +490,11 @@ def serve_app(
 
 
 class ServiceProcess:
-    """A gateway-metrics instance (tests.support.instance) in a subprocess."""
+    """A gateway-metrics instance in a subprocess: a fleet member that recorded a known
+    recipe (tests.support.instance), or with ``recipe=False`` the plain console script."""
 
-    def __init__(self, tmp_dir: Path, index: int, env: Mapping[str, str], start_timeout: float) -> None:
+    def __init__(self, tmp_dir: Path, index: int, env: Mapping[str, str], start_timeout: float,
+                 recipe: bool = True) -> None:
         import os
         import sys
 
@@ -500,7 +502,10 @@ class ServiceProcess:
         self.url = f"http://{LOOPBACK}:{self.port}"
         self.address = f"{LOOPBACK}:{self.port}"
         self.log_path = Path(tmp_dir) / f"instance-{index}-{self.port}.log"
-        argv = [sys.executable, "-m", "tests.support.instance", "--port", str(self.port), "--index", str(index)]
+        if recipe:
+            argv = [sys.executable, "-m", "tests.support.instance", "--port", str(self.port), "--index", str(index)]
+        else:
+            argv = [sys.executable, "-m", "app.cli", "--port", str(self.port), "--log-level", "warning"]
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 _die_with_parent(argv), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -526,7 +531,7 @@ class ServiceProcess:
                 self.process.wait(STOP_TIMEOUT_S)
 
 
-def start_service(tmp_dir: Path | str, index: int, env: Mapping[str, str] | None = None,
-                  start_timeout: float = START_TIMEOUT_S) -> ServiceProcess:
+def start_service(tmp_dir: Path | str, index: int = 0, env: Mapping[str, str] | None = None,
+                  start_timeout: float = START_TIMEOUT_S, recipe: bool = True) -> ServiceProcess:
     """Instance ``index`` of a test fleet, serving on a free loopback port."""
-    return ServiceProcess(Path(tmp_dir), index, env or {}, start_timeout)
+    return ServiceProcess(Path(tmp_dir), index, env or {}, start_timeout, recipe)
