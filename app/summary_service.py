@@ -1,8 +1,9 @@
 """Answering a summary: from the Prometheus backend when one is configured and answers,
 from this process's registry otherwise, never with an error status.
 
-With a backend, the named queries run in parallel under one deadline (app.backend); a
-query that fails there is answered from its last good value (``stale: true``) or, when
+With a backend, each category's named queries travel as one packed request
+(app.promql.packed_promql), the categories in parallel under one deadline
+(app.backend); a request that fails there is answered from its last good value (``stale: true``) or, when
 it never had one, from the local registry, and ``errors`` says which and why.
 """
 
@@ -16,7 +17,7 @@ from cachetools import TTLCache
 
 from app.backend import BackendError, PrometheusBackend
 from app.catalogue import Category
-from app.promql import Matcher, Query, queries_for
+from app.promql import Matcher, Query, packed_promql, packs_for, queries_for, unpack
 from app.scoring import get_tracker
 from app.settings import Settings
 from app.snapshots import Result, Snapshots
@@ -84,14 +85,20 @@ class SummaryService:
         )
         self._answers_lock = threading.Lock()
 
+    def cached_json(self, categories: list[Category], window_s: int | None = None, local: bool = False) -> bytes | None:
+        """A summary answered less than ``query_cache_seconds`` ago, if any (never blocks
+        on I/O, so the route can try it on the event loop)."""
+        if self._answers is None:
+            return None
+        with self._answers_lock:
+            return self._answers.get((tuple(categories), window_s, local))
+
     def summary_json(self, categories: list[Category], window_s: int | None = None, local: bool = False) -> bytes:
         """The summary as JSON bytes, reused for ``query_cache_seconds``."""
+        cached = self.cached_json(categories, window_s, local)
+        if cached is not None:
+            return cached
         key = (tuple(categories), window_s, local)
-        if self._answers is not None:
-            with self._answers_lock:
-                cached = self._answers.get(key)
-            if cached is not None:
-                return cached
         answer = self.summary(categories, window_s, local).model_dump_json().encode()
         if self._answers is not None:
             with self._answers_lock:
@@ -106,10 +113,15 @@ class SummaryService:
             results = self.snapshots.evaluate(queries, window)
             return self._summary("local", window, categories, results, local_health(), False, [])
 
-        batch = self.backend.query_many({q.name: q.promql(window, self.extra_matchers) for q in queries})
-        results: dict[str, Result] = {
-            q.name: batch.results[q.name].grouped(q.by) for q in queries if q.name in batch.results
-        }
+        packs = packs_for(categories)
+        batch = self.backend.query_many(
+            {name: packed_promql(pack, window, self.extra_matchers) for name, pack in packs.items()}
+        )
+        results: dict[str, Result] = {}
+        for name, pack in packs.items():
+            answer = batch.results.get(name)
+            if answer is not None:
+                results.update(unpack(answer.samples, pack))
         errors = summary_errors(batch.errors)
         missing = [q for q in queries if q.name not in results]
         if missing:

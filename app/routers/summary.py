@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.catalogue import Category
 from app.dependencies import ApiKeyDep
@@ -20,7 +21,7 @@ router = APIRouter(prefix="/prometheus/metrics", tags=["summary"], dependencies=
     response_model=Summary,
     summary="JSON summary of one or more categories",
 )
-def summary(
+async def summary(
     request: Request,
     category: Annotated[
         list[Category] | None,
@@ -36,8 +37,13 @@ def summary(
     ] = "auto",
 ) -> Response:
     """The summary; the body is serialized once by the service (and reused while its
-    query results are cached), so it is returned as bytes rather than re-validated."""
+    query results are cached), so it is returned as bytes rather than re-validated. A
+    cached answer is served from the event loop; building one (blocking backend I/O)
+    runs in the thread pool."""
     service: SummaryService = request.app.state.summary_service
     categories = list(dict.fromkeys(category)) if category else list(Category)
-    body = service.summary_json(categories, window_seconds, local=source == "local")
+    local = source == "local"
+    body = service.cached_json(categories, window_seconds, local)
+    if body is None:
+        body = await run_in_threadpool(service.summary_json, categories, window_seconds, local)
     return Response(body, media_type="application/json")
