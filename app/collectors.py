@@ -47,6 +47,9 @@ class InFlightCollector(_ComputedCollector):
             (clean_label_value(method_label, method), HTTP_STATS.endpoint_label(route))
             for method, route in requests_in_flight()
         )
+        # Routes that served requests before show 0 when idle, not "no data".
+        for method, route in HTTP_STATS.routes():
+            tally.setdefault((method, route), 0)
         for (method, route), count in sorted(tally.items()):
             gauge.add_metric([method, route], count)
         yield gauge

@@ -50,6 +50,8 @@ for _profile in PROVIDERS:
 MODELS = tuple(MODEL_PROVIDERS)
 PLANS = (("free", "monthly"), ("pro", "monthly"), ("pro", "yearly"), ("enterprise", "yearly"))
 USERS = tuple(f"user_{n:04d}" for n in range(200))
+#: Share of requests from a client that sends random model names.
+JUNK_SHARE = 0.01
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +116,9 @@ class DemoTraffic:
         """One client request: pick a model, let the health tracker route it, call."""
         from app.scoring import get_tracker
 
+        if self.rng.random() < JUNK_SHARE:
+            self._junk_model_call()
+            return
         tracker = get_tracker()
         model = self.rng.choice(MODELS)
         candidates = MODEL_PROVIDERS[model]  # in the operator's order of preference
@@ -128,6 +133,13 @@ class DemoTraffic:
         primary = provider == candidates[0]
         metrics.record_routing_decision("panic" if choice.panic else "primary" if primary else "failover")
         self._upstream_call(PROFILES[provider], model)
+
+    def _junk_model_call(self) -> None:
+        """A misbehaving client asking for made-up models: the provider answers 404, and
+        the label cap keeps the model label bounded (``"other"`` past the cap)."""
+        junk = "junk-" + "".join(self.rng.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=10))
+        metrics.record_upstream_call("openrouter", junk, duration_s=0.08, status_code=404)
+        metrics.record_http_request("POST", "/v1/chat/completions", 404, 0.085)
 
     def _upstream_call(self, profile: ProviderProfile, model: str) -> None:
         rng = self.rng
@@ -164,8 +176,12 @@ class DemoTraffic:
             headers=headers,
         )
         http_status = 200 if status_code is None and error is None else (status_code or 504)
-        metrics.record_http_request("POST", "/v1/chat/completions", http_status, duration + 0.004)
+        # An upstream timeout surfaces in the gateway as an exception its handler raises.
+        exception = TimeoutError("upstream read timed out") if error == "timeout" else None
+        metrics.record_http_request("POST", "/v1/chat/completions", http_status, duration + 0.004, exception)
         if status_code is None and error is None:
+            if rng.random() < 0.002:  # a provider bug: a negative usage count, dropped and counted
+                input_tokens = -input_tokens
             metrics.record_tokens_used(profile.name, model, input_tokens, output_tokens)
             cost = (input_tokens + output_tokens) / 1000 * profile.usd_per_1k_tokens
             metrics.record_provider_cost(profile.name, cost)

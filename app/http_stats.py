@@ -113,6 +113,10 @@ class HttpStats:
                         total[index] += value
         return merged
 
+    def routes(self) -> set[tuple[str, str]]:
+        """(method, endpoint) of every series recorded so far."""
+        return {(method, endpoint) for method, endpoint, _status in self.totals()}
+
     def request_counts(self) -> Iterator[tuple[LabelKey, float]]:
         for label_key, series in sorted(self.totals().items()):
             yield label_key, sum(series[1:])

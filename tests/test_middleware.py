@@ -137,8 +137,9 @@ def test_stream_is_measured_to_its_last_byte(gateway: TestClient) -> None:
 
 
 def test_in_flight_counts_the_request_being_served(gateway: TestClient) -> None:
-    assert gateway.get("/in-flight").json() == {"/in-flight": 1.0}
-    assert not any(line.startswith("http_requests_in_flight{") for line in _scrape_lines())
+    assert gateway.get("/in-flight").json()["/in-flight"] == 1.0
+    idle = [line for line in _scrape_lines() if line.startswith('http_requests_in_flight{endpoint="/in-flight"')]
+    assert idle == ['http_requests_in_flight{endpoint="/in-flight",method="GET"} 0.0\n']
 
 
 # --- request ids -------------------------------------------------------------------------

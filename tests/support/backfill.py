@@ -23,6 +23,7 @@ from typing import TextIO
 
 from prometheus_client.utils import floatToGoString
 
+LABEL_CAP = 50
 # Label values are escaped as in the text format.
 _ESCAPES = str.maketrans({"\\": "\\\\", '"': '\\"', "\n": "\\n"})
 
@@ -39,12 +40,16 @@ def simulate(seconds: int, step: int, rate: float, seed: int) -> Iterator[tuple[
     from app import scoring
     from app.collectors import register_collectors
     from app.demo import DemoTraffic
+    from app.http_stats import HTTP_STATS
     from app.registry import METRICS
     from app.settings import Settings
 
     clock = [0.0]
     scoring.set_tracker(scoring.HealthTracker(clock=lambda: clock[0]))
     register_collectors()
+    # A small label cap, so the demo's random-model client reaches it within the hour.
+    METRICS.set_label_cap(LABEL_CAP)
+    HTTP_STATS.set_label_cap(LABEL_CAP)
     traffic = DemoTraffic(Settings(demo_rate=rate), clock=lambda: clock[0], rng=random.Random(seed))
     for offset in range(0, seconds + 1, step):
         clock[0] = float(offset)
@@ -60,8 +65,6 @@ def write_openmetrics(out: TextIO, seconds: int, step: int, rate: float, seed: i
     series: dict[str, tuple[str, str, dict[tuple, list[tuple[float, float]]]]] = {}
     for offset, families in simulate(seconds, step, rate, seed):
         for family in families:
-            if family.name.startswith(("process_", "python_")):
-                continue  # this simulator's own process, not the gateway's
             kind = family.type if family.type in ("counter", "gauge", "histogram") else "unknown"
             _, _, points = series.setdefault(family.name, (kind, family.documentation, {}))
             for sample in family.samples:
