@@ -46,6 +46,7 @@ INFERENCE_STATUSES = (
 TOKEN_TYPES = ("input", "output")
 ROUTING_OUTCOMES = ("primary", "failover", "panic")
 CIRCUIT_STATES = ("closed", "open", "half_open")
+APDEX_ZONES = ("satisfied", "tolerating", "frustrated")
 #: Exposed value of ``gatewayz_provider_circuit_state``: the index into CIRCUIT_STATES.
 CIRCUIT_STATE_VALUES = {state: float(index) for index, state in enumerate(CIRCUIT_STATES)}
 
@@ -180,6 +181,9 @@ FAMILIES: tuple[Family, ...] = (
     _family("gatewayz_provider_circuit_transitions_total", "counter",
             "Circuit breaker moves by provider and the state entered.",
             [_provider, enum("to_state", CIRCUIT_STATES)], [_PR]),
+    _family("gatewayz_provider_apdex_total", "counter",
+            "Scored upstream calls by Apdex zone (failures are frustrated): fleet-wide latency score.",
+            [_provider, enum("zone", APDEX_ZONES)], [_PR]),
     # models
     _family("model_inference_requests_total", "counter", "Upstream inference calls by outcome.",
             [_provider, _model, enum("status", INFERENCE_STATUSES)], [_M]),

@@ -14,6 +14,7 @@ from app.http_stats import HTTP_STATS
 from app.middleware import MetricsMiddleware
 from app.registry import METRICS
 from app.routers import docs, health, metrics, summary
+from app.scoring import HealthConfig, HealthTracker, ProbeRunner, get_tracker, set_tracker
 from app.settings import Settings, get_settings
 from app.snapshots import Snapshots
 from app.summary_service import SummaryService, backend_from_settings
@@ -29,6 +30,16 @@ def local_snapshots(interval: float) -> Snapshots:
     return _snapshots
 
 
+def configure_tracker(settings: Settings) -> None:
+    """Give the process's health tracker these settings' scoring config (a new tracker
+    only when the config differs, so apps sharing settings share their history)."""
+    config = HealthConfig(
+        weights=settings.health_weights, apdex_threshold_s=settings.apdex_threshold_seconds
+    )
+    if get_tracker().config != config:
+        set_tracker(HealthTracker(config))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service; may run many times in one process (tests, two apps).
 
@@ -38,6 +49,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     METRICS.set_label_cap(settings.label_cap)
     HTTP_STATS.set_label_cap(settings.label_cap)
+    configure_tracker(settings)
     register_collectors()
     snapshots = local_snapshots(settings.snapshot_interval_seconds)
     summary_service = SummaryService(settings, snapshots, backend_from_settings(settings))
@@ -45,6 +57,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         snapshots.start()
+        probes = ProbeRunner(get_tracker(), settings.probe_urls, settings.probe_interval_seconds)
+        probes.start()
         tasks: list[asyncio.Task[None]] = []
         if settings.demo:
             from app.demo import DemoTraffic
@@ -56,6 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            await probes.stop()
             summary_service.close()
 
     app = FastAPI(

@@ -21,6 +21,7 @@ from typing import Any
 
 from app.http_stats import HTTP_STATS
 from app.registry import METRICS
+from app.scoring import add_transition_listener, get_tracker
 from app.topn import SpaceSaving, key_fingerprint
 
 _requests = METRICS["model_inference_requests_total"]
@@ -39,6 +40,8 @@ _cache_misses = METRICS["cache_misses_total"]
 _rate_limited = METRICS["rate_limited_requests_total"]
 _routing = METRICS["gatewayz_routing_decisions_total"]
 _rejected = METRICS["gatewayz_recording_rejected_total"]
+_apdex = METRICS["gatewayz_provider_apdex_total"]
+_transitions = METRICS["gatewayz_provider_circuit_transitions_total"]
 
 #: Heavy hitters for the summary's bounded top-N lists (never Prometheus labels).
 TOP_USERS_BY_CREDITS = SpaceSaving(capacity=500)
@@ -132,11 +135,19 @@ _STATUS_NAMES = frozenset(
 def _tracker_record(provider: str, **outcome: Any) -> None:
     """Feed the app's provider health tracker; its failures never reach the caller."""
     try:
-        from app.scoring import get_tracker
-
-        get_tracker().record(provider, **outcome)
+        zone = get_tracker().record(provider, **outcome)
     except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
         reject("health_tracker", "tracker_error")
+        return
+    if zone is not None:
+        _apdex.child(provider, zone).inc()
+
+
+def _count_transition(provider: str, from_state: str, to_state: str, reason: str) -> None:
+    _transitions.child(provider, to_state).inc()
+
+
+add_transition_listener(_count_transition)
 
 
 def record_upstream_call(
@@ -226,6 +237,10 @@ class InferenceCall(_Timed):
         self.provider = provider
         self.model = model
         self.started = 0.0
+        try:  # the call's load counts for choose() until record() ends it
+            get_tracker().start(_provider_response.label_value("provider", provider))
+        except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
+            reject("health_tracker", "tracker_error")
         self.ttft_s: float | None = None
         self.status_code: int | None = None
         self.error: BaseException | str | None = None

@@ -1,0 +1,391 @@
+"""The health tracker the routing engine reads: scores, circuits, throttles, failover.
+
+Fed by every upstream call (``record``, from the recording helpers) and by active probes
+(``record_probe``); read by ``allow`` (may a call go now), ``status``/``snapshot`` (the
+scores and why) and ``choose`` (the failover order). Time comes from an injectable
+monotonic clock and an injectable wall clock (for Retry-After dates and the reasons'
+times), so incidents replay without sleeping.
+
+``record`` is on the gateway's hot path: it classifies, appends to a deque and updates
+the breaker; every score is computed lazily when someone reads it.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from app.scoring.breaker import Breaker, Circuit, Transition
+from app.scoring.config import HealthConfig
+from app.scoring.outcome import Outcome, classify, retry_hint
+from app.scoring.score import apdex_zone, health_score
+
+
+class State(StrEnum):
+    UNKNOWN = "unknown"
+    HEALTHY = "healthy"
+    DEGRADED = "degraded"
+    UNAVAILABLE = "unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderHealth:
+    provider: str
+    score: float
+    availability: float
+    error_rate: float
+    latency_score: float
+    state: State
+    circuit: Circuit
+    calls: int
+    rate_limited_until: datetime | None
+    reasons: list[str]
+    in_flight: int = 0
+    slow_call_rate: float = 0.0
+    credential_errors: int = 0
+    not_found_errors: int = 0
+    probes: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    provider: str
+    order: list[str]
+    panic: bool
+
+
+#: Called on every breaker move: provider, from state, to state, reason.
+TransitionHook = Callable[[str, str, str, str], None]
+
+_listeners: list[TransitionHook] = []
+
+
+def add_transition_listener(hook: TransitionHook) -> None:
+    """Have ``hook`` called on every breaker move of every tracker (the metrics use it)."""
+    if hook not in _listeners:
+        _listeners.append(hook)
+
+
+@dataclass(slots=True)
+class _Call:
+    at: float
+    failed: bool
+    reached: bool
+    latency_s: float  # time to first token when streamed, else duration; inf when failed
+    slow: bool
+
+
+@dataclass(slots=True)
+class _Provider:
+    breaker: Breaker
+    calls: deque[_Call] = field(default_factory=deque)
+    probes: deque[tuple[float, bool]] = field(default_factory=deque)
+    credential: deque[float] = field(default_factory=deque)
+    not_found: deque[float] = field(default_factory=deque)
+    throttled_until: float = -math.inf
+    throttle_reason: str = ""
+    throttle_backoffs: int = 0  # 429s in a row without a hint
+    quota_until: float = -math.inf
+    quota_reason: str = ""
+    in_flight: int = 0
+    ewma_s: float | None = None
+    ewma_at: float = 0.0
+
+
+class HealthTracker:
+    """Provider health for failover. ``get_tracker()`` is the app's own instance."""
+
+    def __init__(
+        self,
+        config: HealthConfig | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        on_transition: TransitionHook | None = None,
+    ) -> None:
+        self.config = config or HealthConfig()
+        self.clock = clock
+        self.wall_clock = wall_clock
+        self.on_transition = on_transition
+        self._providers: dict[str, _Provider] = {}
+        self._lock = threading.Lock()
+
+    # --- feeding it ---------------------------------------------------------------------
+
+    def _provider(self, name: str) -> _Provider:
+        provider = self._providers.get(name)
+        if provider is None:
+            provider = self._providers[name] = _Provider(Breaker(self.config))
+        return provider
+
+    def start(self, provider: str) -> None:
+        """A call to ``provider`` begins (its ``record`` ends it): the load for ``choose``."""
+        with self._lock:
+            self._provider(provider).in_flight += 1
+
+    def record(
+        self,
+        provider: str,
+        *,
+        duration_s: float,
+        status_code: int | None = None,
+        error: BaseException | str | None = None,
+        ttft_s: float | None = None,
+        retry_after_s: float | None = None,
+        headers: Mapping[str, str] | None = None,
+        error_code: str | None = None,
+    ) -> str | None:
+        """Account one finished call. Returns its Apdex zone when it counts for the score
+        (satisfied, tolerating, frustrated), None when it does not (429, 401/403, 404)."""
+        outcome = classify(status_code, error, error_code)
+        now = self.clock()
+        transition: Transition | None = None
+        zone: str | None = None
+        with self._lock:
+            state = self._provider(provider)
+            if state.in_flight > 0:
+                state.in_flight -= 1
+            if outcome is Outcome.THROTTLED:
+                self._throttle(state, now, headers, retry_after_s)
+            elif outcome is Outcome.QUOTA:
+                state.quota_until = max(state.quota_until, now + self.config.quota_cooldown_s)
+                state.quota_reason = f"quota exhausted ({error_code})"
+            elif outcome is Outcome.CREDENTIAL:
+                state.credential.append(now)
+            elif outcome is Outcome.NOT_FOUND:
+                state.not_found.append(now)
+            else:
+                failed = outcome is not Outcome.SUCCESS
+                latency = ttft_s if ttft_s is not None else duration_s
+                if failed:
+                    latency = math.inf
+                else:
+                    state.throttle_backoffs = 0
+                    state.quota_until = -math.inf  # it answered: the quota is back
+                    self._update_ewma(state, now, latency)
+                state.calls.append(_Call(now, failed, outcome is not Outcome.UNREACHED, latency,
+                                         not failed and latency > self.config.slow_call_s))
+                zone = apdex_zone(latency, self.config.apdex_threshold(provider))
+                what = outcome.value if status_code is None else f"{outcome.value} {status_code}"
+                if error is not None and not isinstance(error, str):
+                    what = f"{type(error).__name__}"
+                elif isinstance(error, str):
+                    what = error
+                transition = state.breaker.record(now, failed, what)
+                circuit_before = None if transition is None else self._previous(transition)
+            self._prune(state, now)
+        if transition is not None:
+            self._notify(provider, circuit_before or "closed", transition)
+        return zone
+
+    @staticmethod
+    def _previous(transition: Transition) -> str:
+        return {Circuit.OPEN: "closed", Circuit.HALF_OPEN: "open", Circuit.CLOSED: "half_open"}[transition.to_state]
+
+    def _throttle(self, state: _Provider, now: float, headers: Mapping[str, str] | None,
+                  retry_after_s: float | None) -> None:
+        hint = retry_hint(headers, retry_after_s, self.wall_clock())
+        if hint is not None:
+            wait, source = hint
+        else:
+            wait, source = 2.0**state.throttle_backoffs, "backoff (no hint)"
+            state.throttle_backoffs += 1
+        wait = min(max(wait, self.config.throttle_min_s), self.config.throttle_max_s)
+        until = now + wait
+        if until > state.throttled_until:  # a shorter, later hint never cuts a cooldown short
+            state.throttled_until = until
+            state.throttle_reason = source
+
+    def _update_ewma(self, state: _Provider, now: float, latency: float) -> None:
+        # Peak EWMA (Finagle, Linkerd): jump to a slower sample at once, decay towards
+        # faster ones with time constant tau.
+        if state.ewma_s is None or latency > state.ewma_s:
+            state.ewma_s = latency
+        else:
+            weight = math.exp(-(now - state.ewma_at) / self.config.ewma_tau_s)
+            state.ewma_s = state.ewma_s * weight + latency * (1 - weight)
+        state.ewma_at = now
+
+    def record_probe(self, provider: str, ok: bool) -> None:
+        """An active probe's outcome: feeds availability; a success ends a quota lockout."""
+        now = self.clock()
+        with self._lock:
+            state = self._provider(provider)
+            state.probes.append((now, ok))
+            if ok:
+                state.quota_until = -math.inf
+            self._prune(state, now)
+
+    def _prune(self, state: _Provider, now: float) -> None:
+        horizon = now - self.config.window_s
+        for queue in (state.calls, state.probes):
+            while queue and _at(queue[0]) < horizon:
+                queue.popleft()
+        for times in (state.credential, state.not_found):
+            while times and times[0] < horizon:
+                times.popleft()
+
+    def _notify(self, provider: str, from_state: str, transition: Transition) -> None:
+        hooks = [*_listeners, self.on_transition] if self.on_transition is not None else _listeners
+        for hook in hooks:
+            try:
+                hook(provider, from_state, transition.to_state.value, transition.reason)
+            except Exception:  # noqa: BLE001 - a metrics hook must not break routing
+                pass
+
+    # --- reading it ---------------------------------------------------------------------
+
+    def allow(self, provider: str) -> bool:
+        """May a call go to ``provider`` now (closed, or a half-open trial permit)."""
+        now = self.clock()
+        with self._lock:
+            state = self._provider(provider)
+            allowed, transition = state.breaker.allow(now)
+        if transition is not None:
+            self._notify(provider, "open", transition)
+        return allowed
+
+    def status(self, provider: str) -> ProviderHealth:
+        now = self.clock()
+        with self._lock:
+            state = self._provider(provider)
+            self._prune(state, now)
+            return self._health(provider, state, now)
+
+    def snapshot(self) -> list[ProviderHealth]:
+        now = self.clock()
+        with self._lock:
+            for state in self._providers.values():
+                self._prune(state, now)
+            return [self._health(name, self._providers[name], now) for name in sorted(self._providers)]
+
+    def _health(self, name: str, state: _Provider, now: float) -> ProviderHealth:
+        config = self.config
+        calls = state.calls
+        breaker = state.breaker
+        if breaker.state is Circuit.OPEN and now >= breaker.since + breaker.cooldown_s:
+            circuit = Circuit.HALF_OPEN  # as allow() will find it
+        else:
+            circuit = breaker.state
+        total, probes = len(calls), len(state.probes)
+        failed = sum(1 for call in calls if call.failed)
+        reached = sum(1 for call in calls if call.reached) + sum(1 for _, ok in state.probes if ok)
+        threshold = config.apdex_threshold(name)
+        satisfied = sum(1 for call in calls if call.latency_s <= threshold)
+        tolerating = sum(1 for call in calls if threshold < call.latency_s <= 4 * threshold)
+        slow = sum(1 for call in calls if call.slow)
+        availability = reached / (total + probes) if total + probes else 1.0
+        if circuit is Circuit.OPEN:
+            availability = 0.0
+        error_rate = failed / total if total else 0.0
+        latency_score = (satisfied + tolerating / 2) / total if total else 1.0
+        score = health_score(availability, error_rate, latency_score, config.weights)
+        slow_rate = slow / total if total else 0.0
+        quota = state.quota_until > now
+        throttled = state.throttled_until > now
+        reasons: list[str] = []
+        if circuit is Circuit.OPEN:
+            reasons.append(f"circuit open since {self._at(now, breaker.since)} after {breaker.open_reason}; "
+                           f"trial calls from {self._at(now, breaker.since + breaker.cooldown_s)}")
+        elif circuit is Circuit.HALF_OPEN:
+            reasons.append(f"circuit half-open: {breaker.trials_passed} of {config.half_open_trials} "
+                           "trial calls passed")
+        if quota:
+            reasons.append(f"{state.quota_reason}: out until {self._at(now, state.quota_until)} "
+                           "or a successful probe")
+        if throttled:
+            reasons.append(f"throttled until {self._at(now, state.throttled_until)} by {state.throttle_reason}")
+        if total:
+            if failed:
+                reasons.append(f"{failed} of {total} calls failed in the last {config.window_s:g} s")
+            if latency_score < 1.0:
+                reasons.append(f"Apdex {latency_score:.2f} (T = {threshold:g} s)")
+            if total >= config.min_calls and slow_rate >= config.slow_call_rate:
+                reasons.append(f"slow: {slow_rate:.0%} of calls over {config.slow_call_s:g} s")
+        if state.credential:
+            reasons.append(f"{len(state.credential)} credential errors (401/403): check the API key; "
+                           "not counted against health")
+        if state.not_found:
+            reasons.append(f"{len(state.not_found)} calls for a missing model (404); not counted against health")
+        if total + probes == 0 and circuit is Circuit.CLOSED:
+            health_state = State.UNKNOWN
+            score = 1.0
+            reasons.append("no calls in the window yet")
+        elif circuit is Circuit.OPEN or quota or score < config.degraded_score:
+            health_state = State.UNAVAILABLE
+        elif score < config.healthy_score or circuit is Circuit.HALF_OPEN or (
+            total >= config.min_calls and slow_rate >= config.slow_call_rate
+        ):
+            health_state = State.DEGRADED
+        else:
+            health_state = State.HEALTHY
+        until = max(state.throttled_until, state.quota_until)
+        return ProviderHealth(
+            provider=name,
+            score=round(score, 6),
+            availability=round(availability, 6),
+            error_rate=round(error_rate, 6),
+            latency_score=round(latency_score, 6),
+            state=health_state,
+            circuit=circuit,
+            calls=total,
+            rate_limited_until=self._wall(now, until) if until > now else None,
+            reasons=reasons,
+            in_flight=state.in_flight,
+            slow_call_rate=round(slow_rate, 6),
+            credential_errors=len(state.credential),
+            not_found_errors=len(state.not_found),
+            probes=probes,
+        )
+
+    def _wall(self, now: float, at: float) -> datetime:
+        return datetime.fromtimestamp(self.wall_clock() + (at - now), UTC)
+
+    def _at(self, now: float, at: float) -> str:
+        return self._wall(now, at).strftime("%H:%M:%S")
+
+    def choose(self, candidates: Iterable[str]) -> Choice:
+        """The provider to call and the failover order after it.
+
+        Ranks by score (scores within ``tie_band`` are equals), skipping open circuits
+        and throttled or quota-exhausted providers; a half-open provider with a trial
+        permit free goes first, so recovery is noticed. Equals are ordered by load: the
+        peak-EWMA of time to first token times the calls in flight plus one (Finagle's
+        and Linkerd's balancer cost). When every candidate is excluded it still returns
+        the one that comes back soonest, with ``panic=True``.
+        """
+        names = list(dict.fromkeys(candidates))
+        if not names:
+            raise ValueError("choose() needs at least one candidate")
+        now = self.clock()
+        band = self.config.tie_band
+        eligible: list[tuple[tuple[float, ...], str]] = []
+        excluded: list[tuple[tuple[float, ...], str]] = []
+        with self._lock:
+            for index, name in enumerate(names):
+                state = self._provider(name)
+                self._prune(state, now)
+                health = self._health(name, state, now)
+                breaker = state.breaker
+                open_until = breaker.since + breaker.cooldown_s if breaker.state is Circuit.OPEN else -math.inf
+                blocked_until = max(state.throttled_until, state.quota_until, open_until)
+                cost = (state.ewma_s or 0.0) * (state.in_flight + 1)
+                if blocked_until > now or not breaker.would_allow(now):
+                    excluded.append(((blocked_until, -health.score, index), name))
+                    continue
+                trial_first = 0.0 if health.circuit is Circuit.HALF_OPEN else 1.0
+                rank = math.floor(health.score / band) if band else health.score
+                eligible.append(((trial_first, -rank, cost, index), name))
+        eligible.sort()
+        excluded.sort()
+        order = [name for _, name in eligible] + [name for _, name in excluded]
+        return Choice(provider=order[0], order=order, panic=not eligible)
+
+
+def _at(entry: _Call | tuple[float, bool]) -> float:
+    return entry.at if isinstance(entry, _Call) else entry[0]
