@@ -13,7 +13,7 @@ from app.collectors import register_collectors
 from app.http_stats import HTTP_STATS
 from app.middleware import MetricsMiddleware
 from app.registry import METRICS
-from app.routers import docs, health, metrics, summary
+from app.routers import docs, health, metrics, provider_health, summary
 from app.scoring import HealthConfig, HealthTracker, ProbeRunner, get_tracker, set_tracker
 from app.settings import Settings, get_settings
 from app.snapshots import Snapshots
@@ -84,6 +84,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(summary.router)
+    app.include_router(provider_health.router)
     app.include_router(docs.router)
     app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
     return app

@@ -21,7 +21,7 @@ from typing import Any
 
 from app.http_stats import HTTP_STATS
 from app.registry import METRICS
-from app.scoring import add_transition_listener, get_tracker
+from app.scoring import Outcome, add_transition_listener, classify, get_tracker
 from app.topn import SpaceSaving, key_fingerprint
 
 _requests = METRICS["model_inference_requests_total"]
@@ -82,6 +82,7 @@ _STATUS_BY_CODE = {
     413: "invalid_request_error",
     422: "invalid_request_error",
     429: "rate_limit_error",
+    529: "rate_limit_error",  # Anthropic's "overloaded": a throttle, not a failure
     # The provider's own front could not reach its backend: unavailable, not a bad answer.
     502: "service_unavailable",
     503: "service_unavailable",
@@ -115,14 +116,18 @@ def _status_code_of(error: BaseException | str) -> int | None:
 
 
 def _status_of_error(error: BaseException | str) -> str:
-    name = error if isinstance(error, str) else type(error).__name__
-    lowered = name.lower()
-    if "timeout" in lowered or "timedout" in lowered:
-        return "timeout"
-    if "connect" in lowered or "network" in lowered or "unavailable" in lowered:
-        return "service_unavailable"
+    """The label of an exception or error kind, consistent with the health tracker's
+    classification (app.scoring.classify), so PromQL can recompute the score."""
+    lowered = (error if isinstance(error, str) else type(error).__name__).lower()
     if lowered in _STATUS_NAMES:
         return lowered
+    outcome = classify(None, error, None)
+    if outcome is Outcome.UNREACHED:
+        return "timeout" if "timeout" in lowered or "timedout" in lowered else "service_unavailable"
+    if outcome in (Outcome.THROTTLED, Outcome.QUOTA):
+        return "rate_limit_error"
+    if lowered == "stream_broken":
+        return "server_error"
     return "unknown"
 
 

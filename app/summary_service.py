@@ -17,12 +17,16 @@ from cachetools import TTLCache
 
 from app.backend import BackendError, PrometheusBackend
 from app.catalogue import Category
+from app.fleet_health import FLEET_HEALTH_QUERIES, fleet_health
 from app.promql import Matcher, Query, packed_promql, packs_for, queries_for, unpack
 from app.scoring import get_tracker
 from app.settings import Settings
 from app.snapshots import Result, Snapshots
 from app.summary import HealthFigures, build_metrics
 from app.summary_models import BackendReadiness, Summary, SummaryError
+
+
+FLEET_PACK = "fleet_health"
 
 
 def local_health() -> dict[str, HealthFigures]:
@@ -114,9 +118,11 @@ class SummaryService:
             return self._summary("local", window, categories, results, local_health(), False, [])
 
         packs = packs_for(categories)
-        batch = self.backend.query_many(
-            {name: packed_promql(pack, window, self.extra_matchers) for name, pack in packs.items()}
-        )
+        texts = {name: packed_promql(pack, window, self.extra_matchers) for name, pack in packs.items()}
+        if Category.PROVIDERS in categories:  # the fleet's health, over the tracker's window
+            packs[FLEET_PACK] = list(FLEET_HEALTH_QUERIES)
+            texts[FLEET_PACK] = packed_promql(packs[FLEET_PACK], self._health_window(), self.extra_matchers)
+        batch = self.backend.query_many(texts)
         results: dict[str, Result] = {}
         for name, pack in packs.items():
             answer = batch.results.get(name)
@@ -128,7 +134,22 @@ class SummaryService:
             results.update(self.snapshots.evaluate(missing, window))
             errors.append(_fallback_error(missing, queries))
         source = "local" if len(missing) == len(queries) else "prometheus"
-        return self._summary(source, window, categories, results, local_health(), batch.stale, errors)
+        fleet = FLEET_PACK in batch.results
+        health = fleet_health(results, get_tracker().config) if fleet else local_health()
+        return self._summary(source, window, categories, results, health, batch.stale, errors)
+
+    def _health_window(self) -> int:
+        return max(10, int(get_tracker().config.window_s))
+
+    def fleet_health(self) -> tuple[dict[str, HealthFigures], list[SummaryError], bool]:
+        """The providers' health computed from PromQL over every replica (fleet mode)."""
+        if self.backend is None:
+            return {}, [SummaryError(kind="not_configured", message="no Prometheus backend is configured")], False
+        queries = list(FLEET_HEALTH_QUERIES)
+        batch = self.backend.query_many({FLEET_PACK: packed_promql(queries, self._health_window(), self.extra_matchers)})
+        answer = batch.results.get(FLEET_PACK)
+        results = unpack(answer.samples, queries) if answer is not None else {}
+        return fleet_health(results, get_tracker().config), summary_errors(batch.errors), batch.stale
 
     def _summary(
         self,

@@ -68,6 +68,9 @@ def test_status_code_marks_the_call() -> None:
         (None, ConnectionRefusedError(), "service_unavailable"),
         (None, ValueError(), "unknown"),
         (None, "server_error", "server_error"),
+        (None, "stream_broken", "server_error"),
+        (None, "connection", "service_unavailable"),
+        (None, ConnectionResetError(), "service_unavailable"),
     ],
 )
 def test_inference_status(status_code: int | None, error: object, expected: str) -> None:
@@ -76,9 +79,13 @@ def test_inference_status(status_code: int | None, error: object, expected: str)
 
 def test_exception_carrying_a_status_code_is_classified_by_it() -> None:
     class APIStatusError(Exception):
-        status_code = 529
+        status_code = 500
+
+    class OverloadedError(Exception):
+        status_code = 529  # Anthropic's overloaded: a throttle
 
     assert inference_status(None, APIStatusError()) == "server_error"
+    assert inference_status(None, OverloadedError()) == "rate_limit_error"
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from enum import StrEnum
 class Outcome(StrEnum):
     SUCCESS = "success"  # includes the caller's own 4xx: the provider did its job
     FAILURE = "failure"  # 5xx, a stream broken after its first token, an unexpected error
-    UNREACHED = "unreached"  # timeout, connection error, 502/503/504: a failure, not reached
+    UNREACHED = "unreached"  # timeout, connection error, 408/502/503/504: failed, not reached
     THROTTLED = "throttled"  # 429 or "overloaded": not an error, a cooldown
     QUOTA = "quota"  # 429 with quota or credit exhausted: out for longer
     CREDENTIAL = "credential"  # 401/403: our key, not the provider's health
@@ -32,7 +32,7 @@ def classify(status_code: int | None, error: BaseException | str | None, error_c
             return Outcome.CREDENTIAL
         if status_code == 404:
             return Outcome.NOT_FOUND
-        if status_code in (502, 503, 504):
+        if status_code in (408, 502, 503, 504):  # timed out, or its front could not reach it
             return Outcome.UNREACHED
         if status_code >= 500:
             return Outcome.FAILURE

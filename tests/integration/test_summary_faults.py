@@ -111,7 +111,7 @@ def test_backend_errors_are_merged_not_repeated_per_query(client: TestClient, fa
     summary = client.get(SUMMARY).json()  # every category: five packs, one error
     unreachable = [error for error in summary["errors"] if error["kind"] == "unreachable"]
     assert len(unreachable) == 1
-    assert unreachable[0]["query"] == "system, providers, models, business, performance"
+    assert unreachable[0]["query"] == "system, providers, models, business, performance, fleet_health"
     summary, _ = timed_summary(client)
     unreachable = [error for error in summary["errors"] if error["kind"] == "unreachable"]
     assert len(unreachable) == 1
