@@ -10,6 +10,7 @@ the ``GATEWAY_METRICS_*`` environment, as in production.
 from __future__ import annotations
 
 import argparse
+import threading
 
 import uvicorn
 
@@ -40,15 +41,31 @@ def record_recipe(index: int) -> None:
     metrics.set_active_api_keys("active", 42)  # shared business state: every replica says 42
 
 
+def steady_traffic(stop: threading.Event, per_second: int = 40) -> None:
+    """The recipe's mix, forever: alpha always fine at 0.3 s; beta at 1.5 s with every
+    tenth call a 503. Expected health: alpha 1.0; beta 0.4 * 0.9 + 0.3 * 0.9 + 0.3 * 0.9."""
+    from app import metrics
+
+    n = 0
+    while not stop.wait(1.0 / per_second):
+        n += 1
+        metrics.record_upstream_call("alpha", "m1", duration_s=0.3)
+        metrics.record_upstream_call("beta", "m1", duration_s=1.5,
+                                     status_code=503 if n % FAILURE_EVERY == 0 else None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--steady", action="store_true", help="keep recording the mix while serving")
     args = parser.parse_args()
     from app.main import create_app
 
     app = create_app()
     record_recipe(args.index)
+    if args.steady:
+        threading.Thread(target=steady_traffic, args=(threading.Event(),), daemon=True).start()
     uvicorn.run(app, host="127.0.0.1", port=args.port, log_level="warning", access_log=False)
 
 

@@ -494,7 +494,7 @@ class ServiceProcess:
     recipe (tests.support.instance), or with ``recipe=False`` the plain console script."""
 
     def __init__(self, tmp_dir: Path, index: int, env: Mapping[str, str], start_timeout: float,
-                 recipe: bool = True) -> None:
+                 recipe: bool = True, steady: bool = False) -> None:
         import os
         import sys
 
@@ -504,6 +504,8 @@ class ServiceProcess:
         self.log_path = Path(tmp_dir) / f"instance-{index}-{self.port}.log"
         if recipe:
             argv = [sys.executable, "-m", "tests.support.instance", "--port", str(self.port), "--index", str(index)]
+            if steady:
+                argv.append("--steady")
         else:
             argv = [sys.executable, "-m", "app.cli", "--port", str(self.port), "--log-level", "warning"]
         with self.log_path.open("wb") as log:
@@ -532,6 +534,7 @@ class ServiceProcess:
 
 
 def start_service(tmp_dir: Path | str, index: int = 0, env: Mapping[str, str] | None = None,
-                  start_timeout: float = START_TIMEOUT_S, recipe: bool = True) -> ServiceProcess:
+                  start_timeout: float = START_TIMEOUT_S, recipe: bool = True,
+                  steady: bool = False) -> ServiceProcess:
     """Instance ``index`` of a test fleet, serving on a free loopback port."""
-    return ServiceProcess(Path(tmp_dir), index, env or {}, start_timeout, recipe)
+    return ServiceProcess(Path(tmp_dir), index, env or {}, start_timeout, recipe, steady)
