@@ -49,3 +49,24 @@ def test_flaky_provider_is_a_demo_provider() -> None:
 
     assert FLAKY in PROFILES
     assert len(PROFILES) >= 4
+
+
+def test_flaky_provider_moves_through_degraded_and_unavailable_and_back() -> None:
+    from app.scoring import HealthTracker, get_tracker, set_tracker
+
+    clock = FakeClock()
+    previous = get_tracker()
+    set_tracker(HealthTracker(clock=clock))
+    try:
+        traffic = DemoTraffic(Settings(demo_rate=50, demo_cycle_seconds=240), clock=clock)
+        states = []
+        for _ in range(2 * 240):  # two cycles, a second at a time
+            traffic.tick(1.0)
+            clock.now += 1.0
+            states.append(get_tracker().status(FLAKY).state.value)
+    finally:
+        set_tracker(previous)
+    changes = [state for index, state in enumerate(states) if index == 0 or state != states[index - 1]]
+    assert "degraded" in changes and "unavailable" in changes
+    first_down = changes.index("unavailable")
+    assert "healthy" in changes[first_down:]  # and it recovers
