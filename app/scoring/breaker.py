@@ -41,6 +41,7 @@ class Breaker:
     open_reason: str = ""
     #: (time, failed) of the calls since the circuit last closed, within the window
     recent: deque[tuple[float, bool]] = field(default_factory=deque)
+    recent_failures: int = 0  # kept with ``recent``, so a call costs O(1)
 
     def allow(self, now: float) -> tuple[bool, Transition | None]:
         """May a call go now; hands out a trial permit in half-open."""
@@ -81,6 +82,7 @@ class Breaker:
                 self.state, self.since, self.trips = Circuit.CLOSED, now, 0
                 self.consecutive, self.trials_passed, self.trials_out = 0, 0, 0
                 self.recent.clear()
+                self.recent_failures = 0
                 return Transition(Circuit.CLOSED, f"{self.config.half_open_trials} trial calls passed")
             return transition
         if self.state is Circuit.OPEN:
@@ -88,14 +90,13 @@ class Breaker:
         self.consecutive = self.consecutive + 1 if failed else 0
         recent = self.recent
         recent.append((now, failed))
+        self.recent_failures += failed
         while recent and now - recent[0][0] > self.config.window_s:
-            recent.popleft()
+            self.recent_failures -= recent.popleft()[1]
         if self.consecutive >= self.config.consecutive_failures:
             return self._trip(now, f"{self.consecutive} consecutive failures (last: {what})")
-        if len(recent) >= self.config.min_calls:
-            failures = sum(1 for _, bad in recent if bad)
-            if failures / len(recent) >= self.config.failure_rate:
-                return self._trip(now, f"{failures} of the last {len(recent)} calls failed")
+        if len(recent) >= self.config.min_calls and self.recent_failures / len(recent) >= self.config.failure_rate:
+            return self._trip(now, f"{self.recent_failures} of the last {len(recent)} calls failed")
         return transition
 
     def _trip(self, now: float, reason: str) -> Transition:
@@ -104,4 +105,5 @@ class Breaker:
         self.state, self.since, self.open_reason = Circuit.OPEN, now, reason
         self.consecutive, self.trials_out, self.trials_passed = 0, 0, 0
         self.recent.clear()
+        self.recent_failures = 0
         return Transition(Circuit.OPEN, reason)

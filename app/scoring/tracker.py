@@ -77,15 +77,51 @@ class _Call:
     at: float
     failed: bool
     reached: bool
-    latency_s: float  # time to first token when streamed, else duration; inf when failed
+    zone: str  # Apdex: satisfied, tolerating, frustrated (failures are frustrated)
     slow: bool
+
+
+@dataclass(slots=True)
+class _Window:
+    """Counts over the calls and probes in the window, kept as they enter and leave, so
+    reading a score costs O(1) however busy the provider is."""
+
+    calls: deque[_Call] = field(default_factory=deque)
+    probes: deque[tuple[float, bool]] = field(default_factory=deque)
+    failed: int = 0
+    reached: int = 0
+    satisfied: int = 0
+    tolerating: int = 0
+    slow: int = 0
+    probes_ok: int = 0
+
+    def add(self, call: _Call) -> None:
+        self.calls.append(call)
+        self._count(call, 1)
+
+    def add_probe(self, at: float, ok: bool) -> None:
+        self.probes.append((at, ok))
+        self.probes_ok += ok
+
+    def _count(self, call: _Call, sign: int) -> None:
+        self.failed += sign * call.failed
+        self.reached += sign * call.reached
+        self.satisfied += sign * (call.zone == "satisfied")
+        self.tolerating += sign * (call.zone == "tolerating")
+        self.slow += sign * call.slow
+
+    def prune(self, horizon: float) -> None:
+        calls, probes = self.calls, self.probes
+        while calls and calls[0].at < horizon:
+            self._count(calls.popleft(), -1)
+        while probes and probes[0][0] < horizon:
+            self.probes_ok -= probes.popleft()[1]
 
 
 @dataclass(slots=True)
 class _Provider:
     breaker: Breaker
-    calls: deque[_Call] = field(default_factory=deque)
-    probes: deque[tuple[float, bool]] = field(default_factory=deque)
+    window: _Window = field(default_factory=_Window)
     credential: deque[float] = field(default_factory=deque)
     not_found: deque[float] = field(default_factory=deque)
     throttled_until: float = -math.inf
@@ -168,9 +204,9 @@ class HealthTracker:
                     state.throttle_backoffs = 0
                     state.quota_until = -math.inf  # it answered: the quota is back
                     self._update_ewma(state, now, latency)
-                state.calls.append(_Call(now, failed, outcome is not Outcome.UNREACHED, latency,
-                                         not failed and latency > self.config.slow_call_s))
                 zone = apdex_zone(latency, self.config.apdex_threshold(provider))
+                state.window.add(_Call(now, failed, outcome is not Outcome.UNREACHED, zone,
+                                       not failed and latency > self.config.slow_call_s))
                 what = outcome.value if status_code is None else f"{outcome.value} {status_code}"
                 if error is not None and not isinstance(error, str):
                     what = f"{type(error).__name__}"
@@ -216,16 +252,14 @@ class HealthTracker:
         now = self.clock()
         with self._lock:
             state = self._provider(provider)
-            state.probes.append((now, ok))
+            state.window.add_probe(now, ok)
             if ok:
                 state.quota_until = -math.inf
             self._prune(state, now)
 
     def _prune(self, state: _Provider, now: float) -> None:
         horizon = now - self.config.window_s
-        for queue in (state.calls, state.probes):
-            while queue and _at(queue[0]) < horizon:
-                queue.popleft()
+        state.window.prune(horizon)
         for times in (state.credential, state.not_found):
             while times and times[0] < horizon:
                 times.popleft()
@@ -266,19 +300,17 @@ class HealthTracker:
 
     def _health(self, name: str, state: _Provider, now: float) -> ProviderHealth:
         config = self.config
-        calls = state.calls
+        window = state.window
         breaker = state.breaker
         if breaker.state is Circuit.OPEN and now >= breaker.since + breaker.cooldown_s:
             circuit = Circuit.HALF_OPEN  # as allow() will find it
         else:
             circuit = breaker.state
-        total, probes = len(calls), len(state.probes)
-        failed = sum(1 for call in calls if call.failed)
-        reached = sum(1 for call in calls if call.reached) + sum(1 for _, ok in state.probes if ok)
+        total, probes = len(window.calls), len(window.probes)
+        failed, slow = window.failed, window.slow
+        reached = window.reached + window.probes_ok
         threshold = config.apdex_threshold(name)
-        satisfied = sum(1 for call in calls if call.latency_s <= threshold)
-        tolerating = sum(1 for call in calls if threshold < call.latency_s <= 4 * threshold)
-        slow = sum(1 for call in calls if call.slow)
+        satisfied, tolerating = window.satisfied, window.tolerating
         availability = reached / (total + probes) if total + probes else 1.0
         if circuit is Circuit.OPEN:
             availability = 0.0
@@ -386,6 +418,3 @@ class HealthTracker:
         order = [name for _, name in eligible] + [name for _, name in excluded]
         return Choice(provider=order[0], order=order, panic=not eligible)
 
-
-def _at(entry: _Call | tuple[float, bool]) -> float:
-    return entry.at if isinstance(entry, _Call) else entry[0]
