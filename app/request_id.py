@@ -1,8 +1,9 @@
 """Request ids: the client's own when it is a safe token, a fresh one otherwise.
 
 A fresh id is a per-process random prefix plus a counter: unique across processes and
-restarts, and about 0.2 us to make where ``uuid4()`` costs about 4.5 us on this hot path.
-Request ids correlate logs; they are not secrets, so being sequential is harmless.
+restarts, and far cheaper than ``uuid4()`` (about 4.5 us on this hot path). Ids are made
+a thousand at a time, so a request only pops one from a list. Request ids correlate
+logs; they are not secrets, so being sequential is harmless.
 """
 
 from __future__ import annotations
@@ -17,10 +18,23 @@ HEADER = b"x-request-id"
 
 _prefix = os.urandom(6).hex()
 _counter = itertools.count(1)
+_BATCH = 1024
+_ready: list[str] = []
 
 
 def new_request_id() -> str:
-    return f"{_prefix}{next(_counter):010x}"
+    try:
+        return _ready.pop()
+    except IndexError:
+        return _refill()
+
+
+def _refill() -> str:
+    # Made in reverse so pop() hands them out in increasing order.
+    start = next(_counter) * _BATCH
+    fresh = [f"{_prefix}{n:010x}" for n in range(start + _BATCH - 1, start - 1, -1)]
+    _ready.extend(fresh[:-1])
+    return fresh[-1]
 
 
 def safe_request_id(value: bytes) -> str | None:
