@@ -126,8 +126,9 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
     Category.PERFORMANCE: (
         rate("http_per_second", "http_requests_total", "status_code"),
         buckets("http_buckets", "http_request_duration_seconds"),
-        _INFERENCE,
-        _TTFT,
+        # Overall only: the per-model buckets are many series, fetched for models alone.
+        buckets("inference_buckets_all", "model_inference_duration_seconds"),
+        buckets("ttft_buckets_all", "gatewayz_time_to_first_token_seconds"),
         buckets("database_buckets", "database_query_duration_seconds"),
         current("in_flight", "http_requests_in_flight"),
         rate("cache_hits_per_second", "cache_hits_total"),

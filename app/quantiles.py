@@ -9,6 +9,7 @@ provider and overall all come from one query.
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from collections.abc import Callable, Mapping
 
@@ -22,14 +23,23 @@ def quantiles_by(
     group: Callable[[tuple[str, ...]], tuple[str, ...]] = lambda key: (),
 ) -> Result:
     """``histogram_quantile(q, sum by (le, group) (...))`` over rates keyed (le, *labels)."""
+    return many_quantiles_by(bucket_rates, (q,), group)[q]
+
+
+def many_quantiles_by(
+    bucket_rates: Mapping[tuple[str, ...], float],
+    qs: tuple[float, ...],
+    group: Callable[[tuple[str, ...]], tuple[str, ...]] = lambda key: (),
+) -> dict[float, Result]:
+    """Several quantiles of the same grouping, grouping the buckets once."""
     groups: dict[tuple[str, ...], dict[float, float]] = {}
-    for (le, *labels), value in bucket_rates.items():
-        bound = _bound(le)
+    for key, value in bucket_rates.items():
+        bound = _bound(key[0])
         if bound is None:  # not a bucket: a backend answering nonsense
             continue
-        buckets = groups.setdefault(group(tuple(labels)), {})
+        buckets = groups.setdefault(group(key[1:]), {})
         buckets[bound] = buckets.get(bound, 0.0) + value
-    return {key: histogram_quantile(q, buckets) for key, buckets in groups.items()}
+    return {q: {key: histogram_quantile(q, buckets) for key, buckets in groups.items()} for q in qs}
 
 
 def observations_by(
@@ -45,10 +55,11 @@ def observations_by(
     return counts
 
 
+@functools.lru_cache(maxsize=1024)
 def _bound(le: str) -> float | None:
     try:
         return float(le)
-    except ValueError:
+    except (TypeError, ValueError):
         return None
 
 

@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from app.catalogue import Category
-from app.quantiles import Result, observations_by, quantiles_by
+from app.quantiles import Result, many_quantiles_by, observations_by, quantiles_by
 from app.recording import TOP_KEYS_BY_CREDITS, TOP_KEYS_BY_REQUESTS, TOP_USERS_BY_CREDITS
 from app.summary_models import (
     BusinessSummary,
@@ -91,7 +91,8 @@ def _failed(key: tuple[str, ...]) -> bool:
 
 
 def _percentiles(buckets: Result, group: Group) -> dict[str, Result]:
-    return {label: quantiles_by(buckets, q, group) for label, q in PERCENTILES.items()}
+    by_q = many_quantiles_by(buckets, tuple(PERCENTILES.values()), group)
+    return {label: by_q[q] for label, q in PERCENTILES.items()}
 
 
 def build_providers(results: Results, health: Mapping[str, HealthFigures]) -> ProvidersSummary:
@@ -199,7 +200,9 @@ def build_performance(results: Results) -> PerformanceSummary:
     server_errors = sum(value for (code,), value in http.items() if code.startswith("5"))
     overall: Group = lambda key: ()  # noqa: E731
     http_latency = _percentiles(results.get("http_buckets", {}), overall)
-    inference = _percentiles(results.get("inference_buckets", {}), overall)
+    # The per-model buckets when the models category came along, else the overall ones.
+    inference = _percentiles(results.get("inference_buckets") or results.get("inference_buckets_all", {}), overall)
+    ttft = results.get("ttft_buckets") or results.get("ttft_buckets_all", {})
     hits = _one(results, "cache_hits_per_second")
     misses = _one(results, "cache_misses_per_second")
     lookups = None if hits is None and misses is None else (hits or 0.0) + (misses or 0.0)
@@ -212,7 +215,7 @@ def build_performance(results: Results) -> PerformanceSummary:
         inference_p50_ms=ms(inference["p50"].get(())),
         inference_p95_ms=ms(inference["p95"].get(())),
         inference_p99_ms=ms(inference["p99"].get(())),
-        ttft_p95_ms=ms(quantiles_by(results.get("ttft_buckets", {}), 0.95).get(())),
+        ttft_p95_ms=ms(quantiles_by(ttft, 0.95).get(())),
         database_p95_ms=ms(quantiles_by(results.get("database_buckets", {}), 0.95).get(())),
         cache_hit_rate=ratio(hits or 0.0, lookups),
         rate_limited_per_second=_one(results, "rate_limited_per_second"),
