@@ -57,6 +57,9 @@ class Query:
     #: How series of several instances combine: "sum" for per-process figures, "max" for
     #: gauges every replica reports identically (business state read from the database).
     aggregate: Literal["sum", "max"] = "sum"
+    #: Bucket queries: only groups with observations in the window. An idle model's
+    #: buckets are all zero (its quantiles undefined), and a gateway has many idle models.
+    active_only: bool = False
 
     def selector(self, suffix: str = "", extra: tuple[Matcher, ...] = ()) -> str:
         inner = ",".join(m.promql() for m in (*self.matchers, *extra))
@@ -69,7 +72,13 @@ class Query:
         inner = self.selector("", extra)
         if self.kind is Kind.RATE:
             inner = f"rate({inner}[{duration(window_s)}])"
-        return f"{self.aggregate} by ({by}) ({inner})" if by else f"{self.aggregate}({inner})"
+        text = f"{self.aggregate} by ({by}) ({inner})" if by else f"{self.aggregate}({inner})"
+        if self.active_only:
+            groups = ", ".join(self.by[1:])  # by is (le, ...)
+            count = self.metric.removesuffix("_bucket") + "_count"
+            active = Query("", Kind.RATE, count, self.by[1:], self.matchers).promql(window_s, extra)
+            text = f"{text} and on ({groups}) ({active} > 0)"
+        return text
 
 
 def duration(seconds: int) -> str:
@@ -89,8 +98,9 @@ def current(name: str, metric: str, *by: str, aggregate: Literal["sum", "max"] =
 
 def buckets(name: str, histogram: str, *by: str) -> Query:
     """The rate of a histogram's buckets by ``le`` and ``by``: every quantile of every
-    coarser grouping follows from it (app.quantiles), so one query serves p50/p95/p99."""
-    return Query(name, Kind.RATE, f"{histogram}_bucket", ("le", *by))
+    coarser grouping follows from it (app.quantiles), so one query serves p50/p95/p99.
+    Grouped by labels, only the groups with observations in the window are kept."""
+    return Query(name, Kind.RATE, f"{histogram}_bucket", ("le", *by), active_only=bool(by))
 
 
 _CALLS = rate("calls_per_second", "model_inference_requests_total", "provider", "model", "status")

@@ -178,4 +178,7 @@ def evaluate(query: Query, now: Snapshot, base: Snapshot | None) -> Result:
         if _matches(labels, query.matchers):
             key = _group(labels, query.by)
             rates[key] = rates.get(key, 0.0) + _increase(value, before.get(labels)) / elapsed
+    if query.active_only:  # as its PromQL: drop groups whose +Inf bucket did not grow
+        active = {key[1:] for key, value in rates.items() if key[0] == "+Inf" and value > 0}
+        rates = {key: value for key, value in rates.items() if key[1:] in active}
     return rates

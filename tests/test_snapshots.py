@@ -111,6 +111,17 @@ def test_regex_matchers_are_anchored_like_promql() -> None:
     assert results["fivexx"] == {(): 2}
 
 
+def test_idle_groups_are_dropped_from_bucket_rates() -> None:
+    registry, clock, snapshots = make()
+    latency = Histogram("lat_seconds", "", ["model"], buckets=(1.0,), registry=registry)
+    latency.labels("idle").observe(0.5)
+    snapshots.take()
+    clock.now = 60
+    latency.labels("busy").observe(0.5)
+    results = snapshots.evaluate([buckets("b", "lat_seconds", "model")], window_s=60)
+    assert {key[1] for key in results["b"]} == {"busy"}
+
+
 def test_quantiles_roll_up_to_coarser_groups() -> None:
     rates = {("1", "a"): 4.0, ("2", "a"): 8.0, ("+Inf", "a"): 10.0,
              ("1", "b"): 0.0, ("2", "b"): 10.0, ("+Inf", "b"): 10.0}
@@ -133,8 +144,10 @@ def test_history_is_bounded() -> None:
 def test_promql_rendering() -> None:
     assert rate("r", "calls_total", "provider").promql(300) == "sum by (provider) (rate(calls_total[5m]))"
     assert buckets("b", "lat_seconds", "provider", "model").promql(90) == (
-        "sum by (le, provider, model) (rate(lat_seconds_bucket[90s]))"
+        "sum by (le, provider, model) (rate(lat_seconds_bucket[90s])) and on (provider, model) "
+        "(sum by (provider, model) (rate(lat_seconds_count[90s])) > 0)"
     )
+    assert buckets("b", "lat_seconds").promql(60) == "sum by (le) (rate(lat_seconds_bucket[1m]))"
     job = (Matcher("job", "=", "gateway-metrics"),)
     assert rate("r", "calls_total").promql(60, job) == 'sum(rate(calls_total{job="gateway-metrics"}[1m]))'
     assert current("c", "keys", aggregate="max").promql(300) == "max(keys)"
