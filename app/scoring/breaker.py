@@ -24,6 +24,7 @@ class Circuit(StrEnum):
 
 @dataclass(slots=True)
 class Transition:
+    from_state: Circuit
     to_state: Circuit
     reason: str
 
@@ -38,20 +39,43 @@ class Breaker:
     consecutive: int = 0  # failures in a row
     trials_out: int = 0  # half-open permits handed out and not yet returned
     trials_passed: int = 0
+    #: Calls let through by allow() while closed that have not ended. Those still running
+    #: when the circuit goes half-open are not trials: they must not free trial permits.
+    granted: int = 0
+    legacy: int = 0
     open_reason: str = ""
     #: (time, failed) of the calls since the circuit last closed, within the window
     recent: deque[tuple[float, bool]] = field(default_factory=deque)
     recent_failures: int = 0  # kept with ``recent``, so a call costs O(1)
 
-    def allow(self, now: float) -> tuple[bool, Transition | None]:
+    def allow(self, now: float) -> tuple[bool, list[Transition]]:
         """May a call go now; hands out a trial permit in half-open."""
-        transition = self._maybe_half_open(now)
+        moves = self._maybe_half_open(now)
         if self.state is Circuit.CLOSED:
-            return True, transition
+            self.granted += 1
+            return True, moves
         if self.state is Circuit.HALF_OPEN and self.trials_out + self.trials_passed < self.config.half_open_trials:
             self.trials_out += 1
-            return True, transition
-        return False, transition
+            return True, moves
+        return False, moves
+
+    def release(self, now: float) -> list[Transition]:
+        """A call that does not count (429, 401/403, 404) ended: give back its trial permit."""
+        moves = self._maybe_half_open(now)
+        if not self._ended_outside_trials() and self.state is Circuit.HALF_OPEN:
+            self.trials_out = max(0, self.trials_out - 1)
+        return moves
+
+    def _ended_outside_trials(self) -> bool:
+        """Account a call's end; True when it was not a half-open trial call."""
+        if self.state is Circuit.HALF_OPEN and self.legacy > 0:
+            self.legacy -= 1
+            self.granted = max(0, self.granted - 1)
+            return True
+        if self.state is not Circuit.HALF_OPEN:
+            self.granted = max(0, self.granted - 1)
+            return True
+        return False
 
     def would_allow(self, now: float) -> bool:
         """``allow`` without taking a permit or changing state (for ranking)."""
@@ -63,30 +87,35 @@ class Breaker:
         passed = self.trials_passed if self.state is Circuit.HALF_OPEN else 0
         return trials_out + passed < self.config.half_open_trials
 
-    def _maybe_half_open(self, now: float) -> Transition | None:
+    def _maybe_half_open(self, now: float) -> list[Transition]:
         if self.state is Circuit.OPEN and now >= self.since + self.cooldown_s:
             self.state, self.since = Circuit.HALF_OPEN, now
             self.trials_out = self.trials_passed = 0
-            return Transition(Circuit.HALF_OPEN, f"cooldown of {self.cooldown_s:g} s over")
-        return None
+            self.legacy = self.granted
+            return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, f"cooldown of {self.cooldown_s:g} s over")]
+        return []
 
-    def record(self, now: float, failed: bool, what: str) -> Transition | None:
-        """Account one scored call; returns the move it caused, if any."""
-        transition = self._maybe_half_open(now)
+    def record(self, now: float, failed: bool, what: str) -> list[Transition]:
+        """Account one scored call; returns the moves it caused, in order."""
+        moves = self._maybe_half_open(now)
+        outside = self._ended_outside_trials()
+        if self.state is Circuit.HALF_OPEN and outside:
+            return moves  # a call from before the half-open period: not a trial
         if self.state is Circuit.HALF_OPEN:
             self.trials_out = max(0, self.trials_out - 1)
             if failed:
-                return self._trip(now, f"a trial call failed ({what})")
+                return [*moves, self._trip(now, f"a trial call failed ({what})")]
             self.trials_passed += 1
             if self.trials_passed >= self.config.half_open_trials:
                 self.state, self.since, self.trips = Circuit.CLOSED, now, 0
                 self.consecutive, self.trials_passed, self.trials_out = 0, 0, 0
                 self.recent.clear()
                 self.recent_failures = 0
-                return Transition(Circuit.CLOSED, f"{self.config.half_open_trials} trial calls passed")
-            return transition
+                moves.append(Transition(Circuit.HALF_OPEN, Circuit.CLOSED,
+                                        f"{self.config.half_open_trials} trial calls passed"))
+            return moves
         if self.state is Circuit.OPEN:
-            return transition  # a call that started before the circuit opened
+            return moves  # a call that started before the circuit opened
         self.consecutive = self.consecutive + 1 if failed else 0
         recent = self.recent
         recent.append((now, failed))
@@ -94,16 +123,17 @@ class Breaker:
         while recent and now - recent[0][0] > self.config.window_s:
             self.recent_failures -= recent.popleft()[1]
         if self.consecutive >= self.config.consecutive_failures:
-            return self._trip(now, f"{self.consecutive} consecutive failures (last: {what})")
+            return [*moves, self._trip(now, f"{self.consecutive} consecutive failures (last: {what})")]
         if len(recent) >= self.config.min_calls and self.recent_failures / len(recent) >= self.config.failure_rate:
-            return self._trip(now, f"{self.recent_failures} of the last {len(recent)} calls failed")
-        return transition
+            return [*moves, self._trip(now, f"{self.recent_failures} of the last {len(recent)} calls failed")]
+        return moves
 
     def _trip(self, now: float, reason: str) -> Transition:
+        before = self.state
         self.cooldown_s = min(self.config.open_cooldown_s * 2**self.trips, self.config.max_cooldown_s)
         self.trips += 1
         self.state, self.since, self.open_reason = Circuit.OPEN, now, reason
         self.consecutive, self.trials_out, self.trials_passed = 0, 0, 0
         self.recent.clear()
         self.recent_failures = 0
-        return Transition(Circuit.OPEN, reason)
+        return Transition(before, Circuit.OPEN, reason)

@@ -180,12 +180,14 @@ class HealthTracker:
         (satisfied, tolerating, frustrated), None when it does not (429, 401/403, 404)."""
         outcome = classify(status_code, error, error_code)
         now = self.clock()
-        transition: Transition | None = None
+        moves: list[Transition] = []
         zone: str | None = None
         with self._lock:
             state = self._provider(provider)
             if state.in_flight > 0:
                 state.in_flight -= 1
+            if outcome in (Outcome.THROTTLED, Outcome.QUOTA, Outcome.CREDENTIAL, Outcome.NOT_FOUND):
+                moves = state.breaker.release(now)  # not scored: a trial permit comes back
             if outcome is Outcome.THROTTLED:
                 self._throttle(state, now, headers, retry_after_s)
             elif outcome is Outcome.QUOTA:
@@ -212,16 +214,10 @@ class HealthTracker:
                     what = f"{type(error).__name__}"
                 elif isinstance(error, str):
                     what = error
-                transition = state.breaker.record(now, failed, what)
-                circuit_before = None if transition is None else self._previous(transition)
+                moves = state.breaker.record(now, failed, what)
             self._prune(state, now)
-        if transition is not None:
-            self._notify(provider, circuit_before or "closed", transition)
+        self._notify(provider, moves)
         return zone
-
-    @staticmethod
-    def _previous(transition: Transition) -> str:
-        return {Circuit.OPEN: "closed", Circuit.HALF_OPEN: "open", Circuit.CLOSED: "half_open"}[transition.to_state]
 
     def _throttle(self, state: _Provider, now: float, headers: Mapping[str, str] | None,
                   retry_after_s: float | None) -> None:
@@ -264,13 +260,16 @@ class HealthTracker:
             while times and times[0] < horizon:
                 times.popleft()
 
-    def _notify(self, provider: str, from_state: str, transition: Transition) -> None:
+    def _notify(self, provider: str, moves: list[Transition]) -> None:
+        if not moves:
+            return
         hooks = [*_listeners, self.on_transition] if self.on_transition is not None else _listeners
-        for hook in hooks:
-            try:
-                hook(provider, from_state, transition.to_state.value, transition.reason)
-            except Exception:  # noqa: BLE001 - a metrics hook must not break routing
-                pass
+        for move in moves:
+            for hook in hooks:
+                try:
+                    hook(provider, move.from_state.value, move.to_state.value, move.reason)
+                except Exception:  # noqa: BLE001 - a metrics hook must not break routing
+                    pass
 
     # --- reading it ---------------------------------------------------------------------
 
@@ -279,9 +278,8 @@ class HealthTracker:
         now = self.clock()
         with self._lock:
             state = self._provider(provider)
-            allowed, transition = state.breaker.allow(now)
-        if transition is not None:
-            self._notify(provider, "open", transition)
+            allowed, moves = state.breaker.allow(now)
+        self._notify(provider, moves)
         return allowed
 
     def status(self, provider: str) -> ProviderHealth:
@@ -344,7 +342,7 @@ class HealthTracker:
                            "not counted against health")
         if state.not_found:
             reasons.append(f"{len(state.not_found)} calls for a missing model (404); not counted against health")
-        if total + probes == 0 and circuit is Circuit.CLOSED:
+        if total + probes == 0 and circuit is Circuit.CLOSED and not quota:
             health_state = State.UNKNOWN
             score = 1.0
             reasons.append("no calls in the window yet")
@@ -396,7 +394,7 @@ class HealthTracker:
             raise ValueError("choose() needs at least one candidate")
         now = self.clock()
         band = self.config.tie_band
-        eligible: list[tuple[tuple[float, ...], str]] = []
+        eligible: list[tuple[float, float, float, int, str]] = []  # trial, score, cost, index
         excluded: list[tuple[tuple[float, ...], str]] = []
         with self._lock:
             for index, name in enumerate(names):
@@ -406,15 +404,22 @@ class HealthTracker:
                 breaker = state.breaker
                 open_until = breaker.since + breaker.cooldown_s if breaker.state is Circuit.OPEN else -math.inf
                 blocked_until = max(state.throttled_until, state.quota_until, open_until)
-                cost = (state.ewma_s or 0.0) * (state.in_flight + 1)
                 if blocked_until > now or not breaker.would_allow(now):
                     excluded.append(((blocked_until, -health.score, index), name))
                     continue
                 trial_first = 0.0 if health.circuit is Circuit.HALF_OPEN else 1.0
-                rank = math.floor(health.score / band) if band else health.score
-                eligible.append(((trial_first, -rank, cost, index), name))
-        eligible.sort()
+                cost = (state.ewma_s or 0.0) * (state.in_flight + 1)
+                eligible.append((trial_first, health.score, cost, index, name))
+        best = max((score for _, score, _, _, _ in eligible), default=0.0)
+
+        def rank(entry: tuple[float, float, float, int, str]) -> tuple[float, ...]:
+            trial_first, score, cost, index, _ = entry
+            # Scores within tie_band of each other (counted from the best) are equals.
+            tier = math.floor((best - score) / band + 1e-9) if band else -score
+            return (trial_first, tier, cost, index)
+
+        eligible.sort(key=rank)
         excluded.sort()
-        order = [name for _, name in eligible] + [name for _, name in excluded]
+        order = [entry[-1] for entry in eligible] + [name for _, name in excluded]
         return Choice(provider=order[0], order=order, panic=not eligible)
 
