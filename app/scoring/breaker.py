@@ -66,6 +66,16 @@ class Breaker:
             self.trials_out = max(0, self.trials_out - 1)
         return moves
 
+    def probe_succeeded(self, now: float) -> list[Transition]:
+        """An active probe reached the provider: an open circuit goes half-open at once
+        and lets its trial calls decide (Envoy's successful_active_health_check_uneject_host)."""
+        if self.state is Circuit.OPEN and now < self.since + self.cooldown_s:
+            self.state, self.since = Circuit.HALF_OPEN, now
+            self.trials_out = self.trials_passed = 0
+            self.legacy = self.granted
+            return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, "a probe succeeded")]
+        return []
+
     def _ended_outside_trials(self) -> bool:
         """Account a call's end; True when it was not a half-open trial call."""
         if self.state is Circuit.HALF_OPEN and self.legacy > 0:
@@ -130,6 +140,8 @@ class Breaker:
 
     def _trip(self, now: float, reason: str) -> Transition:
         before = self.state
+        # Trial calls still running belong to this period, not to the next half-open one.
+        self.granted += self.trials_out
         self.cooldown_s = min(self.config.open_cooldown_s * 2**self.trips, self.config.max_cooldown_s)
         self.trips += 1
         self.state, self.since, self.open_reason = Circuit.OPEN, now, reason

@@ -244,14 +244,18 @@ class HealthTracker:
         state.ewma_at = now
 
     def record_probe(self, provider: str, ok: bool) -> None:
-        """An active probe's outcome: feeds availability; a success ends a quota lockout."""
+        """An active probe's outcome: feeds availability; a success ends a quota lockout
+        and moves an open circuit to half-open, so trial calls can take it back early."""
         now = self.clock()
+        moves: list[Transition] = []
         with self._lock:
             state = self._provider(provider)
             state.window.add_probe(now, ok)
             if ok:
                 state.quota_until = -math.inf
+                moves = state.breaker.probe_succeeded(now)
             self._prune(state, now)
+        self._notify(provider, moves)
 
     def _prune(self, state: _Provider, now: float) -> None:
         horizon = now - self.config.window_s
@@ -338,7 +342,8 @@ class HealthTracker:
             if total >= config.min_calls and slow_rate >= config.slow_call_rate:
                 reasons.append(f"slow: {slow_rate:.0%} of calls over {config.slow_call_s:g} s")
         if state.credential:
-            reasons.append(f"{len(state.credential)} credential errors (401/403): check the API key; "
+            errors = "error" if len(state.credential) == 1 else "errors"
+            reasons.append(f"{len(state.credential)} credential {errors} (401/403): check the API key; "
                            "not counted against health")
         if state.not_found:
             reasons.append(f"{len(state.not_found)} calls for a missing model (404); not counted against health")

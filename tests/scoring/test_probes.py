@@ -1,0 +1,103 @@
+"""Active probes against mocked provider health URLs (respx): their outcomes feed the tracker."""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+import respx
+
+from app.scoring import HealthTracker, ProbeRunner, State
+
+from tests.scoring.fake_clock import FakeClock
+
+UP = "https://up.example/health"
+DOWN = "https://down.example/health"
+GONE = "https://gone.example/health"
+
+
+@pytest.fixture
+def upstream() -> respx.MockRouter:
+    with respx.mock(assert_all_called=False) as router:
+        router.get(UP).mock(return_value=httpx.Response(200, json={"status": "ok"}))
+        router.get(DOWN).mock(return_value=httpx.Response(503))
+        router.get(GONE).mock(side_effect=httpx.ConnectError("connection refused"))
+        yield router
+
+
+def probe_all(runner: ProbeRunner) -> dict[str, bool]:
+    async def run() -> dict[str, bool]:
+        async with httpx.AsyncClient() as client:
+            return await runner.probe_all(client)
+
+    return asyncio.run(run())
+
+
+def test_probe_outcomes_200_ok_503_and_connect_error_not(
+    tracker: HealthTracker, upstream: respx.MockRouter
+) -> None:
+    runner = ProbeRunner(tracker, {"up": UP, "down": DOWN, "gone": GONE}, interval_s=15.0)
+
+    assert probe_all(runner) == {"up": True, "down": False, "gone": False}
+    assert upstream.calls.call_count == 3
+    assert [tracker.status(name).availability for name in ("up", "down", "gone")] == [1.0, 0.0, 0.0]
+    assert [tracker.status(name).probes for name in ("up", "down", "gone")] == [1, 1, 1]
+
+
+@pytest.mark.parametrize(("response", "ok"), [(httpx.Response(401), True), (httpx.Response(404), True),
+                                              (httpx.Response(429), False), (httpx.Response(500), False)])
+def test_probe_reads_any_answer_below_500_but_429_as_reachable(
+    tracker: HealthTracker, response: httpx.Response, ok: bool
+) -> None:
+    with respx.mock() as router:
+        router.get(UP).mock(return_value=response)
+        assert probe_all(ProbeRunner(tracker, {"p": UP})) == {"p": ok}
+
+
+def test_probe_timeout_is_a_failed_probe(tracker: HealthTracker) -> None:
+    with respx.mock() as router:
+        router.get(UP).mock(side_effect=httpx.ReadTimeout("slow"))
+        assert probe_all(ProbeRunner(tracker, {"p": UP})) == {"p": False}
+
+
+def test_failed_probes_lower_availability(
+    tracker: HealthTracker, clock: FakeClock, upstream: respx.MockRouter
+) -> None:
+    for _ in range(4):
+        tracker.record("p", duration_s=0.5)
+    runner = ProbeRunner(tracker, {"p": DOWN})
+
+    availabilities = []
+    for _ in range(4):
+        probe_all(runner)
+        availabilities.append(tracker.status("p").availability)
+        clock.advance(15.0)
+
+    assert availabilities == pytest.approx([4 / 5, 4 / 6, 4 / 7, 4 / 8])
+    health = tracker.status("p")
+    assert (health.error_rate, health.latency_score) == (0.0, 1.0)  # probes are not calls
+    assert health.score == pytest.approx(0.4 * 0.5 + 0.3 + 0.3)
+
+
+def test_only_probes_in_the_window_count(tracker: HealthTracker, clock: FakeClock, upstream: respx.MockRouter) -> None:
+    probe_all(ProbeRunner(tracker, {"p": GONE}))
+    assert tracker.status("p").state is State.DEGRADED
+
+    clock.advance(61.0)
+
+    assert (tracker.status("p").availability, tracker.status("p").state) == (1.0, State.UNKNOWN)
+
+
+def test_successful_probe_ends_a_quota_lockout(tracker: HealthTracker, upstream: respx.MockRouter) -> None:
+    tracker.record("p", duration_s=0.05, status_code=429, error_code="insufficient_quota")
+    assert tracker.choose(["p"]).panic
+
+    probe_all(ProbeRunner(tracker, {"p": DOWN}))
+    assert tracker.choose(["p"]).panic  # a failed probe does not end it
+
+    probe_all(ProbeRunner(tracker, {"p": UP}))
+
+    assert not tracker.choose(["p"]).panic
+    assert tracker.status("p").rate_limited_until is None
+    assert not any("quota" in reason for reason in tracker.status("p").reasons)
