@@ -40,3 +40,31 @@ def test_dockerfile_runs_the_entry_point_as_non_root_with_a_health_check() -> No
     assert "\nUSER 10001" in dockerfile
     assert "HEALTHCHECK" in dockerfile and "/health" in dockerfile
     assert 'CMD ["gateway-metrics"]' in dockerfile
+
+
+def test_embedding_as_the_readme_shows() -> None:
+    from fastapi import FastAPI
+
+    from app import metrics
+    from app.middleware import MetricsMiddleware
+    from app.routers import health
+    from app.routers import metrics as metrics_routes
+
+    gateway = FastAPI()
+    gateway.state.settings = Settings(access_log=False)
+    gateway.include_router(metrics_routes.router)
+    gateway.include_router(health.router)
+    gateway.add_middleware(MetricsMiddleware, access_log=False)
+
+    @gateway.post("/v1/chat/completions")
+    def chat() -> dict[str, str]:
+        with metrics.track_model_inference("embedded-provider", "gpt-4o") as call:
+            call.status_code = 200
+        metrics.record_tokens_used("embedded-provider", "gpt-4o", 10, 5)
+        return {"ok": "yes"}
+
+    client = TestClient(gateway)
+    assert client.post("/v1/chat/completions").status_code == 200
+    scrape = client.get("/prometheus/metrics/models").text
+    assert 'model_inference_requests_total{model="gpt-4o",provider="embedded-provider",status="success"}' in scrape
+    assert client.get("/ready").json()["backend"]["configured"] is False
