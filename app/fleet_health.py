@@ -17,10 +17,11 @@ from app.quantiles import Result
 from app.scoring import HealthConfig, health_score
 from app.summary import HealthFigures
 
-#: Statuses that do not count for health: throttled, our credentials, a missing model.
-NOT_SCORED = frozenset({"rate_limit_error", "authentication_error", "not_found_error"})
+#: Statuses that do not count for health: throttled, our credentials, a missing model,
+#: calls cancelled on our side.
+NOT_SCORED = frozenset({"rate_limit_error", "authentication_error", "not_found_error", "unknown"})
 #: Failed calls; the second set did not reach the provider at all.
-FAILED = frozenset({"server_error", "unknown", "timeout", "service_unavailable"})
+FAILED = frozenset({"server_error", "timeout", "service_unavailable"})
 UNREACHED = frozenset({"timeout", "service_unavailable"})
 
 FLEET_HEALTH_QUERIES: tuple[Query, ...] = (

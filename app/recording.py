@@ -126,9 +126,9 @@ def _status_of_error(error: BaseException | str) -> str:
         return "timeout" if "timeout" in lowered or "timedout" in lowered else "service_unavailable"
     if outcome in (Outcome.THROTTLED, Outcome.QUOTA):
         return "rate_limit_error"
-    if lowered == "stream_broken":
+    if outcome is Outcome.FAILURE:  # a broken stream, a bad answer: the provider failed
         return "server_error"
-    return "unknown"
+    return "unknown"  # cancelled on our side: no verdict on the provider
 
 
 _STATUS_NAMES = frozenset(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import string
 
@@ -41,6 +42,18 @@ def test_exception_in_the_block_is_a_failure_and_propagates() -> None:
     assert calls("rec-fail", "m", "timeout") == before + 1
 
 
+def test_a_cancelled_call_is_no_verdict_on_the_provider() -> None:
+    from app.scoring import get_tracker
+
+    before = calls("rec-cancel", "m", "unknown")
+    with pytest.raises(asyncio.CancelledError):
+        with metrics.track_model_inference("rec-cancel", "m"):
+            raise asyncio.CancelledError
+    assert calls("rec-cancel", "m", "unknown") == before + 1
+    health = get_tracker().status("rec-cancel")
+    assert health.calls == 0 and health.in_flight == 0
+
+
 def test_status_code_marks_the_call() -> None:
     before = calls("rec-code", "m", "rate_limit_error")
     with metrics.track_model_inference("rec-code", "m") as call:
@@ -66,7 +79,8 @@ def test_status_code_marks_the_call() -> None:
         (None, "timeout", "timeout"),
         (None, TimeoutError(), "timeout"),
         (None, ConnectionRefusedError(), "service_unavailable"),
-        (None, ValueError(), "unknown"),
+        (None, ValueError(), "server_error"),
+        (None, asyncio.CancelledError(), "unknown"),
         (None, "server_error", "server_error"),
         (None, "stream_broken", "server_error"),
         (None, "connection", "service_unavailable"),

@@ -16,6 +16,7 @@ class Outcome(StrEnum):
     QUOTA = "quota"  # 429 with quota or credit exhausted: out for longer
     CREDENTIAL = "credential"  # 401/403: our key, not the provider's health
     NOT_FOUND = "not_found"  # 404: a missing model, not the provider's health
+    CANCELLED = "cancelled"  # our side gave up (client gone, task cancelled): no verdict
 
 
 #: Error codes providers send with a 429 when the account, not the moment, is the limit.
@@ -41,6 +42,8 @@ def classify(status_code: int | None, error: BaseException | str | None, error_c
     if error is None:
         return Outcome.SUCCESS
     name = (error if isinstance(error, str) else type(error).__name__).lower()
+    if name in ("cancellederror", "cancelled", "generatorexit"):
+        return Outcome.CANCELLED
     if "overloaded" in name or "ratelimit" in name or "rate_limit" in name:
         return Outcome.QUOTA if _is_quota(error_code) else Outcome.THROTTLED
     if any(word in name for word in _UNREACHED_ERRORS):

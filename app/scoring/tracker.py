@@ -134,6 +134,11 @@ class _Provider:
     ewma_at: float = 0.0
 
 
+_NOT_SCORED = frozenset(
+    {Outcome.THROTTLED, Outcome.QUOTA, Outcome.CREDENTIAL, Outcome.NOT_FOUND, Outcome.CANCELLED}
+)
+
+
 class HealthTracker:
     """Provider health for failover. ``get_tracker()`` is the app's own instance."""
 
@@ -186,9 +191,11 @@ class HealthTracker:
             state = self._provider(provider)
             if state.in_flight > 0:
                 state.in_flight -= 1
-            if outcome in (Outcome.THROTTLED, Outcome.QUOTA, Outcome.CREDENTIAL, Outcome.NOT_FOUND):
+            if outcome in _NOT_SCORED:
                 moves = state.breaker.release(now)  # not scored: a trial permit comes back
-            if outcome is Outcome.THROTTLED:
+            if outcome is Outcome.CANCELLED:
+                pass
+            elif outcome is Outcome.THROTTLED:
                 self._throttle(state, now, headers, retry_after_s)
             elif outcome is Outcome.QUOTA:
                 state.quota_until = max(state.quota_until, now + self.config.quota_cooldown_s)
