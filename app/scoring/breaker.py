@@ -37,7 +37,9 @@ class Breaker:
     cooldown_s: float = 0.0  # of the current (or last) open period
     trips: int = 0  # opens since the circuit was last closed for good
     consecutive: int = 0  # failures in a row
-    trials_out: int = 0  # half-open permits handed out and not yet returned
+    #: When each half-open permit handed out and not yet returned is presumed lost (a
+    #: call that ended without being recorded must not keep the circuit half-open).
+    trial_deadlines: deque[float] = field(default_factory=deque)
     trials_passed: int = 0
     #: Calls let through by allow() while closed that have not ended. Those still running
     #: when the circuit goes half-open are not trials: they must not free trial permits.
@@ -54,8 +56,10 @@ class Breaker:
         if self.state is Circuit.CLOSED:
             self.granted += 1
             return True, moves
+        if self.state is Circuit.HALF_OPEN:
+            self._expire_trials(now)
         if self.state is Circuit.HALF_OPEN and self.trials_out + self.trials_passed < self.config.half_open_trials:
-            self.trials_out += 1
+            self.trial_deadlines.append(now + self.config.trial_timeout_s)
             return True, moves
         return False, moves
 
@@ -63,7 +67,7 @@ class Breaker:
         """A call that does not count (429, 401/403, 404) ended: give back its trial permit."""
         moves = self._maybe_half_open(now)
         if not self._ended_outside_trials() and self.state is Circuit.HALF_OPEN:
-            self.trials_out = max(0, self.trials_out - 1)
+            self._return_trial()
         return moves
 
     def probe_succeeded(self, now: float) -> list[Transition]:
@@ -71,7 +75,8 @@ class Breaker:
         and lets its trial calls decide (Envoy's successful_active_health_check_uneject_host)."""
         if self.state is Circuit.OPEN and now < self.since + self.cooldown_s:
             self.state, self.since = Circuit.HALF_OPEN, now
-            self.trials_out = self.trials_passed = 0
+            self.trial_deadlines.clear()
+            self.trials_passed = 0
             self.legacy = self.granted
             return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, "a probe succeeded")]
         return []
@@ -87,20 +92,34 @@ class Breaker:
             return True
         return False
 
+    @property
+    def trials_out(self) -> int:
+        """Half-open permits handed out and not yet returned."""
+        return len(self.trial_deadlines)
+
+    def _return_trial(self) -> None:
+        if self.trial_deadlines:
+            self.trial_deadlines.popleft()
+
+    def _expire_trials(self, now: float) -> None:
+        while self.trial_deadlines and self.trial_deadlines[0] <= now:
+            self.trial_deadlines.popleft()
+
     def would_allow(self, now: float) -> bool:
         """``allow`` without taking a permit or changing state (for ranking)."""
         if self.state is Circuit.CLOSED:
             return True
         if self.state is Circuit.OPEN and now < self.since + self.cooldown_s:
             return False
-        trials_out = self.trials_out if self.state is Circuit.HALF_OPEN else 0
+        trials_out = sum(1 for d in self.trial_deadlines if d > now) if self.state is Circuit.HALF_OPEN else 0
         passed = self.trials_passed if self.state is Circuit.HALF_OPEN else 0
         return trials_out + passed < self.config.half_open_trials
 
     def _maybe_half_open(self, now: float) -> list[Transition]:
         if self.state is Circuit.OPEN and now >= self.since + self.cooldown_s:
             self.state, self.since = Circuit.HALF_OPEN, now
-            self.trials_out = self.trials_passed = 0
+            self.trial_deadlines.clear()
+            self.trials_passed = 0
             self.legacy = self.granted
             return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, f"cooldown of {self.cooldown_s:g} s over")]
         return []
@@ -112,13 +131,14 @@ class Breaker:
         if self.state is Circuit.HALF_OPEN and outside:
             return moves  # a call from before the half-open period: not a trial
         if self.state is Circuit.HALF_OPEN:
-            self.trials_out = max(0, self.trials_out - 1)
+            self._return_trial()
             if failed:
                 return [*moves, self._trip(now, f"a trial call failed ({what})")]
             self.trials_passed += 1
             if self.trials_passed >= self.config.half_open_trials:
                 self.state, self.since, self.trips = Circuit.CLOSED, now, 0
-                self.consecutive, self.trials_passed, self.trials_out = 0, 0, 0
+                self.consecutive, self.trials_passed = 0, 0
+                self.trial_deadlines.clear()
                 self.recent.clear()
                 self.recent_failures = 0
                 moves.append(Transition(Circuit.HALF_OPEN, Circuit.CLOSED,
@@ -145,7 +165,8 @@ class Breaker:
         self.cooldown_s = min(self.config.open_cooldown_s * 2**self.trips, self.config.max_cooldown_s)
         self.trips += 1
         self.state, self.since, self.open_reason = Circuit.OPEN, now, reason
-        self.consecutive, self.trials_out, self.trials_passed = 0, 0, 0
+        self.consecutive, self.trials_passed = 0, 0
+        self.trial_deadlines.clear()
         self.recent.clear()
         self.recent_failures = 0
         return Transition(before, Circuit.OPEN, reason)

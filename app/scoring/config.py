@@ -35,6 +35,10 @@ class HealthConfig(BaseModel):
     #: Trial calls let through at once in half-open (resilience4j permits 10 in all; a few
     #: at a time keep a thundering herd off a provider that is just back).
     half_open_trials: int = Field(3, ge=1)
+    #: A trial permit not returned within this long is presumed lost (the call ended
+    #: without being recorded), like resilience4j's maximum wait in half-open. 300 s is
+    #: the longest an LLM call is timed (the top inference bucket).
+    trial_timeout_s: float = Field(300.0, gt=0)
     #: resilience4j's slow-call idea: this share of calls slower than slow_call_s marks the
     #: provider degraded (not open: slow answers are still answers).
     slow_call_s: float = Field(10.0, gt=0)

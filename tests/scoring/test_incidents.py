@@ -493,3 +493,15 @@ def test_a_successful_probe_moves_an_open_circuit_to_half_open(
     assert tracker.status("a").circuit == "half_open"
     assert tracker.allow("a")
     assert moves[-1][1:3] == ("open", "half_open") and moves[-1][3] == "a probe succeeded"
+
+
+def test_a_trial_permit_never_returned_is_freed_after_the_trial_timeout(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    open_circuit(tracker, "a")
+    clock.advance(30.0)
+    for _ in range(tracker.config.half_open_trials):
+        assert tracker.allow("a")  # three trial calls that never report back
+    assert not tracker.allow("a")
+    clock.advance(tracker.config.trial_timeout_s)
+    assert tracker.allow("a")
