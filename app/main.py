@@ -16,8 +16,8 @@ from app.registry import METRICS
 from app.routers import docs, health, metrics, provider_health, summary
 from app.scoring import HealthConfig, HealthTracker, ProbeRunner, get_tracker, set_tracker
 from app.settings import Settings, get_settings
-from app.snapshots import Snapshots
-from app.summary_service import SummaryService, backend_from_settings
+from app.summary.snapshots import Snapshots
+from app.summary.service import SummaryService, backend_from_settings
 
 _snapshots: Snapshots | None = None
 

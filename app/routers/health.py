@@ -7,7 +7,7 @@ from typing import Literal
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
 
-from app.summary_models import BackendReadiness
+from app.summary.models import BackendReadiness
 
 router = APIRouter(tags=["health"])
 

@@ -11,8 +11,8 @@ from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import ApiKeyDep
 from app.scoring import get_tracker
-from app.summary_models import SummaryError
-from app.summary_service import SummaryService
+from app.summary.models import SummaryError
+from app.summary.service import SummaryService
 
 router = APIRouter(prefix="/prometheus/metrics", tags=["health"], dependencies=[ApiKeyDep])
 

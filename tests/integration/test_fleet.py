@@ -11,7 +11,7 @@ import pytest
 from app.catalogue import Category
 from app.main import local_snapshots
 from app.settings import Settings
-from app.summary_service import SummaryService, backend_from_settings
+from app.summary.service import SummaryService, backend_from_settings
 from tests.support.instance import PROVIDERS, expected_calls
 from tests.support.servers import (
     MetricsServer,
@@ -119,7 +119,7 @@ def test_ready_reports_the_backend(fleet: tuple) -> None:
 
 
 def test_every_summary_query_parses_on_both_backends(fleet: tuple) -> None:
-    from app.promql import queries_for
+    from app.summary.promql import queries_for
 
     prometheus, victoria, _ = fleet
     for backend in (prometheus, victoria):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.catalogue import Category
-from app.promql import packed_promql, packs_for, queries_for
+from app.summary.promql import packed_promql, packs_for, queries_for
 from tests.support.backfill import create_blocks
 from tests.support.servers import MetricsServer, start_prometheus
 

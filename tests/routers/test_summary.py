@@ -9,8 +9,8 @@ from app import metrics
 from app.catalogue import Category
 from app.registry import METRICS
 from app.settings import Settings
-from app.snapshots import Snapshots
-from app.summary_service import SummaryService
+from app.summary.snapshots import Snapshots
+from app.summary.service import SummaryService
 from app.topn import key_fingerprint
 
 

@@ -3,7 +3,7 @@ evaluated over them with the same meaning as their PromQL.
 
 A rate over a window is the increase between the snapshot taken at least ``window``
 ago (the oldest one while the process is younger) and now, divided by the time between
-them (bucket rates included: app.quantiles turns them into quantiles). Snapshots are kept at ``interval`` for the last
+them (bucket rates included: app.summary.quantiles turns them into quantiles). Snapshots are kept at ``interval`` for the last
 ``FINE_SPAN_S`` and one a minute beyond, up to ``MAX_WINDOW_S``, so memory stays bounded.
 """
 
@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
 
-from app.promql import Kind, Matcher, Query
-from app.quantiles import Result
+from app.summary.promql import Kind, Matcher, Query
+from app.summary.quantiles import Result
 
 #: Longest window a summary may ask for.
 MAX_WINDOW_S = 3600

@@ -7,9 +7,9 @@ import math
 import pytest
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from app.promql import Kind, Matcher, Query, buckets, current, rate
-from app.quantiles import histogram_quantile, quantiles_by
-from app.snapshots import COARSE_STEP_S, FINE_SPAN_S, MAX_WINDOW_S, Snapshots
+from app.summary.promql import Kind, Matcher, Query, buckets, current, rate
+from app.summary.quantiles import histogram_quantile, quantiles_by
+from app.summary.snapshots import COARSE_STEP_S, FINE_SPAN_S, MAX_WINDOW_S, Snapshots
 
 
 class Clock:

@@ -2,8 +2,8 @@
 from this process's registry otherwise, never with an error status.
 
 With a backend, each category's named queries travel as one packed request
-(app.promql.packed_promql), the categories in parallel under one deadline
-(app.backend); a request that fails there is answered from its last good value (``stale: true``) or, when
+(app.summary.promql.packed_promql), the categories in parallel under one deadline
+(app.summary.backend); a request that fails there is answered from its last good value (``stale: true``) or, when
 it never had one, from the local registry, and ``errors`` says which and why.
 """
 
@@ -15,15 +15,15 @@ from datetime import UTC, datetime
 
 from cachetools import TTLCache
 
-from app.backend import BackendError, PrometheusBackend
+from app.summary.backend import BackendError, PrometheusBackend
 from app.catalogue import Category
-from app.fleet_health import FLEET_HEALTH_QUERIES, fleet_health
-from app.promql import Matcher, Query, packed_promql, packs_for, queries_for, unpack
+from app.summary.fleet_health import FLEET_HEALTH_QUERIES, fleet_health
+from app.summary.promql import Matcher, Query, packed_promql, packs_for, queries_for, unpack
 from app.scoring import get_tracker
 from app.settings import Settings
-from app.snapshots import Result, Snapshots
-from app.summary import HealthFigures, build_metrics
-from app.summary_models import BackendReadiness, Summary, SummaryError
+from app.summary.snapshots import Result, Snapshots
+from app.summary.figures import HealthFigures, build_metrics
+from app.summary.models import BackendReadiness, Summary, SummaryError
 
 
 FLEET_PACK = "fleet_health"

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from app.promql import Query, current, rate
-from app.quantiles import Result
+from app.summary.promql import Query, current, rate
+from app.summary.quantiles import Result
 from app.scoring import HealthConfig, health_score
-from app.summary import HealthFigures
+from app.summary.figures import HealthFigures
 
 #: Statuses that do not count for health: throttled, our credentials, a missing model,
 #: calls cancelled on our side.

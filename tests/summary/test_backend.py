@@ -1,4 +1,4 @@
-"""app.backend: healthy paths against a real Prometheus and a real VictoriaMetrics, faults
+"""app.summary.backend: healthy paths against a real Prometheus and a real VictoriaMetrics, faults
 against a deliberately broken server (tests/support/faulty_backend.py)."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Gauge, make_asgi_app
 from support.faulty_backend import FaultyBackend, Reply, envelope, error_envelope
 from support.servers import AppServer, MetricsServer, free_port, serve_app, start_prometheus, start_victoriametrics
 
-from app.backend import BatchResult, PrometheusBackend, escape_label_value, label_matcher
+from app.summary.backend import BatchResult, PrometheusBackend, escape_label_value, label_matcher
 
 #: Label values the probe app exports, one series each, valued by their index.
 LABEL_VALUES = (

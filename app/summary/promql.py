@@ -3,15 +3,15 @@
 Every figure of a summary comes from a few :class:`Query` objects: a rate or a current
 value of one catalogue family, summed (or maxed) by a few labels. Quantiles are computed
 from the rates of a histogram's buckets (``sum by (le, ...)``) with Prometheus'
-``histogram_quantile`` algorithm (app.quantiles), so one query gives every percentile at
+``histogram_quantile`` algorithm (app.summary.quantiles), so one query gives every percentile at
 every grouping, and ratios are divided in the service. The same ``Query`` object
 renders to PromQL for a Prometheus-compatible backend (:meth:`Query.promql`) and is
 evaluated from this process's own registry snapshots in local mode
-(``app.snapshots``), so both sources mean the same thing by construction. Docs, rules
+(``app.summary.snapshots``), so both sources mean the same thing by construction. Docs, rules
 and dashboards draw on this module too.
 
 Nothing from a request reaches PromQL as text: windows are integers, categories are an
-enum, and label values are escaped by :func:`app.backend.escape_label_value`.
+enum, and label values are escaped by :func:`app.summary.backend.escape_label_value`.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
-from app.backend import escape_label_value
+from app.summary.backend import escape_label_value
 from app.catalogue import Category
-from app.quantiles import Result
+from app.summary.quantiles import Result
 
 
 class Kind(StrEnum):
@@ -98,7 +98,7 @@ def current(name: str, metric: str, *by: str, aggregate: Literal["sum", "max"] =
 
 def buckets(name: str, histogram: str, *by: str) -> Query:
     """The rate of a histogram's buckets by ``le`` and ``by``: every quantile of every
-    coarser grouping follows from it (app.quantiles), so one query serves p50/p95/p99.
+    coarser grouping follows from it (app.summary.quantiles), so one query serves p50/p95/p99.
     Grouped by labels, only the groups with observations in the window are kept."""
     return Query(name, Kind.RATE, f"{histogram}_bucket", ("le", *by), active_only=bool(by))
 
@@ -109,7 +109,7 @@ _TTFT = buckets("ttft_buckets", "gatewayz_time_to_first_token_seconds", "provide
 _TOKENS = current("tokens_total", "tokens_used_total", "provider", "model", "token_type")
 _COST = current("cost_usd", "gatewayz_cost_by_provider", "provider")
 
-#: The summary's queries, by category. Names are the keys app.summary reads results by.
+#: The summary's queries, by category. Names are the keys app.summary.figures reads results by.
 SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
     Category.PROVIDERS: (
         _CALLS,

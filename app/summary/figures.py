@@ -1,9 +1,9 @@
 """Building the summary's categories from the results of the named queries.
 
-Inputs are the results of ``app.promql.SUMMARY_QUERIES`` (from either source) and the
-providers' health; the output is the models of ``app.summary_models``. Coarser figures
+Inputs are the results of ``app.summary.promql.SUMMARY_QUERIES`` (from either source) and the
+providers' health; the output is the models of ``app.summary.models``. Coarser figures
 are sums of finer ones (a provider's calls are the sum of its models' calls), quantiles
-come from bucket rates (app.quantiles), and ratios are divided here, so a window without
+come from bucket rates (app.summary.quantiles), and ratios are divided here, so a window without
 traffic gives ``null``, not a division by zero.
 """
 
@@ -15,9 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from app.catalogue import Category
-from app.quantiles import Result, many_quantiles_by, observations_by, quantiles_by
+from app.summary.quantiles import Result, many_quantiles_by, observations_by, quantiles_by
 from app.recording import TOP_KEYS_BY_CREDITS, TOP_KEYS_BY_REQUESTS, TOP_USERS_BY_CREDITS
-from app.summary_models import (
+from app.summary.models import (
     BusinessSummary,
     ModelsSummary,
     ModelSummary,
