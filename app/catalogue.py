@@ -221,6 +221,35 @@ FAMILIES: tuple[Family, ...] = (
 
 FAMILIES_BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
 
+#: How each gauge's values from several worker processes combine into one
+#: (prometheus_client multiprocess modes; the README explains each choice). "live" modes
+#: drop a worker's value when it dies; the others keep its last value.
+MULTIPROCESS_MODES: dict[str, str] = {
+    # Each worker serves its own requests and holds its own connections: the fleet's
+    # figure is the sum over the workers alive now.
+    "http_requests_in_flight": "livesum",
+    "active_connections": "livesum",
+    # Published by each worker from its own health tracker: the most pessimistic live
+    # view, so a provider one worker sees failing is not hidden by another's luck.
+    "provider_availability": "livemin",
+    "gatewayz_provider_health_score": "livemin",
+    "provider_error_rate": "livemax",
+    "gatewayz_provider_circuit_state": "livemax",
+    # Only grows by inc(): every worker's share, dead ones' included, or it would drop.
+    "gatewayz_cost_by_provider": "sum",
+    # Figures of shared state (database, shared queues and caches, rate-limit windows)
+    # that any worker may read and set: the value set last is the newest.
+    "queue_size": "mostrecent",
+    "active_api_keys": "mostrecent",
+    "user_credit_balance": "mostrecent",
+    "trial_active": "mostrecent",
+    "active_subscriptions": "mostrecent",
+    "cache_size_bytes": "mostrecent",
+    "current_rate_limit": "mostrecent",
+    # Not in the files: computed by the reader from the summed tokens_used_total.
+    "gatewayz_token_efficiency": "computed",
+}
+
 #: Collectors of the Python process itself (process_*, python_info, python_gc_*).
 RUNTIME_CATEGORY = Category.SYSTEM
 

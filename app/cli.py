@@ -2,6 +2,11 @@
 
 ``gateway-metrics --demo`` starts it with simulated traffic. Flags override the
 ``GATEWAY_METRICS_*`` settings of the same name.
+
+``gateway-metrics --workers N`` serves it with N worker processes in prometheus_client's
+multiprocess mode: this process owns ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary one
+when unset), empties it before any worker starts, and starts the exporter process
+(``app.exporter``) that answers scrapes for all workers on ``--metrics-port``.
 """
 
 from __future__ import annotations
@@ -9,6 +14,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import tempfile
 from collections.abc import Sequence
 
 import uvicorn
@@ -33,6 +40,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, help="port (GATEWAY_METRICS_PORT)")
     parser.add_argument("--metrics-port", type=int, help="internal /metrics port (GATEWAY_METRICS_METRICS_PORT)")
     parser.add_argument("--demo", action="store_true", default=None, help="simulated traffic (GATEWAY_METRICS_DEMO)")
+    parser.add_argument("--workers", type=int, help="worker processes, in multiprocess mode; "
+                        "scrapes go to the exporter on --metrics-port (default: port + 1)")
     parser.add_argument("--log-level", default="info", help="uvicorn log level")
     return parser.parse_args(argv)
 
@@ -47,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     }
     settings = Settings(**overrides)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.workers is not None:
+        serve_workers(settings, overrides, args.workers, args.log_level)
+        return
     servers = [
         uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
                                       log_level=args.log_level, access_log=False))
@@ -56,6 +68,32 @@ def main(argv: Sequence[str] | None = None) -> None:
             metrics_only_app(settings), host=settings.host, port=settings.metrics_port,
             log_level=args.log_level, access_log=False, lifespan="off")))
     asyncio.run(_serve(servers))
+
+
+def serve_workers(settings: Settings, overrides: dict[str, object], workers: int, log_level: str) -> None:
+    """N uvicorn workers writing to one multiprocess directory, and the exporter reading it."""
+    from app import exporter, multiprocess
+
+    if workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    path = os.environ.get(multiprocess.ENV_VAR) or tempfile.mkdtemp(prefix="gateway-metrics-")
+    # Before any worker exists: a previous run's files would add to this run's totals.
+    os.environ[multiprocess.ENV_VAR] = multiprocess.prepare_directory(path)
+    # The workers read their settings from the environment: pass the flags on.
+    for key, value in overrides.items():
+        if key != "metrics_port":
+            os.environ[f"GATEWAY_METRICS_{key.upper()}"] = str(value)
+    metrics_port = settings.metrics_port or settings.port + 1
+    logging.getLogger("gateway_metrics").info(
+        "%d workers on port %d; scrapes for all of them on port %d (%s=%s)",
+        workers, settings.port, metrics_port, multiprocess.ENV_VAR, path)
+    scraper = exporter.start(settings.host, metrics_port)
+    try:
+        uvicorn.run("app.main:app", host=settings.host, port=settings.port, workers=workers,
+                    log_level=log_level, access_log=False)
+    finally:
+        scraper.terminate()
+        scraper.wait()
 
 
 async def _serve(servers: list[uvicorn.Server]) -> None:

@@ -6,17 +6,27 @@
 
 Each is a prometheus_client custom collector registered once per process in the
 categories the catalogue gives its families.
+
+With several workers (``PROMETHEUS_MULTIPROC_DIR``, see ``app.multiprocess``) the
+registries read every worker's files instead of this process's objects; the in-flight and
+provider gauges, which only this worker can compute, are published into its files every
+``PUBLISH_INTERVAL_S`` by :class:`GaugePublisher`, and token efficiency is computed from
+the summed token counters.
 """
 
 from __future__ import annotations
 
+import logging
+import threading
 from collections import Counter as Tally
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 
+from prometheus_client import Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.catalogue import CIRCUIT_STATE_VALUES, FAMILIES_BY_NAME, Family
+from app import multiprocess
+from app.catalogue import CIRCUIT_STATE_VALUES, FAMILIES, FAMILIES_BY_NAME, MULTIPROCESS_MODES, Category, Family
 from app.http_stats import HTTP_STATS, DurationCollector, RequestsCollector
 from app.middleware import requests_in_flight
 from app.registry import METRICS, clean_label_value
@@ -56,12 +66,18 @@ class InFlightCollector(_ComputedCollector):
 
 
 class TokenEfficiencyCollector(_ComputedCollector):
+    """Output per input token, from ``tokens_used_total`` as ``source`` collects it (this
+    process's counter by default; every worker's files with several workers)."""
+
     families = ("gatewayz_token_efficiency",)
+
+    def __init__(self, source: Callable[[], Iterable[Metric]] | None = None) -> None:
+        self.source = source or METRICS["tokens_used_total"].metric.collect
 
     def collect(self) -> Iterator[Metric]:
         _, gauge = _gauge("gatewayz_token_efficiency")
         tokens: dict[tuple[str, str], dict[str, float]] = {}
-        for metric in METRICS["tokens_used_total"].metric.collect():
+        for metric in self.source():
             for sample in metric.samples:
                 if sample.name.endswith("_total"):
                     key = (sample.labels["provider"], sample.labels["model"])
@@ -103,6 +119,9 @@ def register_collectors() -> None:
     if _registered:
         return
     _registered = True
+    if multiprocess.DIRECTORY is not None:
+        _register_files_collectors(multiprocess.DIRECTORY)
+        return
     METRICS.register(RequestsCollector(HTTP_STATS), FAMILIES_BY_NAME["http_requests_total"].categories)
     METRICS.register(
         DurationCollector(HTTP_STATS), FAMILIES_BY_NAME["http_request_duration_seconds"].categories
@@ -116,4 +135,81 @@ def register_collectors() -> None:
     )
 
 
+#: Families this worker computes and publishes into its files (the reader sums them).
+PUBLISHED = (InFlightCollector, ProviderHealthCollector)
+
+
+def _register_files_collectors(path: str) -> None:
+    """Every registry reads every worker's files: /metrics, the categories and the local
+    summaries report all workers. Each category reads only its own families' entries."""
+    tokens = multiprocess.FilesCollector(path, [multiprocess.file_metric_name("tokens_used_total", "counter")])
+    efficiency = TokenEfficiencyCollector(tokens.collect)
+    in_files = [family for family in FAMILIES if MULTIPROCESS_MODES.get(family.name) != "computed"]
+    METRICS.all_registry.register(multiprocess.FilesCollector(path))
+    METRICS.all_registry.register(efficiency)
+    for category in Category:
+        names = [multiprocess.file_metric_name(family.name, family.kind)
+                 for family in in_files if category in family.categories]
+        METRICS.category_registries[category].register(multiprocess.FilesCollector(path, names))
+    for category in FAMILIES_BY_NAME["gatewayz_token_efficiency"].categories:
+        METRICS.category_registries[category].register(efficiency)
+
+
+class GaugePublisher:
+    """Writes this worker's computed gauges into its multiprocess files every ``interval``
+    seconds, from a thread of its own: the request path pays nothing, and a reader in
+    another process sees each worker's in-flight requests and health view, at most one
+    interval old."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._gauges: dict[str, tuple[Gauge, tuple[str, ...]]] = {}
+        for collector_type in PUBLISHED:
+            for name in collector_type.families:
+                family = FAMILIES_BY_NAME[name]
+                gauge = Gauge(name, family.help, family.label_names, registry=None,
+                              multiprocess_mode=MULTIPROCESS_MODES[name])
+                self._gauges[name] = (gauge, family.label_names)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def publish(self) -> None:
+        for collector_type in PUBLISHED:
+            for metric in collector_type().collect():
+                gauge, label_names = self._gauges[metric.name]
+                for sample in metric.samples:
+                    gauge.labels(*(sample.labels[name] for name in label_names)).set(sample.value)
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._run, name="gauge-publisher", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        self.publish()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.publish()
+            except Exception:  # a bad moment must not end the publishing for good
+                _log.exception("publishing the computed gauges failed")
+            self._stop.wait(self.interval)
+
+
+_log = logging.getLogger(__name__)
 _registered = False
+_publisher: GaugePublisher | None = None
+
+
+def gauge_publisher() -> GaugePublisher | None:
+    """The process's publisher with several workers (``None`` in single-process mode)."""
+    global _publisher
+    if _publisher is None and multiprocess.DIRECTORY is not None:
+        _publisher = GaugePublisher()
+    return _publisher

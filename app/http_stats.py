@@ -8,7 +8,12 @@ a ``Counter.inc`` plus ``Histogram.observe`` (see ``benchmarks/hot_path.py``).
 
 A shard is written by one thread only, so no update is lost; the count of a series is
 derived from its bucket counts at scrape time, so ``_count`` always equals the ``+Inf``
-bucket, whatever the scrape interleaves with.
+bucket, whatever the scrape interleaves with. The shard of a thread that has ended is
+merged into a common total and freed, so short-lived threads leave nothing behind.
+
+With several workers (``PROMETHEUS_MULTIPROC_DIR``) each request is written straight into
+the worker's multiprocess files by prometheus_client's own counter and histogram, so a
+worker killed at any moment has lost nothing it counted; the shards are not used.
 """
 
 from __future__ import annotations
@@ -18,10 +23,12 @@ from bisect import bisect_left
 from collections.abc import Iterator
 from typing import Any
 
+from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from app import multiprocess
 from app.catalogue import FAMILIES_BY_NAME, Label
 from app.registry import METRICS, LabelValues, clean_labels
 
@@ -37,22 +44,52 @@ LabelKey = tuple[str, str, str]  # method, endpoint, status_code as recorded
 class _Shard:
     """One thread's counts: per series ``[sum, bucket_0, ..., bucket_+Inf]``."""
 
-    __slots__ = ("by_raw", "by_labels")
+    __slots__ = ("by_raw", "by_labels", "thread")
 
-    def __init__(self) -> None:
+    def __init__(self, thread: threading.Thread | None = None) -> None:
         self.by_raw: dict[tuple[Any, Any, Any], list[float]] = {}
         self.by_labels: dict[LabelKey, list[float]] = {}
+        self.thread = thread
+
+    def merge_into(self, merged: dict[LabelKey, list[float]]) -> None:
+        for label_key, series in list(self.by_labels.items()):
+            snapshot = list(series)
+            total = merged.get(label_key)
+            if total is None:
+                merged[label_key] = snapshot
+            else:
+                for index, value in enumerate(snapshot):
+                    total[index] += value
+
+
+class _FileSeries:
+    """With several workers: one series' prometheus_client children, writing to files."""
+
+    __slots__ = ("requests", "duration")
+
+    def __init__(self, requests: Any, duration: Any) -> None:
+        self.requests = requests
+        self.duration = duration
 
 
 class HttpStats:
     """The two HTTP families of the catalogue, with the catalogue's label caps."""
 
-    def __init__(self, label_cap: int = 500) -> None:
+    def __init__(self, label_cap: int = 500, in_files: bool | None = None) -> None:
         labels: tuple[Label, ...] = _REQUESTS.labels  # method, endpoint, status_code
         self._values = [LabelValues(label, label_cap) for label in labels]
         self._lock = threading.Lock()  # slow path only: new shards
         self._local = threading.local()
         self._shards: list[_Shard] = []
+        #: Counts of the threads that have ended, merged.
+        self._ended: dict[LabelKey, list[float]] = {}
+        self._file_series: dict[tuple[Any, Any, Any], _FileSeries] = {}
+        self._file_labels: set[LabelKey] = set()
+        if multiprocess.ENABLED if in_files is None else in_files:
+            self._requests = Counter(_REQUESTS.name, _REQUESTS.help, _REQUESTS.label_names, registry=None)
+            self._duration = Histogram(_DURATION.name, _DURATION.help, _DURATION.label_names,
+                                       buckets=BUCKETS, registry=None)
+            self.observe = self._observe_in_files  # type: ignore[method-assign]
 
     def set_label_cap(self, label_cap: int) -> None:
         for values in self._values:
@@ -77,10 +114,45 @@ class HttpStats:
         series[bisect_left(BUCKETS, duration_s) + 1] += 1
 
     def _new_shard(self) -> _Shard:
-        shard = self._local.shard = _Shard()
+        shard = self._local.shard = _Shard(threading.current_thread())
         with self._lock:
+            self._release_ended_shards()
             self._shards.append(shard)
         return shard
+
+    def _release_ended_shards(self) -> None:
+        """Merge the shards of threads that have ended into ``_ended`` (lock held): an
+        ended thread writes no more, so the merge is exact and the shard can go."""
+        live = []
+        for shard in self._shards:
+            if shard.thread is None or shard.thread.is_alive():
+                live.append(shard)
+            else:
+                shard.merge_into(self._ended)
+        self._shards = live
+
+    def _observe_in_files(self, method: Any, endpoint: Any, status_code: Any, duration_s: float) -> None:
+        key = (method, endpoint, status_code)
+        try:
+            series = self._file_series[key]
+        except (KeyError, TypeError):
+            series = self._new_file_series(key)
+        series.requests.inc()
+        series.duration.observe(duration_s)
+
+    def _new_file_series(self, key: tuple[Any, Any, Any]) -> _FileSeries:
+        labels, overflowed = clean_labels(self._values, key)
+        series = _FileSeries(self._requests.labels(*labels), self._duration.labels(labels[0], labels[1]))
+        with self._lock:
+            self._file_labels.add((labels[0], labels[1], labels[2]))
+            if not overflowed and len(self._file_series) < _MAX_RAW_KEYS:
+                try:
+                    self._file_series[key] = series
+                except TypeError:  # unhashable raw value: cleaned every time
+                    pass
+        for name in overflowed:
+            METRICS["gatewayz_label_overflow_total"].child(_REQUESTS.name, name).inc()
+        return series
 
     def _new_series(self, shard: _Shard, key: tuple[Any, Any, Any]) -> list[float]:
         labels, overflowed = clean_labels(self._values, key)
@@ -100,21 +172,23 @@ class HttpStats:
     def totals(self) -> dict[LabelKey, list[float]]:
         """Every series summed over the shards: ``[sum, bucket counts...]``."""
         with self._lock:
+            self._release_ended_shards()
             shards = list(self._shards)
-        merged: dict[LabelKey, list[float]] = {}
+            merged = {label_key: list(series) for label_key, series in self._ended.items()}
         for shard in shards:
-            for label_key, series in list(shard.by_labels.items()):
-                snapshot = list(series)
-                total = merged.get(label_key)
-                if total is None:
-                    merged[label_key] = snapshot
-                else:
-                    for index, value in enumerate(snapshot):
-                        total[index] += value
+            shard.merge_into(merged)
         return merged
 
+    def shard_count(self) -> int:
+        """Shards kept now (one per live recording thread, once ended ones are released)."""
+        with self._lock:
+            return len(self._shards)
+
     def routes(self) -> set[tuple[str, str]]:
-        """(method, endpoint) of every series recorded so far."""
+        """(method, endpoint) of every series this process recorded so far."""
+        if self._file_series or self._file_labels:
+            with self._lock:
+                return {(method, endpoint) for method, endpoint, _status in self._file_labels}
         return {(method, endpoint) for method, endpoint, _status in self.totals()}
 
     def request_counts(self) -> Iterator[tuple[LabelKey, float]]:
@@ -140,6 +214,9 @@ class HttpStats:
             for shard in self._shards:
                 shard.by_raw.clear()
                 shard.by_labels.clear()
+            self._ended.clear()
+            self._file_series.clear()
+            self._file_labels.clear()
             for values in self._values:
                 values.clear()
 

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from app import __version__
-from app.collectors import register_collectors
+from app.collectors import gauge_publisher, register_collectors
 from app.http_stats import HTTP_STATS
 from app.middleware import MetricsMiddleware
 from app.registry import METRICS
@@ -57,6 +57,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         snapshots.start()
+        publisher = gauge_publisher()
+        if publisher is not None:
+            publisher.start()
         probes = ProbeRunner(get_tracker(), settings.probe_urls, settings.probe_interval_seconds)
         probes.start()
         tasks: list[asyncio.Task[None]] = []
@@ -71,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await probes.stop()
+            if publisher is not None:
+                publisher.stop()
             summary_service.close()
 
     app = FastAPI(

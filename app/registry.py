@@ -25,7 +25,17 @@ import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 
-from app.catalogue import FAMILIES, FAMILIES_BY_NAME, OVERFLOW_VALUE, UNKNOWN_VALUE, Category, Family, Label
+from app import multiprocess
+from app.catalogue import (
+    FAMILIES,
+    FAMILIES_BY_NAME,
+    MULTIPROCESS_MODES,
+    OVERFLOW_VALUE,
+    UNKNOWN_VALUE,
+    Category,
+    Family,
+    Label,
+)
 
 # ``*_created`` series double the series count of every counter and histogram and no
 # dashboard of ours reads them.
@@ -138,6 +148,8 @@ class BoundedMetric:
         kwargs: dict[str, Any] = {"registry": None}
         if family.buckets:
             kwargs["buckets"] = family.buckets
+        if family.kind == "gauge":
+            kwargs["multiprocess_mode"] = MULTIPROCESS_MODES[family.name]
         metric_type = _METRIC_TYPES[family.kind]
         self.metric = metric_type(family.name, family.help, family.label_names, **kwargs)
         self._values = [LabelValues(label, label_cap) for label in family.labels]
@@ -205,8 +217,11 @@ class MetricSet:
         self.category_registries = {
             category: CollectorRegistry(auto_describe=True) for category in Category
         }
-        for name, bounded in self.metrics.items():
-            self.register(bounded.metric, bounded.family.categories)
+        if not multiprocess.ENABLED:
+            # With several workers the registries read every worker's files instead
+            # (app.collectors.register_collectors); the metrics only write to them.
+            for name, bounded in self.metrics.items():
+                self.register(bounded.metric, bounded.family.categories)
         runtime = (
             prometheus_client.ProcessCollector(registry=None),
             prometheus_client.PlatformCollector(registry=None),
