@@ -1,0 +1,43 @@
+"""gunicorn with uvicorn workers, in prometheus_client's multiprocess mode.
+
+    gunicorn -c deploy/gunicorn.conf.py app.main:app
+
+The master owns PROMETHEUS_MULTIPROC_DIR: it empties it before any worker starts, starts
+the exporter (``app.exporter``: scrapes of every worker, on GATEWAY_METRICS_METRICS_PORT,
+default 8001) and marks each worker that exits dead, as client_python documents. Workers
+never touch the directory's other files. Point Prometheus at the exporter's port.
+"""
+
+import os
+
+# Set before any worker imports prometheus_client (workers are forked after this file is
+# read; do not use preload_app, or the app would be imported in the master first).
+multiproc_dir = os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", "/tmp/gateway-metrics-multiproc")
+bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
+worker_class = "uvicorn.workers.UvicornWorker"
+preload_app = False
+
+_exporter = None
+
+
+def on_starting(server):
+    global _exporter
+    from app import exporter
+    from app.multiprocess import prepare_directory
+
+    prepare_directory(multiproc_dir)
+    host = bind.rsplit(":", 1)[0] or "0.0.0.0"
+    _exporter = exporter.start(host, int(os.environ.get("GATEWAY_METRICS_METRICS_PORT", "8001")))
+
+
+def child_exit(server, worker):
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, multiproc_dir)
+
+
+def on_exit(server):
+    if _exporter is not None:
+        _exporter.terminate()
+        _exporter.wait()
