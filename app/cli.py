@@ -70,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     asyncio.run(_serve(servers))
 
 
+WORKER_HEALTHCHECK_S = 30
+
+
 def serve_workers(settings: Settings, overrides: dict[str, object], workers: int, log_level: str) -> None:
     """N uvicorn workers writing to one multiprocess directory, and the exporter reading it."""
     from app import exporter, multiprocess
@@ -89,8 +92,10 @@ def serve_workers(settings: Settings, overrides: dict[str, object], workers: int
         workers, settings.port, metrics_port, multiprocess.ENV_VAR, path)
     scraper = exporter.start(settings.host, metrics_port)
     try:
+        # uvicorn kills a worker that does not answer its health ping within this time;
+        # its 5 s default kills workers still importing on a busy machine, again and again.
         uvicorn.run("app.main:app", host=settings.host, port=settings.port, workers=workers,
-                    log_level=log_level, access_log=False)
+                    log_level=log_level, access_log=False, timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
     finally:
         scraper.terminate()
         scraper.wait()

@@ -21,13 +21,17 @@ from __future__ import annotations
 import glob
 import json
 import os
+import struct
+import threading
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 from prometheus_client import values
 from prometheus_client.metrics_core import Metric
-from prometheus_client.mmap_dict import MmapedDict
-from prometheus_client.multiprocess import MultiProcessCollector, mark_process_dead
+from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 #: prometheus_client's own variable, read the way prometheus_client reads it (once, at
 #: import): the package cannot choose a mode prometheus_client did not choose.
@@ -45,13 +49,73 @@ def file_metric_name(name: str, kind: str) -> str:
     return name
 
 
+class _Entry:
+    """What one file entry's key means, parsed once (keys never change; files only grow)."""
+
+    __slots__ = ("metric_name", "help", "sample_name", "labels", "series", "le", "bucket_labels")
+
+    def __init__(self, key: str) -> None:
+        metric_name, sample_name, labels, help_text = json.loads(key)
+        self.metric_name: str = metric_name
+        self.help: str = help_text
+        self.sample_name: str = sample_name
+        le = labels.pop("le", None) if sample_name.endswith("_bucket") else None
+        self.le: float | None = None if le is None else float(le)
+        self.labels: dict[str, str] = labels
+        self.bucket_labels = None if le is None else {**labels, "le": floatToGoString(self.le)}
+        #: The series a histogram bucket belongs to; the sample itself otherwise.
+        self.series = (sample_name if le is None else metric_name,) + tuple(sorted(labels.items()))
+
+
+class _File:
+    """One process's file of one type: its entries, read incrementally. Entries are
+    appended, never moved, so only the bytes past the last read are parsed again; the
+    entries of families not asked for are skipped once, then never looked at."""
+
+    __slots__ = ("path", "kind", "mode", "pid", "inode", "read_to", "entries")
+
+    def __init__(self, path: str) -> None:
+        parts = os.path.basename(path)[:-3].split("_")
+        self.path = path
+        self.kind = parts[0]
+        self.mode = parts[1] if self.kind == "gauge" else ""
+        self.pid = parts[-1]
+        self.inode = -1
+        self.read_to = 8  # the header holds the used length
+        self.entries: list[tuple[int, _Entry]] = []  # (offset of the value, entry)
+
+    def read(self, prefixes: tuple[str, ...] | None) -> bytes:
+        with open(self.path, "rb") as file:
+            inode = os.fstat(file.fileno()).st_ino
+            data = file.read()
+        used = _INT.unpack_from(data, 0)[0] if len(data) >= 8 else 0
+        if inode != self.inode or used < self.read_to:  # a new file under the same name
+            self.inode, self.read_to, self.entries = inode, 8, []
+        position = self.read_to
+        while position < used:
+            length = _INT.unpack_from(data, position)[0]
+            if length + position > used:
+                break  # an entry being written: read it next time
+            key = data[position + 4 : position + 4 + length].decode("utf-8")
+            value_at = position + 4 + length + (8 - (length + 4) % 8)
+            if prefixes is None or key.startswith(prefixes):
+                self.entries.append((value_at, _Entry(key)))
+            position = value_at + 16
+        self.read_to = position
+        return data
+
+
+_INT = struct.Struct("i")
+_TWO_DOUBLES = struct.Struct("dd")
+
+
 class FilesCollector(Collector):
     """The families named in ``names`` (or every family), summed over every process's files.
 
-    prometheus_client's ``MultiProcessCollector`` parses every entry of every file; a
-    category endpoint asks for a few families, so entries are filtered on the raw key
-    (a JSON list that starts with the metric name) before any parsing, and the cost of a
-    scrape follows the size of what it returns.
+    The sums follow client_python's ``MultiProcessCollector`` (counters and histograms
+    summed, histogram buckets made cumulative, gauges by their multiprocess mode), but
+    each file's keys are parsed once and kept, and a category's collector keeps only its
+    own families' entries, so a scrape costs what it returns.
     """
 
     def __init__(self, path: str, names: Iterable[str] | None = None) -> None:
@@ -59,41 +123,84 @@ class FilesCollector(Collector):
         self._prefixes = (
             None if names is None else tuple(json.dumps([name])[:-1] + "," for name in names)
         )
+        self._files: dict[str, _File] = {}
+        self._lock = threading.Lock()
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # names are the files' business; collecting at registration would read them
 
     def collect(self) -> Iterator[Metric]:
         mark_dead_processes(self.path)
-        metrics: dict[str, Metric] = {}
-        parsed: dict[str, tuple[str, str, tuple[tuple[str, str], ...], str]] = {}
-        prefixes = self._prefixes
-        for path in glob.glob(os.path.join(self.path, "*.db")):
-            parts = os.path.basename(path)[:-3].split("_")
-            kind = parts[0]
+        with self._lock:  # the file cache is shared by concurrent scrapes
+            metrics = self._sum()
+        yield from metrics.values()
+
+    def _sum(self) -> dict[str, Metric]:
+        paths = set(glob.glob(os.path.join(self.path, "*.db")))
+        for gone in set(self._files) - paths:
+            del self._files[gone]
+        values: dict[tuple[Any, ...], float] = {}
+        newest: dict[tuple[Any, ...], float] = {}
+        buckets: dict[tuple[Any, ...], dict[float, list[Any]]] = {}
+        infos: dict[tuple[Any, ...], tuple[_Entry, str, dict[str, str]]] = {}
+        for path in sorted(paths):
+            file = self._files.get(path)
+            if file is None:
+                file = self._files[path] = _File(path)
             try:
-                entries = MmapedDict.read_all_values_from_file(path)
+                data = file.read(self._prefixes)
             except FileNotFoundError:  # a dead worker's live gauges, removed meanwhile
                 continue
-            for key, value, timestamp, _ in entries:
-                if prefixes is not None and not key.startswith(prefixes):
+            kind, mode = file.kind, file.mode
+            for value_at, entry in file.entries:
+                value, timestamp = _TWO_DOUBLES.unpack_from(data, value_at)
+                if entry.le is not None:
+                    per_le = buckets.setdefault(entry.series, {})
+                    bucket = per_le.get(entry.le)
+                    if bucket is None:
+                        per_le[entry.le] = [value, entry.bucket_labels]
+                    else:
+                        bucket[0] += value
+                    infos.setdefault(entry.series, (entry, kind, entry.labels))
                     continue
-                entry = parsed.get(key)
-                if entry is None:
-                    metric_name, name, labels, help_text = json.loads(key)
-                    entry = parsed[key] = (metric_name, name, tuple(sorted(labels.items())), help_text)
-                metric_name, name, labels_key, help_text = entry
-                metric = metrics.get(metric_name)
-                if metric is None:
-                    metric = metrics[metric_name] = Metric(metric_name, help_text, kind)
-                if kind == "gauge":
-                    metric._multiprocess_mode = parts[1]  # type: ignore[attr-defined]
-                    metric.add_sample(name, labels_key + (("pid", parts[2]),), value, timestamp)  # type: ignore[arg-type]
-                else:
-                    metric.add_sample(name, labels_key, value)  # type: ignore[arg-type]
-        # Summing by mode (sum, livesum, max, mostrecent, histogram buckets...) is the
-        # library's own code, so the figures mean what client_python documents.
-        yield from MultiProcessCollector._accumulate_metrics(metrics, True)
+                series, labels = entry.series, entry.labels
+                if kind == "gauge" and mode in ("all", "liveall"):  # one series per process
+                    series = series + (("pid", file.pid),)
+                    labels = {**labels, "pid": file.pid}
+                current = values.get(series)
+                if current is None:
+                    values[series] = value
+                    newest[series] = timestamp
+                    infos[series] = (entry, kind, labels)
+                elif kind != "gauge" or mode in ("sum", "livesum"):
+                    values[series] = current + value
+                elif mode in ("min", "livemin"):
+                    values[series] = min(current, value)
+                elif mode in ("max", "livemax"):
+                    values[series] = max(current, value)
+                elif mode in ("mostrecent", "livemostrecent") and timestamp > newest[series]:
+                    values[series], newest[series] = value, timestamp
+        metrics: dict[str, Metric] = {}
+
+        def metric_of(entry: _Entry, kind: str) -> Metric:
+            metric = metrics.get(entry.metric_name)
+            if metric is None:
+                metric = metrics[entry.metric_name] = Metric(entry.metric_name, entry.help, kind)
+            return metric
+
+        for series, value in values.items():
+            entry, kind, labels = infos[series]
+            metric_of(entry, kind).samples.append(Sample(entry.sample_name, labels, value))
+        for series, per_le in buckets.items():
+            entry, kind, _ = infos[series]
+            metric = metric_of(entry, kind)
+            cumulative = 0.0
+            for le in sorted(per_le):
+                value, labels = per_le[le]
+                cumulative += value
+                metric.samples.append(Sample(entry.sample_name, labels, cumulative))
+            metric.samples.append(Sample(entry.metric_name + "_count", entry.labels, cumulative))
+        return metrics
 
 
 def prepare_directory(path: str) -> str:

@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.support.servers import LOOPBACK, free_port, poll
 
 ROOT = Path(__file__).resolve().parents[2]
-START_TIMEOUT_S = 60.0
+START_TIMEOUT_S = 120.0  # generous: a loaded 2-core machine starts a worker in seconds
 
 
 class Workers:
@@ -50,16 +50,33 @@ class Workers:
         assert self.process.poll() is None, "the console script exited"
 
     def send(self, count: int) -> None:
-        """``count`` requests to /health, each on a connection of its own, so the kernel
-        spreads them over the workers."""
-        def one(_: int) -> int:
-            with httpx.Client(timeout=10.0, trust_env=False) as client:
-                return client.get(self.url + "/health").status_code
+        """``count`` requests to /health, each on a connection of its own, between which
+        slower scrapes of the worker's own /metrics keep one worker busy while the other
+        accepts: the kernel would otherwise give every connection to the quickest worker."""
+        paths = ["/health"] * count
+        for index in range(3, count + count // 3, 4):
+            paths.insert(index, "/prometheus/metrics/all")
+
+        def one(path: str) -> int:
+            with httpx.Client(timeout=30.0, trust_env=False) as client:
+                return client.get(self.url + path).status_code
 
         with ThreadPoolExecutor(8) as pool:
-            assert set(pool.map(one, range(count))) == {200}
+            assert set(pool.map(one, paths)) == {200}
+        assert paths.count("/health") == count
+
+    def worker_processes(self) -> set[int]:
+        """The supervisor's worker processes (the exporter is its other child)."""
+        pids: set[int] = set()
+        for task in Path(f"/proc/{self.process.pid}/task").iterdir():
+            for pid in (task / "children").read_text().split():
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if b"app.exporter" not in cmdline:
+                    pids.add(int(pid))
+        return pids
 
     def worker_pids(self) -> set[int]:
+        """Processes that have recorded requests in the directory."""
         return {int(path.stem.split("_")[-1]) for path in self.directory.glob("counter_*.db")}
 
     def stop(self) -> None:
@@ -102,12 +119,25 @@ def test_directory_is_emptied_by_its_owner_before_the_workers_start(workers: Wor
 
 
 def test_totals_are_exact_across_workers_and_survive_a_killed_worker(workers: Workers) -> None:
-    before = health_requests(workers.http.get(workers.exporter_url + "/metrics").text)
-    workers.send(200)
+    sent = health_requests(workers.http.get(workers.exporter_url + "/metrics").text)
+    seen = [sent]
+
+    def send_until(done: Callable[[], bool], what: str) -> None:
+        def step() -> bool:
+            nonlocal sent
+            workers.send(20)
+            sent += 20
+            seen.append(health_requests(workers.http.get(workers.exporter_url + "/metrics").text))
+            return done()
+
+        poll(step, START_TIMEOUT_S, what)
+
+    # A worker may still be starting: send until both have served requests.
+    send_until(lambda: len(workers.worker_pids()) == 2, "both workers serving requests")
     first_pids = workers.worker_pids()
-    assert len(first_pids) == 2, "both workers served requests"
-    sent = before + 200
-    seen = [health_requests(workers.http.get(workers.exporter_url + "/metrics").text)]
+    workers.send(100)
+    sent += 100
+    seen.append(health_requests(workers.http.get(workers.exporter_url + "/metrics").text))
     assert seen[-1] == sent
     # Any worker's own endpoints report both workers too.
     for path in ("/metrics", "/prometheus/metrics/system"):
@@ -115,15 +145,9 @@ def test_totals_are_exact_across_workers_and_survive_a_killed_worker(workers: Wo
 
     victim = min(first_pids)
     os.kill(victim, signal.SIGKILL)
+    poll(lambda: len(workers.worker_processes() - first_pids) == 1, START_TIMEOUT_S, "a replacement process")
     # The supervisor replaces it; keep sending until the new worker has served requests.
-    def replaced() -> bool:
-        nonlocal sent
-        workers.send(20)
-        sent += 20
-        seen.append(health_requests(workers.http.get(workers.exporter_url + "/metrics").text))
-        return len(workers.worker_pids() - first_pids) == 1
-
-    poll(replaced, START_TIMEOUT_S, "a replacement worker serving requests")
+    send_until(lambda: len(workers.worker_pids() - first_pids) == 1, "a replacement worker serving requests")
     workers.send(100)
     sent += 100
     final = workers.http.get(workers.exporter_url + "/metrics").text
