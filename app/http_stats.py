@@ -63,13 +63,20 @@ class _Shard:
 
 
 class _FileSeries:
-    """With several workers: one series' prometheus_client children, writing to files."""
+    """With several workers: one series' values in the worker's files.
 
-    __slots__ = ("requests", "duration")
+    The values are prometheus_client's own (``MmapedValue``: locked, written through to
+    the file), reached once here rather than through ``Counter.inc`` and
+    ``Histogram.observe`` on every request: the same three writes for about two thirds of
+    the time (exemplar and observability checks, a linear bucket search).
+    """
+
+    __slots__ = ("count", "sum", "buckets")
 
     def __init__(self, requests: Any, duration: Any) -> None:
-        self.requests = requests
-        self.duration = duration
+        self.count = requests._value
+        self.sum = duration._sum
+        self.buckets = duration._buckets
 
 
 class HttpStats:
@@ -137,8 +144,9 @@ class HttpStats:
             series = self._file_series[key]
         except (KeyError, TypeError):
             series = self._new_file_series(key)
-        series.requests.inc()
-        series.duration.observe(duration_s)
+        series.count.inc(1)
+        series.sum.inc(duration_s)
+        series.buckets[bisect_left(BUCKETS, duration_s)].inc(1)
 
     def _new_file_series(self, key: tuple[Any, Any, Any]) -> _FileSeries:
         labels, overflowed = clean_labels(self._values, key)
