@@ -16,11 +16,16 @@ by ``deploy/gunicorn.conf.py``; by hand::
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from collections.abc import Sequence
 
 from app import multiprocess
+
+
+#: Added to the exporter's nice value: lower CPU priority than the workers.
+NICENESS = 10
 
 
 def command(host: str, port: int, log_level: str = "warning") -> list[str]:
@@ -51,6 +56,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     from app.settings import get_settings
 
     register_collectors()
+    # Scrapes are background work: when the cores are all busy, the gateway's requests go
+    # first (a scrape may take longer; Prometheus waits up to its scrape_timeout).
+    os.nice(NICENESS)
     uvicorn.run(metrics_only_app(get_settings()), host=args.host, port=args.port,
                 log_level=args.log_level, access_log=False, lifespan="off")
 

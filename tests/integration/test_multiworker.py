@@ -177,3 +177,16 @@ def test_category_endpoint_of_the_exporter_holds_only_its_families(workers: Work
     assert "http_requests" not in names
     system = workers.http.get(workers.exporter_url + "/prometheus/metrics/system").text
     assert health_requests(system) > 0
+
+
+def test_reader_sums_exactly_as_client_python_does(workers: Workers) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
+
+    from app.multiprocess import FilesCollector
+
+    workers.send(20)
+    ours, theirs = CollectorRegistry(), CollectorRegistry()
+    ours.register(FilesCollector(str(workers.directory)))
+    MultiProcessCollector(theirs, str(workers.directory))
+    assert sorted(generate_latest(ours).splitlines()) == sorted(generate_latest(theirs).splitlines())
