@@ -142,17 +142,28 @@ def test_history_is_bounded() -> None:
 
 
 def test_promql_rendering() -> None:
-    assert rate("r", "calls_total", "provider").promql(300) == "sum by (provider) (rate(calls_total[5m]))"
-    assert buckets("b", "lat_seconds", "provider", "model").promql(90) == (
-        "sum by (le, provider, model) (rate(lat_seconds_bucket[90s])) and on (provider, model) "
-        "(sum by (provider, model) (rate(lat_seconds_count[90s])) > 0)"
+    # Sums take one series per instance first: an instance scraped by two jobs counts once.
+    assert rate("r", "model_inference_requests_total", "provider").promql(300) == (
+        "sum by (provider) (max by (instance, provider, model, status) "
+        "(rate(model_inference_requests_total[5m])))"
     )
-    assert buckets("b", "lat_seconds").promql(60) == "sum by (le) (rate(lat_seconds_bucket[1m]))"
+    assert rate("r", "calls_total", "provider").promql(300) == (
+        "sum by (provider) (max without (job) (rate(calls_total[5m])))"
+    )
+    assert buckets("b", "lat_seconds", "provider", "model").promql(90) == (
+        "sum by (le, provider, model) (max without (job) (rate(lat_seconds_bucket[90s]))) and on (provider, model) "
+        "(sum by (provider, model) (max without (job) (rate(lat_seconds_count[90s]))) > 0)"
+    )
+    assert buckets("b", "database_query_duration_seconds").promql(60) == (
+        "sum by (le) (max by (instance, table, le) (rate(database_query_duration_seconds_bucket[1m])))"
+    )
     job = (Matcher("job", "=", "gateway-metrics"),)
-    assert rate("r", "calls_total").promql(60, job) == 'sum(rate(calls_total{job="gateway-metrics"}[1m]))'
-    assert current("c", "keys", aggregate="max").promql(300) == "max(keys)"
+    assert rate("r", "cache_hits_total").promql(60, job) == (
+        'sum(max by (instance, cache_name) (rate(cache_hits_total{job="gateway-metrics"}[1m])))'
+    )
+    assert current("c", "keys", aggregate="max").promql(300) == "max(keys)"  # max needs no dedup
 
 
 def test_label_values_are_escaped_in_promql() -> None:
     query = Query("x", Kind.CURRENT, "m", matchers=(Matcher("model", "=", 'a"} or vector(1) #\\\n'),))
-    assert query.promql(300) == 'sum(m{model="a\\"} or vector(1) #\\\\\\n"})'
+    assert query.promql(300) == 'sum(max without (job) (m{model="a\\"} or vector(1) #\\\\\\n"}))'
