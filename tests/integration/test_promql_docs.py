@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from app.catalogue import Category
-from app.summary.promql import packed_promql, packs_for, queries_for
+from app.summary.fleet_health import FLEET_HEALTH_QUERIES
+from app.summary.promql import error_rate_promql, packed_promql, packs_for, queries_for
 from tests.support.backfill import create_blocks
 from tests.support.servers import MetricsServer, start_prometheus
 
@@ -50,6 +51,15 @@ def test_expression_parses_and_returns_data(prometheus: MetricsServer, expressio
 def test_guide_lists_every_summary_query() -> None:
     for query in queries_for(list(Category)):
         assert query.promql(300) in EXPRESSIONS, query.name
+
+
+def test_guide_lists_the_fleet_health_queries() -> None:
+    for query in FLEET_HEALTH_QUERIES:
+        assert query.promql(60) in EXPRESSIONS, query.name
+
+
+def test_guide_error_rate_uses_the_outcome_taxonomy() -> None:
+    assert error_rate_promql(300, "provider") in EXPRESSIONS
 
 
 def test_packed_summary_requests_run(prometheus: MetricsServer) -> None:
