@@ -22,11 +22,11 @@ from app.summary.service import SummaryService, backend_from_settings
 _snapshots: Snapshots | None = None
 
 
-def local_snapshots(interval: float) -> Snapshots:
+def local_snapshots(interval: float, budget_mb: float = 64.0) -> Snapshots:
     """The process's one history of its registry (every app of the process shares it)."""
     global _snapshots
     if _snapshots is None:
-        _snapshots = Snapshots(METRICS.all_registry, interval=interval)
+        _snapshots = Snapshots(METRICS.all_registry, interval=interval, budget_bytes=int(budget_mb * 2**20))
     return _snapshots
 
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     HTTP_STATS.set_label_cap(settings.label_cap)
     configure_tracker(settings)
     register_collectors()
-    snapshots = local_snapshots(settings.snapshot_interval_seconds)
+    snapshots = local_snapshots(settings.snapshot_interval_seconds, settings.summary_history_mb)
     summary_service = SummaryService(settings, snapshots, backend_from_settings(settings))
 
     @asynccontextmanager

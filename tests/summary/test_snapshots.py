@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.summary.promql import Kind, Matcher, Query, buckets, current, rate
 from app.summary.quantiles import histogram_quantile, quantiles_by
-from app.summary.snapshots import COARSE_STEP_S, FINE_SPAN_S, MAX_WINDOW_S, Snapshots
+from app.summary.snapshots import MAX_WINDOW_S, RETENTION, WATCHED, Snapshots
 
 
 class Clock:
@@ -49,7 +49,7 @@ def test_histogram_quantile_is_nan_when_undefined(buckets: dict[float, float]) -
 def make() -> tuple[CollectorRegistry, Clock, Snapshots]:
     registry = CollectorRegistry()
     clock = Clock()
-    return registry, clock, Snapshots(registry, interval=5, clock=clock)
+    return registry, clock, Snapshots(registry, interval=5, clock=clock, watched=None)
 
 
 def test_rate_is_the_increase_over_the_window_per_second() -> None:
@@ -130,15 +130,79 @@ def test_quantiles_roll_up_to_coarser_groups() -> None:
     assert quantiles_by(rates, 0.5)[()] == pytest.approx(1 + 6 / 14)
 
 
-def test_history_is_bounded() -> None:
+def test_history_thins_out_with_age() -> None:
     registry, clock, snapshots = make()
     Counter("c", "", registry=registry).inc()
     for second in range(0, 2 * MAX_WINDOW_S, 5):
         clock.now = second
         snapshots.take()
-    fine = FINE_SPAN_S // 5
-    coarse = (MAX_WINDOW_S - FINE_SPAN_S) // COARSE_STEP_S
-    assert len(snapshots) <= fine + coarse + 3
+    expected, start = 0.0, 0.0
+    for up_to, step in RETENTION:
+        expected += (up_to - start) / (step or 5)
+        start = up_to
+    assert len(snapshots) <= expected + len(RETENTION)
+    ages = [clock.now - s.at for s in snapshots._history]
+    assert max(ages) >= MAX_WINDOW_S  # the longest window still has its baseline
+
+
+def test_requests_never_grow_the_history() -> None:
+    registry, clock, snapshots = make()
+    calls = Counter("calls", "", registry=registry)
+    snapshots.take()
+    for n in range(300):
+        clock.now = n / 10
+        calls.inc()
+        snapshots.evaluate([rate("r", "calls_total")], window_s=10 + n)
+    assert len(snapshots) == 1
+
+
+def test_history_stays_within_its_budget() -> None:
+    registry = CollectorRegistry()
+    clock = Clock()
+    snapshots = Snapshots(registry, clock=clock, budget_bytes=400_000, watched=None)
+    latency = Histogram("lat_seconds", "", ["model"], registry=registry)
+    for model in range(200):
+        latency.labels(str(model)).observe(0.1)
+    for second in range(0, 900, 5):
+        clock.now = second
+        snapshots.take()
+    assert snapshots.nbytes <= 400_000
+    assert 1 < len(snapshots) < 900 / 5
+    assert snapshots._history[-1].at == clock.now  # the oldest go first
+
+
+def test_only_watched_samples_are_kept() -> None:
+    registry = CollectorRegistry()
+    Counter("model_inference_requests", "", ["provider", "model", "status"], registry=registry).labels(
+        "a", "m", "success").inc()
+    Counter("unrelated", "", ["x"], registry=registry).labels("y").inc()
+    snapshot = Snapshots(registry).take()
+    assert set(snapshot.columns) == {"model_inference_requests_total"} <= WATCHED
+
+
+def test_direct_read_matches_collect() -> None:
+    registry = CollectorRegistry()
+    Counter("hits", "", ["route"], registry=registry).labels("/a").inc(3)
+    Counter("plain", "", registry=registry).inc(2)
+    Gauge("level", "", ["tank"], registry=registry).labels("t1").set(-4.5)
+    Gauge("computed", "", registry=registry).set_function(lambda: 7.0)
+    histogram = Histogram("lat_seconds", "", ["model"], buckets=(0.1, 1.0), registry=registry)
+    histogram.labels("m").observe(0.5)
+    histogram.labels("n").observe(5)
+    Histogram("bare_seconds", "", registry=registry).observe(0.2)
+    expected = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in registry.collect() for sample in family.samples
+    }
+    snapshot = Snapshots(registry, watched=None).read()
+    read = {
+        (name, tuple(sorted(labels.items()))): value
+        for name in snapshot.columns
+        for labels, value in snapshot.samples(name)
+    }
+    assert read and all(expected[key] == value for key, value in read.items())
+    assert {name for name, _labels in read} >= {"hits_total", "plain_total", "level", "computed", "lat_seconds_bucket",
+                                                "lat_seconds_sum", "bare_seconds_bucket"}
 
 
 def test_promql_rendering() -> None:
