@@ -9,12 +9,14 @@ traffic gives ``null``, not a division by zero.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from app.catalogue import Category
+from app.scoring.outcome import ERRORS, SCORED, Outcome, classify
 from app.summary.promql import CALLER_FAULT_STATUSES, ERROR_STATUSES, SCORED_STATUSES, THROTTLED_STATUSES
 from app.summary.quantiles import Result, many_quantiles_by, observations_by, quantiles_by
 from app.recording import TOP_KEYS_BY_CREDITS, TOP_KEYS_BY_REQUESTS, TOP_USERS_BY_CREDITS
@@ -115,6 +117,12 @@ class Outcomes:
 
     def client_error_share(self, key: tuple[str, ...]) -> float | None:
         return ratio(self.caller_faults.get(key, 0.0), self.calls.get(key))
+
+
+@functools.lru_cache(maxsize=1024)
+def _http_outcome(code: str) -> Outcome | None:
+    """The outcome class of one of the gateway's own HTTP responses (``status_code`` label)."""
+    return classify(int(code), None, None) if code.isdigit() else None
 
 
 def _percentiles(buckets: Result, group: Group) -> dict[str, Result]:
@@ -228,7 +236,9 @@ def build_business(results: Results, top_n: int) -> BusinessSummary:
 def build_performance(results: Results) -> PerformanceSummary:
     http = results.get("http_per_second", {})
     requests = sum(http.values()) if http else None
-    server_errors = sum(value for (code,), value in http.items() if code.startswith("5"))
+    outcomes = [(_http_outcome(code), value) for (code,), value in http.items()]
+    errors = sum(value for outcome, value in outcomes if outcome in ERRORS)
+    scored = sum(value for outcome, value in outcomes if outcome in SCORED)
     overall: Group = lambda key: ()  # noqa: E731
     http_latency = _percentiles(results.get("http_buckets", {}), overall)
     # The per-model buckets when the models category came along, else the overall ones.
@@ -239,7 +249,7 @@ def build_performance(results: Results) -> PerformanceSummary:
     lookups = None if hits is None and misses is None else (hits or 0.0) + (misses or 0.0)
     return PerformanceSummary(
         requests_per_second=number(requests),
-        error_rate=ratio(server_errors, requests),
+        error_rate=ratio(errors, scored) if http else None,
         p50_ms=ms(http_latency["p50"].get(())),
         p95_ms=ms(http_latency["p95"].get(())),
         p99_ms=ms(http_latency["p99"].get(())),

@@ -113,7 +113,8 @@ class BusinessSummary(BaseModel):
 
 class PerformanceSummary(BaseModel):
     requests_per_second: float | None
-    error_rate: float | None = Field(description="Share of HTTP responses that were 5xx.")
+    error_rate: float | None = Field(description="The error rate of the gateway's own HTTP responses, classed as "
+                                          "upstream calls are: 5xx and 408 over all but 429, 401/403/404.")
     p50_ms: Ms
     p95_ms: Ms
     p99_ms: Ms
