@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 from itertools import accumulate
 from operator import attrgetter
 
-from cachetools import LRUCache
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
@@ -60,6 +59,7 @@ WATCHED: frozenset[str] = frozenset(
 )
 
 _ARRAY_OVERHEAD = sys.getsizeof(array("d"))
+Plan = tuple[tuple[int, tuple[str, ...]], ...]
 
 
 @dataclass(eq=False, slots=True)
@@ -70,6 +70,10 @@ class Layout:
     names: tuple[str, ...]
     keys: tuple[tuple[str, ...], ...]
     _positions: dict[tuple[str, ...], int] | None = field(default=None, repr=False)
+    #: query -> the positions it reads and their group keys, while this is the current
+    #: layout of its name (dropped when the reader replaces it), so a request costs one
+    #: pass over the values it reads.
+    plans: dict[Query, Plan] = field(default_factory=dict, repr=False)
 
     def position(self, key: tuple[str, ...]) -> int | None:
         if self._positions is None:
@@ -156,6 +160,8 @@ class RegistryReader:
                 keys: Callable[[], Iterable[tuple[str, ...]]]) -> Layout:
         layout = self._layouts.get(name)
         if layout is None or layout.names != names or self._children_seen.get(name) != signature:
+            if layout is not None:
+                layout.plans.clear()  # the history may keep the layout, not its plans
             layout = self._layouts[name] = Layout(names, tuple(keys()))
             self._children_seen[name] = signature
         return layout
@@ -340,23 +346,16 @@ def _history_bytes(history: Iterable[Snapshot]) -> int:
 
 # --- evaluating one query ------------------------------------------------------------------
 
-#: (layout, query) -> the positions the query reads and their group keys. Layouts change
-#: rarely, so a request costs one pass over the values it reads.
-_PLANS: LRUCache[tuple[Layout, Query], tuple[tuple[int, tuple[str, ...]], ...]] = LRUCache(maxsize=512)
-_PLANS_LOCK = threading.Lock()
-
-
-def _plan(layout: Layout, query: Query) -> tuple[tuple[int, tuple[str, ...]], ...]:
-    with _PLANS_LOCK:
-        plan = _PLANS.get((layout, query))
+def _plan(layout: Layout, query: Query) -> Plan:
+    plan = layout.plans.get(query)
     if plan is None:
-        plan = tuple(
-            (index, _group(layout.names, key, query.by))
+        groups: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct group
+        plan = layout.plans[query] = tuple(
+            (index, groups.setdefault(group, group))
             for index, key in enumerate(layout.keys)
             if _matches(layout.names, key, query.matchers)
+            for group in (_group(layout.names, key, query.by),)
         )
-        with _PLANS_LOCK:
-            _PLANS[(layout, query)] = plan
     return plan
 
 
