@@ -18,7 +18,9 @@
   const MIN_SPAN_MS = 2 * 60 * 1000;
   /** The summary answers within its backend deadline (2 s by default) and a little. */
   const FETCH_TIMEOUT_MS = 10000;
-  const MAX_MODEL_ROWS = 50;
+  /** The models table shows the busiest few; "Show all" shows up to the cap (DOM size). */
+  const FEW_MODEL_ROWS = 12;
+  const MAX_MODEL_ROWS = 200;
   const SUMMARY_URL = "summary?category=providers&category=models&category=performance&category=business";
   const HEALTH_URL = "health";
   const SVG_NS = "http://www.w3.org/2000/svg";
@@ -38,7 +40,7 @@
       const p = v * 100;
       return `${en(p, p === 0 || p === 100 ? 0 : p < 1 ? 2 : 1)}%`;
     },
-    rate: (v) => `${en(v, v < 10 ? 2 : 1)} req/s`,
+    rate: (v) => `${en(v, v === 0 ? 0 : v < 0.1 ? 3 : v < 10 ? 2 : 1)} req/s`,
     score: (v) => en(v, 2),
     usd: (v) => `$${en(v, v < 1 ? 4 : 2)}`,
     tokens: (v) => (v >= 1e6 ? `${en(v / 1e6, 2)} M tokens` : v >= 1e4 ? `${en(v / 1e3, 1)} k tokens` : `${en(v, 0)} tokens`),
@@ -143,6 +145,7 @@
     history: [],           // { t, rate, p95, scores: {provider: score} }
     seriesIndex: new Map(), // provider -> colour/dash slot, stable while the page lives
     generation: 0,
+    allModels: false,
   };
 
   // ---- Providers ------------------------------------------------------------------------
@@ -176,16 +179,19 @@
     return names;
   }
 
-  function component(label, source, path, value, unit, goodness) {
+  /** A score component with a bar under it: the share it measures. Shares where more is
+   *  better take the score's default state colours (0.8 healthy, 0.5 degraded); the error
+   *  rate's bar is the failed share itself, always in the "bad" colour. */
+  function component(label, source, path, value, unit, badShare) {
     const row = el("div", "component", el("dt", null, label), el("dd", null, figure(source, path, value, unit)));
     const bar = el("div", "bar");
     bar.setAttribute("aria-hidden", "true");
     const fill = el("span");
-    if (isNum(goodness)) {
-      const clamped = Math.max(0, Math.min(1, goodness));
-      fill.style.width = `${(clamped * 100).toFixed(1)}%`;
-      if (clamped < 0.5) fill.className = "low";
-      else if (clamped < 0.8) fill.className = "mid";
+    if (isNum(value)) {
+      const share = Math.max(0, Math.min(1, value));
+      fill.style.width = `${(share * 100).toFixed(1)}%`;
+      if (badShare || share < 0.5) fill.className = "low";
+      else if (share < 0.8) fill.className = "mid";
     }
     bar.append(fill);
     row.append(bar);
@@ -226,10 +232,9 @@
     const components = el("dl", "components");
     if (h) {
       components.append(
-        component("Availability", "health", hp("availability"), h.availability, "percent", h.availability),
-        component("Error rate", "health", hp("error_rate"), h.error_rate, "percent",
-          isNum(h.error_rate) ? 1 - h.error_rate : null),
-        component("Latency score (Apdex)", "health", hp("latency_score"), h.latency_score, "score", h.latency_score),
+        component("Availability", "health", hp("availability"), h.availability, "percent", false),
+        component("Error rate", "health", hp("error_rate"), h.error_rate, "percent", true),
+        component("Latency score (Apdex)", "health", hp("latency_score"), h.latency_score, "score", false),
       );
     } else {
       components.append(el("p", "nodata", "Not tracked by this instance's health tracker."));
@@ -323,7 +328,8 @@
     const models = list(obj(obj(summary.metrics).models).models)
       .map(obj)
       .sort((a, z) => (isNum(z.requests_total) ? z.requests_total : -1) - (isNum(a.requests_total) ? a.requests_total : -1));
-    const rows = models.slice(0, MAX_MODEL_ROWS).map((m) => {
+    const limit = state.allModels ? MAX_MODEL_ROWS : FEW_MODEL_ROWS;
+    const rows = models.slice(0, limit).map((m) => {
       const path = (key) => ["metrics", "models", "models", { provider: m.provider, model: m.model }, key];
       const cell = (key, unit) => el("td", "num", figure("summary", path(key), m[key], unit));
       const model = el("td", "model", String(m.model ?? "?"));
@@ -341,7 +347,11 @@
       rows.push(el("tr", null, empty));
     }
     $("models").tBodies[0].replaceChildren(...rows);
-    const shown = models.length > MAX_MODEL_ROWS ? `; the ${MAX_MODEL_ROWS} busiest shown` : "";
+    const shown = models.length > limit ? `; the ${limit} busiest shown` : "";
+    const toggle = $("models-toggle");
+    toggle.hidden = models.length <= FEW_MODEL_ROWS;
+    toggle.setAttribute("aria-expanded", String(state.allModels));
+    toggle.textContent = state.allModels ? `Show the ${FEW_MODEL_ROWS} busiest` : `Show all ${Math.min(models.length, MAX_MODEL_ROWS)}`;
     const window = isNum(summary.window_seconds) ? `rates, errors and percentiles over the last ${duration(summary.window_seconds)}` : "";
     $("models-note").textContent =
       `${models.length} provider/model pairs${shown}. Requests since start; ${window}. TTFT: time to first token.`;
@@ -630,6 +640,10 @@
       if (state.paused) schedule(); else poll();
     });
     $("refresh").addEventListener("click", () => poll());
+    $("models-toggle").addEventListener("click", () => {
+      state.allModels = !state.allModels;
+      if (state.summary) renderModels(state.summary);
+    });
     $("forget").addEventListener("click", () => {
       token.clear();
       $("forget").hidden = true;
