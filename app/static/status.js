@@ -551,7 +551,13 @@
     }
     if (state.summary) notices.push(backendNotice(state.summary, "summary"));
     if (state.health) notices.push(backendNotice(state.health, "health report"));
-    $("notices").replaceChildren(...notices.filter(Boolean));
+    // Replaced only when their words change: a new alert node is read out again.
+    const fresh = notices.filter(Boolean);
+    const words = fresh.map((n) => n.textContent).join("\n");
+    if (words !== $("notices").dataset.words) {
+      $("notices").replaceChildren(...fresh);
+      $("notices").dataset.words = words;
+    }
     document.body.classList.toggle("is-stale", Boolean(state.failure && state.updatedAt));
   }
 

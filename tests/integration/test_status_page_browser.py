@@ -20,14 +20,13 @@ from typing import Any
 
 import httpx
 import pytest
+from playwright import sync_api
 
 from app import metrics
 from app.main import create_app
 from app.scoring import HealthTracker, get_tracker, set_tracker
 from app.settings import Settings
 from tests.support.servers import AppServer, MetricsServer, poll, serve_app, start_prometheus
-
-sync_api = pytest.importorskip("playwright.sync_api", reason="the test extra installs playwright")
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
