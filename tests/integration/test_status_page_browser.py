@@ -239,12 +239,12 @@ def test_screenshot_and_no_console_errors(status: LoadedPage, tmp_path: Path) ->
 
 def test_keyboard_reaches_the_controls_and_refreshes(status: LoadedPage) -> None:
     page = status.page
+    page.locator("a.skip").focus()  # the first stop of the tab order
     focused = []
-    page.evaluate("() => document.activeElement && document.activeElement.blur()")
-    for _ in range(6):
+    for _ in range(3):
         page.keyboard.press("Tab")
-        focused.append(page.evaluate("() => document.activeElement.id || document.activeElement.textContent"))
-    assert {"interval", "pause", "refresh"} <= set(focused)
+        focused.append(page.evaluate("() => document.activeElement.id"))
+    assert focused == ["interval", "pause", "refresh"]
     page.locator("#refresh").focus()
     status.refresh(lambda: page.keyboard.press("Enter"))
     assert status.errors == []
