@@ -247,6 +247,11 @@
         : el("span", "nodata", "no data")),
       fact("Cost", s ? figure("summary", sp("cost_usd"), s.cost_usd, "usd") : el("span", "nodata", "no data")),
     );
+    // Newer services split the calls that are neither success nor error: shown when sent.
+    if (s && "throttled_share" in s) facts.append(fact("Throttled", figure("summary", sp("throttled_share"), s.throttled_share, "percent")));
+    if (s && "client_error_share" in s) {
+      facts.append(fact("Caller errors", figure("summary", sp("client_error_share"), s.client_error_share, "percent")));
+    }
     if (h && (isNum(h.calls) || h.calls === null)) {
       facts.append(fact("In window", figure("health", hp("calls"), h.calls, "calls")));
     }
