@@ -13,7 +13,7 @@ from app.collectors import register_collectors
 from app.http_stats import HTTP_STATS
 from app.middleware import MetricsMiddleware
 from app.registry import METRICS
-from app.routers import docs, health, metrics, provider_health, summary
+from app.routers import docs, health, metrics, provider_health, status, summary
 from app.scoring import HealthConfig, HealthTracker, ProbeRunner, get_tracker, set_tracker
 from app.settings import Settings, get_settings
 from app.summary.snapshots import Snapshots
@@ -86,6 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(summary.router)
     app.include_router(provider_health.router)
     app.include_router(docs.router)
+    # Last, so requests for the routes above are matched without walking past these.
+    app.include_router(status.router)
+    app.include_router(status.standalone_router)  # `/` -> the status page; not in embedded gateways
     app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
     return app
 
