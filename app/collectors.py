@@ -141,18 +141,14 @@ PUBLISHED = (InFlightCollector, ProviderHealthCollector)
 
 def _register_files_collectors(path: str) -> None:
     """Every registry reads every worker's files: /metrics, the categories and the local
-    summaries report all workers. Each category reads only its own families' entries."""
-    tokens = multiprocess.FilesCollector(path, [multiprocess.file_metric_name("tokens_used_total", "counter")])
-    efficiency = TokenEfficiencyCollector(tokens.collect)
-    in_files = [family for family in FAMILIES if MULTIPROCESS_MODES.get(family.name) != "computed"]
-    METRICS.all_registry.register(multiprocess.FilesCollector(path))
-    METRICS.all_registry.register(efficiency)
-    for category in Category:
-        names = [multiprocess.file_metric_name(family.name, family.kind)
-                 for family in in_files if category in family.categories]
-        METRICS.category_registries[category].register(multiprocess.FilesCollector(path, names))
-    for category in FAMILIES_BY_NAME["gatewayz_token_efficiency"].categories:
-        METRICS.category_registries[category].register(efficiency)
+    summaries report all workers. One reader per family, so a category endpoint or a
+    snapshot of a few families reads only their entries."""
+    for family in FAMILIES:
+        if MULTIPROCESS_MODES.get(family.name) != "computed":
+            METRICS.register(multiprocess.FilesCollector(path, [(family.name, family.kind)]), family.categories)
+    tokens = multiprocess.FilesCollector(path, [("tokens_used_total", "counter")])
+    METRICS.register(TokenEfficiencyCollector(tokens.collect),
+                     FAMILIES_BY_NAME["gatewayz_token_efficiency"].categories)
 
 
 class GaugePublisher:

@@ -23,6 +23,7 @@ import json
 import os
 import struct
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -87,8 +88,9 @@ class _File:
     def read(self, prefixes: tuple[str, ...] | None) -> bytes:
         with open(self.path, "rb") as file:
             inode = os.fstat(file.fileno()).st_ino
-            data = file.read()
-        used = _INT.unpack_from(data, 0)[0] if len(data) >= 8 else 0
+            data = file.read(8)  # the file is preallocated: read only what is used
+            used = _INT.unpack_from(data, 0)[0] if len(data) >= 8 else 0
+            data += file.read(max(0, used - 8))
         if inode != self.inode or used < self.read_to:  # a new file under the same name
             self.inode, self.read_to, self.entries = inode, 8, []
         position = self.read_to
@@ -118,19 +120,26 @@ class FilesCollector(Collector):
     own families' entries, so a scrape costs what it returns.
     """
 
-    def __init__(self, path: str, names: Iterable[str] | None = None) -> None:
+    def __init__(self, path: str, families: Iterable[tuple[str, str]] | None = None) -> None:
+        """``families``: (name, type) of the catalogue families to read; None: all."""
         self.path = path
+        self._families = None if families is None else [
+            (file_metric_name(name, kind), kind) for name, kind in families
+        ]
         self._prefixes = (
-            None if names is None else tuple(json.dumps([name])[:-1] + "," for name in names)
+            None if self._families is None
+            else tuple(json.dumps([name])[:-1] + "," for name, _ in self._families)
         )
         self._files: dict[str, _File] = {}
         self._lock = threading.Lock()
 
     def describe(self) -> Iterator[Metric]:
-        return iter(())  # names are the files' business; collecting at registration would read them
+        # The registry learns the names without reading the files.
+        for name, kind in self._families or ():
+            yield Metric(name, "", kind)
 
     def collect(self) -> Iterator[Metric]:
-        mark_dead_processes(self.path)
+        _reap_dead_processes(self.path)
         with self._lock:  # the file cache is shared by concurrent scrapes
             metrics = self._sum()
         yield from metrics.values()
@@ -226,6 +235,17 @@ def mark_dead_processes(path: str) -> list[int]:
                 pass
             dead.append(int(pid_text))
     return dead
+
+
+_reaped_at: dict[str, float] = {}
+
+
+def _reap_dead_processes(path: str) -> None:
+    """mark_dead_processes, at most once a second however many collectors read ``path``."""
+    now = time.monotonic()
+    if now - _reaped_at.get(path, -1.0) >= 1.0:
+        _reaped_at[path] = now
+        mark_dead_processes(path)
 
 
 def _alive(pid: int) -> bool:

@@ -8,7 +8,7 @@ contrast, while the worker's own ``/metrics`` is scraped back to back (the singl
 design, where the worker renders). It prints throughput and p99 and their ratios to quiet.
 
 Part 2 times one scrape at 1k, 10k and 100k lines: the exporter's reader
-(``app.multiprocess.FilesCollector``) against ``prometheus_client.generate_latest`` over
+(``app.multiprocess.FilesCollector``, one per family, as the exporter registers them) against ``prometheus_client.generate_latest`` over
 client_python's ``MultiProcessCollector`` on the same files, with the files' bytes per
 series; then each category endpoint's time beside its share of the lines.
 
@@ -148,7 +148,10 @@ def best(f):
     for _ in range(repeat):
         s = time.perf_counter(); out = f(); times.append(time.perf_counter() - s)
     return min(times), out
-ours = CollectorRegistry(); ours.register(FilesCollector(path))
+from app.collectors import register_collectors
+from app.registry import METRICS
+register_collectors()  # the exporter's registries
+ours = METRICS.all_registry
 theirs = CollectorRegistry(); MultiProcessCollector(theirs, path)
 ours_s, body = best(lambda: render(ours).body)
 theirs_s, _ = best(lambda: generate_latest(theirs))
@@ -161,8 +164,7 @@ if lines > 50_000:
     print(f"Category endpoints at {lines:,} lines: time beside the share of lines")
     print(f"{'category':12} {'lines':>9} {'share':>7} {'ms':>9} {'x all':>7}")
     for category in Category:
-        names = [file_metric_name(f.name, f.kind) for f in FAMILIES if category in f.categories]
-        reg = CollectorRegistry(); reg.register(FilesCollector(path, names))
+        reg = METRICS.category_registries[category]
         s, out = best(lambda: render(reg).body)
         n = out.count(b"\n")
         print(f"{category.value:12} {n:9,} {n/lines:7.2f} {s*1e3:9.1f} {s/ours_s:7.2f}")
