@@ -112,3 +112,9 @@ def test_readme_alert_table_has_every_alert_and_its_runbook() -> None:
         row = next((line for line in readme.splitlines() if line.startswith(f"| `{alert['alert']}`")), None)
         assert row is not None, alert["alert"]
         assert alert["annotations"]["runbook"] in row
+
+
+def test_promql_guide_lists_every_recording_rule() -> None:
+    guide = (ROOT / "docs" / "PROMQL.md").read_text()
+    for rule in records():
+        assert f"| `{rule['record']}` |" in guide, rule["record"]
