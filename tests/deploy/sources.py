@@ -60,10 +60,9 @@ def dashboard_expressions() -> Iterator[Shipped]:
                 yield Shipped(f"dashboard {name}: {panel['title']} [{target['refId']}]", target["expr"])
 
 
-def rules() -> Iterator[dict[str, Any]]:
-    for path in RULE_FILES:
-        for group in yaml.safe_load(path.read_text())["groups"]:
-            yield from group["rules"]
+def rules() -> list[dict[str, Any]]:
+    return [rule for path in RULE_FILES for group in yaml.safe_load(path.read_text())["groups"]
+            for rule in group["rules"]]
 
 
 def rule_expressions() -> Iterator[Shipped]:

@@ -4,6 +4,7 @@ staying silent before it."""
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -34,6 +35,7 @@ def records() -> list[dict[str, Any]]:
     return [rule for rule in rules() if "record" in rule]
 
 
+@functools.cache
 def unit_tests() -> list[dict[str, Any]]:
     return [test for path in RULE_TESTS for test in yaml.safe_load(path.read_text())["tests"]]
 
