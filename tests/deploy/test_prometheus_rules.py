@@ -37,7 +37,13 @@ def records() -> list[dict[str, Any]]:
 
 @functools.cache
 def unit_tests() -> list[dict[str, Any]]:
-    return [test for path in RULE_TESTS for test in yaml.safe_load(path.read_text())["tests"]]
+    """Every test group, with its file's evaluation interval (in minutes) as "_step"."""
+    groups = []
+    for path in RULE_TESTS:
+        document = yaml.safe_load(path.read_text())
+        step = _duration_minutes(document.get("evaluation_interval", "1m"))
+        groups.extend({**test, "_step": step} for test in document["tests"])
+    return groups
 
 
 @pytest.mark.parametrize("config", ["prometheus.yml", "examples/categories.yml"])
@@ -79,7 +85,7 @@ def test_alert_is_complete(alert: dict[str, Any]) -> None:
 
 @pytest.mark.parametrize("alert", alerts(), ids=lambda rule: rule["alert"])
 def test_alert_is_tested_firing_on_time_and_silent(alert: dict[str, Any]) -> None:
-    cases = [case for test in unit_tests() for case in test.get("alert_rule_test", [])
+    cases = [{**case, "_step": test["_step"]} for test in unit_tests() for case in test.get("alert_rule_test", [])
              if case["alertname"] == alert["alert"]]
     firing = [case for case in cases if case.get("exp_alerts")]
     silent = [case for case in cases if not case.get("exp_alerts")]
@@ -89,9 +95,9 @@ def test_alert_is_tested_firing_on_time_and_silent(alert: dict[str, Any]) -> Non
     def minutes(case: dict[str, Any]) -> float:
         return _duration_minutes(case["eval_time"])
 
-    # Silent just before its first firing: proves the `for:` and the time it fires.
-    first = min(minutes(case) for case in firing)
-    assert any(first - minutes(case) <= 1 for case in silent if minutes(case) < first)
+    # Silent one evaluation before its first firing: proves the `for:` and when it fires.
+    first = min(firing, key=minutes)
+    assert any(0 < minutes(first) - minutes(case) <= first["_step"] for case in silent)
 
 
 def _duration_minutes(text: str) -> float:
