@@ -1,4 +1,4 @@
-"""The demo service the deploy tests scrape: one process for the whole session."""
+"""The demo service the deploy tests scrape: one process for the package."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ DEMO_ENV = {
 }
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")  # stopped once tests/deploy is done: it costs CPU
 def demo_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     service = start_service(tmp_path_factory.mktemp("demo-service"), env=DEMO_ENV, recipe=False)
     try:
