@@ -18,8 +18,6 @@ PROMETHEUS_DIR = DEPLOY / "prometheus"
 RULE_FILES = sorted((PROMETHEUS_DIR / "rules").glob("*.yml"))
 DASHBOARD_DIR = DEPLOY / "grafana" / "dashboards"
 GUIDE = ROOT / "docs" / "PROMQL.md"
-#: Grafana's own variables as the linter and the live tests replace them.
-RATE_INTERVAL = "$__rate_interval"
 VARIABLE = re.compile(r"\$(?:\{(\w+)\}|(\w+))")
 
 
