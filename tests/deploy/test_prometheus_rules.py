@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
-from app.summary.fleet_health import FAILED, NOT_SCORED
+from app.catalogue import INFERENCE_STATUSES
+from app.summary.promql import ERROR_STATUSES, SCORED_STATUSES
 from tests.conftest import promtool
 from tests.deploy.sources import PROMETHEUS_DIR, ROOT, RULE_FILES, rules
 
@@ -106,12 +107,13 @@ def _duration_minutes(text: str) -> float:
 
 
 def test_provider_failure_ratio_uses_the_health_scores_statuses() -> None:
-    """The rule's status lists are the ones app/summary/fleet_health.py scores by."""
+    """The rule's status lists are the ones the summaries and the fleet formula use
+    (app.summary.promql, from app.scoring's outcome classes)."""
     expr = next(rule["expr"] for rule in records() if rule["record"] == "job_provider:model_inference_failures:ratio_rate5m")
     failed = re.search(r'status=~"([^"]+)"', expr).group(1)
     not_scored = re.search(r'status!~"([^"]+)"', expr).group(1)
-    assert set(failed.split("|")) == set(FAILED)
-    assert set(not_scored.split("|")) == set(NOT_SCORED)
+    assert set(failed.split("|")) == set(ERROR_STATUSES)
+    assert set(not_scored.split("|")) == set(INFERENCE_STATUSES) - set(SCORED_STATUSES)
 
 
 def test_readme_alert_table_has_every_alert_and_its_runbook() -> None:

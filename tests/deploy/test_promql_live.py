@@ -39,7 +39,7 @@ INCIDENT_ONLY = frozenset({
     "signal 0 of GatewayRecordingRejects",
     "docs: sum by (provider, to_state) (increase(gatewayz_provider_circuit_transitions_total[15m]))",
     "docs: sum by (helper, reason) (increase(gatewayz_recording_rejected_total[1h]))",
-    "docs: sum(gatewayz_recording_rejected_total)",
+    "docs: sum(max by (instance, helper, reason) (gatewayz_recording_rejected_total))",
 })
 #: Data arrives within seconds; bounded so a broken expression fails instead of hanging.
 DATA_TIMEOUT_S = 40.0
