@@ -9,6 +9,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+import httpx
 import promql_parser
 import pytest
 
@@ -165,6 +166,6 @@ def test_template_variables_find_values(prometheus: MetricsServer) -> None:
             # label_values(selector, label): Grafana asks the series API.
             inner = variable["query"].removeprefix("label_values(").removesuffix(")")
             selector, label = (part.strip() for part in inner.rsplit(",", 1))
-            response = prometheus._http.get(f"{prometheus.url}/api/v1/label/{label}/values",
-                                            params={"match[]": substitute(selector, DASHBOARD_VALUES)})
+            response = httpx.get(f"{prometheus.url}/api/v1/label/{label}/values", timeout=5, trust_env=False,
+                                 params={"match[]": substitute(selector, DASHBOARD_VALUES)})
             assert response.json()["data"], f"{name}: variable {variable['name']} finds no values"
