@@ -25,8 +25,12 @@ REQUESTS = 5_000
 
 @pytest.fixture
 def attacked_registry() -> Iterator[None]:
+    # Start from an empty registry (counts are checked exactly) and leave one as small as
+    # the other tests expect.
+    METRICS.reset()
+    HTTP_STATS.clear()
     yield
-    METRICS.reset()  # leave the process's registry as small as the other tests expect
+    METRICS.reset()
     HTTP_STATS.clear()
 
 
