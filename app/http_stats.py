@@ -23,7 +23,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
 from app.catalogue import FAMILIES_BY_NAME, Label
-from app.registry import METRICS, LabelValues, clean_labels
+from app.registry import DEFAULT_SERIES_CAP, METRICS, LabelSets, LabelValues, clean_labels, label_sets_within
 
 _REQUESTS = FAMILIES_BY_NAME["http_requests_total"]
 _DURATION = FAMILIES_BY_NAME["http_request_duration_seconds"]
@@ -50,6 +50,10 @@ class HttpStats:
     def __init__(self, label_cap: int = 500) -> None:
         labels: tuple[Label, ...] = _REQUESTS.labels  # method, endpoint, status_code
         self._values = [LabelValues(label, label_cap) for label in labels]
+        # The series caps of both families: (method, endpoint, status_code) sets of the
+        # counter, (method, endpoint) sets of the histogram.
+        self._request_sets = LabelSets(self._values, DEFAULT_SERIES_CAP)
+        self._route_sets = LabelSets(self._values[:2], label_sets_within(_DURATION, DEFAULT_SERIES_CAP))
         self._lock = threading.Lock()  # slow path only: new shards
         self._local = threading.local()
         self._shards: list[_Shard] = []
@@ -57,6 +61,10 @@ class HttpStats:
     def set_label_cap(self, label_cap: int) -> None:
         for values in self._values:
             values.cap = label_cap
+
+    def set_series_cap(self, series_cap: int) -> None:
+        self._request_sets.cap = label_sets_within(_REQUESTS, series_cap)
+        self._route_sets.cap = label_sets_within(_DURATION, series_cap)
 
     def endpoint_label(self, endpoint: Any) -> str:
         """What ``endpoint`` records as (``"other"`` past the cap)."""
@@ -84,6 +92,9 @@ class HttpStats:
 
     def _new_series(self, shard: _Shard, key: tuple[Any, Any, Any]) -> list[float]:
         labels, overflowed = clean_labels(self._values, key)
+        route, folded = self._route_sets.admit(labels[:2])
+        labels, folded_sets = self._request_sets.admit(route + labels[2:])
+        overflowed += folded + folded_sets
         label_key: LabelKey = (labels[0], labels[1], labels[2])
         series = shard.by_labels.get(label_key)
         if series is None:
@@ -142,6 +153,8 @@ class HttpStats:
                 shard.by_labels.clear()
             for values in self._values:
                 values.clear()
+            self._request_sets.clear()
+            self._route_sets.clear()
 
 
 class RequestsCollector(Collector):

@@ -49,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     METRICS.set_label_cap(settings.label_cap)
     HTTP_STATS.set_label_cap(settings.label_cap)
+    METRICS.set_series_cap(settings.series_cap)
+    HTTP_STATS.set_series_cap(settings.series_cap)
     configure_tracker(settings)
     register_collectors()
     snapshots = local_snapshots(settings.snapshot_interval_seconds)

@@ -3,8 +3,9 @@
 They keep the seed's names and keyword arguments, so code written against it runs
 unchanged. None of them raises into the caller on bad input: a label value that is
 None, empty or of the wrong type records as ``"unknown"`` (enums as their fallback), a
-number that is not a finite, non-negative number is dropped and counted in
-``gatewayz_recording_rejected_total{helper, reason}``. Everything that is sane is kept.
+number that is not a finite, non-negative number a float can hold (``10**400`` is not)
+is dropped and counted in ``gatewayz_recording_rejected_total{helper, reason}``. A helper
+checks every number before it records anything, then keeps everything that is sane.
 
 Cost: each helper is a dict lookup for the cached label child plus the prometheus_client
 ``inc``/``observe`` itself (see ``benchmarks/hot_path.py``).
@@ -13,6 +14,7 @@ Cost: each helper is a dict lookup for the cached label child plus the prometheu
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from time import perf_counter
@@ -20,7 +22,8 @@ from types import TracebackType
 from typing import Any
 
 from app.http_stats import HTTP_STATS
-from app.registry import METRICS
+from app.catalogue import UNKNOWN_VALUE
+from app.registry import MAX_LABEL_LENGTH, METRICS, safe_text
 from app.scoring import Outcome, add_transition_listener, classify, get_tracker
 from app.topn import SpaceSaving, key_fingerprint
 
@@ -54,18 +57,37 @@ def reject(helper: str, reason: str) -> None:
     _rejected.child(helper, reason).inc()
 
 
+#: The largest float: an int past it cannot be recorded (float() raises OverflowError).
+_LARGEST = sys.float_info.max
+
+
 def _amount(value: Any, helper: str, signed: bool = False) -> float | None:
     """``value`` as a finite (non-negative unless ``signed``) float, or None, counted."""
-    if type(value) is float or type(value) is int:  # the common case, checked cheaply
-        if (value >= 0 or signed) and -math.inf < value < math.inf:
+    # The common case, checked cheaply: int/float comparisons are exact, so this refuses
+    # NaN, the infinities and ints no float can hold alike.
+    if type(value) is float or type(value) is int:
+        if (value >= 0 or signed) and -_LARGEST <= value <= _LARGEST:
             return value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-        if (number >= 0 or signed) and math.isfinite(number):
-            return number
-    reason = "not_a_number" if not isinstance(value, (int, float)) or isinstance(value, bool) else (
-        "negative" if value < 0 else "not_finite"
-    )
+    return _checked_amount(value, helper, signed)
+
+
+def _checked_amount(value: Any, helper: str, signed: bool) -> float | None:
+    """``_amount`` for subclasses of int and float, and every value it refuses."""
+    reason = "not_a_number"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            reason = "too_large"
+        except Exception:  # noqa: BLE001 - a subclass whose __float__ fails
+            pass
+        else:
+            if not math.isfinite(number):
+                reason = "not_finite"
+            elif number < 0 and not signed:
+                reason = "negative"
+            else:
+                return number
     reject(helper, reason)
     return None
 
@@ -174,17 +196,15 @@ def record_upstream_call(
     response headers (rate-limit hints); ``error_code`` its error code
     (``insufficient_quota``).
     """
+    duration = _amount(duration_s, "track_model_inference")
+    ttft = None if ttft_s is None else _amount(ttft_s, "record_time_to_first_token")
     status = inference_status(status_code, error)
     _requests.child(provider, model, status).inc()
-    duration = _amount(duration_s, "track_model_inference")
     if duration is not None:
         _inference_duration.child(provider, model).observe(duration)
         _provider_response.child(provider).observe(duration)
-    ttft = None
-    if ttft_s is not None:
-        ttft = _amount(ttft_s, "record_time_to_first_token")
-        if ttft is not None:
-            _ttft.child(provider, model).observe(ttft)
+    if ttft is not None:
+        _ttft.child(provider, model).observe(ttft)
     _tracker_record(
         _provider_response.label_value("provider", provider),
         duration_s=duration if duration is not None else 0.0,
@@ -308,14 +328,12 @@ def record_time_to_first_token(provider: Any, model: Any, seconds: Any) -> None:
 
 def record_tokens_used(provider: Any, model: Any, input_tokens: Any, output_tokens: Any) -> None:
     """Count the tokens of one call; either count may be None (not reported)."""
-    if input_tokens is not None:
-        count = _amount(input_tokens, "record_tokens_used")
-        if count is not None:
-            _tokens.child(provider, model, "input").inc(count)
-    if output_tokens is not None:
-        count = _amount(output_tokens, "record_tokens_used")
-        if count is not None:
-            _tokens.child(provider, model, "output").inc(count)
+    given_in = None if input_tokens is None else _amount(input_tokens, "record_tokens_used")
+    given_out = None if output_tokens is None else _amount(output_tokens, "record_tokens_used")
+    if given_in is not None:
+        _tokens.child(provider, model, "input").inc(given_in)
+    if given_out is not None:
+        _tokens.child(provider, model, "output").inc(given_out)
 
 
 def record_credits_used(
@@ -327,9 +345,19 @@ def record_credits_used(
         return
     _credits.child(provider, model).inc(amount)
     if user_id is not None and user_id != "":
-        TOP_USERS_BY_CREDITS.add(str(user_id), amount)
+        TOP_USERS_BY_CREDITS.add(_top_n_key(user_id), amount)
     if isinstance(api_key, str) and api_key:
         TOP_KEYS_BY_CREDITS.add(key_fingerprint(api_key), amount)
+
+
+def _top_n_key(user_id: Any) -> str:
+    """A user id as the summary's top-N list shows it (JSON-safe, bounded)."""
+    if type(user_id) is str and len(user_id) <= MAX_LABEL_LENGTH and user_id.isascii():
+        return user_id
+    try:
+        return safe_text(user_id if isinstance(user_id, str) else str(user_id)) or UNKNOWN_VALUE
+    except Exception:  # noqa: BLE001 - str() of a 5,000-digit int or of a broken object
+        return UNKNOWN_VALUE
 
 
 def record_provider_cost(provider: Any, cost_usd: Any) -> None:
@@ -404,8 +432,8 @@ def track_database_query(table: Any, operation: Any) -> DatabaseQuery:
 
 
 def record_database_query(table: Any, operation: Any, duration_s: Any) -> None:
-    _db_queries.child(table, operation).inc()
     duration = _amount(duration_s, "record_database_query")
+    _db_queries.child(table, operation).inc()
     if duration is not None:
         _db_duration.child(table).observe(duration)
 
