@@ -90,11 +90,16 @@ class HttpStats:
             self._shards.append(shard)
         return shard
 
-    def _new_series(self, shard: _Shard, key: tuple[Any, Any, Any]) -> list[float]:
+    def _labels_of(self, key: tuple[Any, Any, Any]) -> tuple[list[str], list[str]]:
+        """(recorded labels, labels recorded as "other") of a raw (method, endpoint, status):
+        cleaned and capped per label, then within both families' series caps."""
         labels, overflowed = clean_labels(self._values, key)
         route, folded = self._route_sets.admit(labels[:2])
         labels, folded_sets = self._request_sets.admit(route + labels[2:])
-        overflowed += folded + folded_sets
+        return labels, overflowed + folded + folded_sets
+
+    def _new_series(self, shard: _Shard, key: tuple[Any, Any, Any]) -> list[float]:
+        labels, overflowed = self._labels_of(key)
         label_key: LabelKey = (labels[0], labels[1], labels[2])
         series = shard.by_labels.get(label_key)
         if series is None:
