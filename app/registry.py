@@ -45,8 +45,9 @@ _UNSAFE_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
 #: UTF-16 surrogates: a Python str may hold them (json.loads accepts "\\ud800") but UTF-8
 #: cannot encode them, so one of them in the registry would fail every scrape.
 _SURROGATES = re.compile("[\ud800-\udfff]")
-#: Series one family may expose (``Settings.series_cap``; the README says why 5,000).
-DEFAULT_SERIES_CAP = 5000
+#: Series one family may expose (``Settings.series_cap``): the least that keeps a label
+#: cap's worth (500) of label sets in every histogram, 16 series each at most.
+DEFAULT_SERIES_CAP = 8000
 #: Raw-value keys cached per family before lookups stop being cached. Bounds memory when
 #: callers send endless distinct raw values that clean to few label values.
 MAX_CACHED_KEYS = 20_000

@@ -45,7 +45,7 @@ class Settings(BaseSettings):
         500, ge=1, description="Distinct values a caller-supplied label keeps per family."
     )
     series_cap: int = Field(
-        5000,
+        8000,
         ge=1,
         description="Series one family may expose (a histogram label set counts its buckets + 2); "
         "past it, new label sets record a free-text label as \"other\".",
