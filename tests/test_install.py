@@ -127,3 +127,9 @@ def test_the_dockerfile_installs_the_package_not_editable() -> None:
     assert "RUN pip install /tmp/src" in dockerfile
     for name in SOURCES:  # the build context the wheel is built from
         assert f"COPY {name}" in dockerfile or f" {name} " in dockerfile, name
+
+
+def test_an_installed_copy_serves_the_status_page_from_anywhere(served_elsewhere: str) -> None:
+    response = httpx.get(f"{served_elsewhere}/prometheus/metrics/status", timeout=10)
+    assert response.status_code == 200
+    assert "<html" in response.text.lower() and "</style>" in response.text.lower()
