@@ -334,6 +334,18 @@ class HealthTracker:
             self._prune(state, now)
             return self._health(provider, state, now)
 
+    def circuit(self, provider: str) -> Circuit:
+        """The provider's circuit as ``allow`` would find it now (closed when never seen)."""
+        now = self.clock()
+        with self._lock:
+            state = self._providers.get(provider)
+            if state is None:
+                return Circuit.CLOSED
+            breaker = state.breaker
+            if breaker.state is Circuit.OPEN and now >= breaker.since + breaker.cooldown_s:
+                return Circuit.HALF_OPEN
+            return breaker.state
+
     def exported(self, limit: int) -> tuple[list[ProviderHealth], int]:
         """The health of the first ``limit`` providers recorded (by name), and how many
         more there are: the provider gauges export only these, like a label cap."""
