@@ -68,6 +68,7 @@ class Breaker:
     config: HealthConfig
     state: Circuit = Circuit.CLOSED
     since: float = 0.0  # when the current state began
+    half_open_since: float = 0.0  # when the last half-open period began
     #: Counts every change of state: a permit is good only for the period it came from.
     period: int = 0
     cooldown_s: float = 0.0  # of the current (or last) open period
@@ -194,6 +195,8 @@ class Breaker:
     # --- moves ----------------------------------------------------------------------------
 
     def _enter(self, state: Circuit, now: float) -> None:
+        if state is Circuit.HALF_OPEN:
+            self.half_open_since = now
         self.state, self.since = state, now
         self.period += 1
         for permit in self.trials:  # trials still out belong to the period that ends

@@ -130,6 +130,7 @@ class _Provider:
     quota_until: float = -math.inf
     quota_reason: str = ""
     in_flight: int = 0
+    last_granted: float = -math.inf  # when a call last went (allow, start) or ended
     ewma_s: float | None = None
     ewma_at: float = 0.0
 
@@ -171,8 +172,11 @@ class HealthTracker:
 
     def start(self, provider: str) -> None:
         """A call to ``provider`` begins (its ``record`` ends it): the load for ``choose``."""
+        now = self.clock()
         with self._lock:
-            self._provider(provider).in_flight += 1
+            state = self._provider(provider)
+            state.in_flight += 1
+            state.last_granted = now
 
     def begin(self, provider: str) -> Permit:
         """``allow`` and ``start`` in one step: the recording helpers call it as a call begins."""
@@ -181,6 +185,8 @@ class HealthTracker:
             state = self._provider(provider)
             state.in_flight += 1
             permit, moves = state.breaker.allow(provider, now)
+            if permit:
+                state.last_granted = now
         if moves:
             self._notify(provider, moves)
         return permit
@@ -214,6 +220,7 @@ class HealthTracker:
             if permit is not None and permit.returned:
                 return None  # this call was recorded already: never counted twice
             state = self._provider(provider)
+            state.last_granted = now
             if state.in_flight > 0:
                 state.in_flight -= 1
             if outcome in _NOT_SCORED:
@@ -251,6 +258,10 @@ class HealthTracker:
                 elif isinstance(error, str):
                     what = error
                 moves = state.breaker.record(now, failed, what, permit)
+            if moves and moves[-1].to_state is Circuit.CLOSED:
+                # Its trial calls proved it back: the score starts afresh from them, or the
+                # failures of the outage would keep it ranked last, and unused, for a window.
+                state.window.prune(state.breaker.half_open_since)
             self._prune(state, now)
         if moves:
             self._notify(provider, moves)
@@ -279,6 +290,13 @@ class HealthTracker:
             weight = math.exp(-(now - state.ewma_at) / self.config.ewma_tau_s)
             state.ewma_s = state.ewma_s * weight + latency * (1 - weight)
         state.ewma_at = now
+
+    def _ewma_now(self, state: _Provider, now: float) -> float:
+        """The peak EWMA decayed towards zero for the time without a sample, as Finagle's
+        PeakEwma reads it: a provider left idle after a slow or failed call is tried again."""
+        if state.ewma_s is None:
+            return 0.0
+        return state.ewma_s * math.exp(-max(0.0, now - state.ewma_at) / self.config.ewma_tau_s)
 
     def record_probe(self, provider: str, ok: bool) -> None:
         """An active probe's outcome: feeds availability; a success ends a quota lockout
@@ -323,6 +341,8 @@ class HealthTracker:
             if state is None:  # never seen: closed, and no state until a call is recorded
                 return Permit(provider, True, 0)
             permit, moves = state.breaker.allow(provider, now)
+            if permit:
+                state.last_granted = now
         if moves:
             self._notify(provider, moves)
         return permit
@@ -456,7 +476,9 @@ class HealthTracker:
 
         Ranks by score (scores within ``tie_band`` are equals), skipping open circuits
         and throttled or quota-exhausted providers; a half-open provider with a trial
-        permit free goes first, so recovery is noticed. Equals are ordered by load: the
+        permit free goes first, so recovery is noticed; so does, once per
+        ``max_cooldown_s``, a provider ranked below the best whose score no call has
+        tested for that long (without calls a score can never recover). Equals are ordered by load: the
         peak-EWMA of time to first token times the calls in flight plus one (Finagle's
         and Linkerd's balancer cost). When every candidate is excluded it still returns
         the one that comes back soonest, with ``panic=True``.
@@ -466,7 +488,7 @@ class HealthTracker:
             raise ValueError("choose() needs at least one candidate")
         now = self.clock()
         band = self.config.tie_band
-        eligible: list[tuple[float, float, float, int, str]] = []  # trial, score, cost, index
+        eligible: list[tuple[float, float, float, int, str]] = []  # trial, score, cost, index, name
         excluded: list[tuple[tuple[float, ...], str]] = []
         with self._lock:
             for index, name in enumerate(names):
@@ -479,8 +501,9 @@ class HealthTracker:
                 if blocked_until > now or not breaker.would_allow(now):
                     excluded.append(((blocked_until, -health.score, index), name))
                     continue
-                trial_first = 0.0 if health.circuit is Circuit.HALF_OPEN else 1.0
-                cost = (state.ewma_s or 0.0) * (state.in_flight + 1)
+                idle = now - state.last_granted >= self.config.max_cooldown_s
+                trial_first = 0.0 if health.circuit is Circuit.HALF_OPEN else 1.0 if not idle else 0.9
+                cost = self._ewma_now(state, now) * (state.in_flight + 1)
                 eligible.append((trial_first, health.score, cost, index, name))
         best = max((score for _, score, _, _, _ in eligible), default=0.0)
 
@@ -488,6 +511,8 @@ class HealthTracker:
             trial_first, score, cost, index, _ = entry
             # Scores within tie_band of each other (counted from the best) are equals.
             tier = math.floor((best - score) / band + 1e-9) if band else -score
+            if trial_first == 0.9 and tier <= 0:
+                trial_first = 1.0  # among the best it gets calls anyway: no retrial needed
             return (trial_first, tier, cost, index)
 
         eligible.sort(key=rank)

@@ -548,3 +548,19 @@ def test_a_trial_permit_never_returned_is_freed_after_the_trial_timeout(
     assert tracker.status("a").circuit == "half_open"
     tracker.record("a", duration_s=0.2, permit=fresh)
     assert tracker.status("a").reasons[0] == "circuit half-open: 0 trial calls in flight, 1 of 3 passed"
+
+
+def test_a_provider_ranked_out_by_its_score_is_retried_once_per_max_cooldown(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    # Without calls its score could never recover: it would stay last until its window empties.
+    succeed(tracker, "a", 6)
+    fail(tracker, "a", 4)
+    succeed(tracker, "b", 10)
+    assert tracker.choose(["a", "b"]).provider == "b"
+
+    clock.advance(tracker.config.max_cooldown_s)
+    assert tracker.choose(["a", "b"]).provider == "a"
+    assert tracker.allow("a")
+
+    assert tracker.choose(["a", "b"]).provider == "b"  # one call, then back to its rank
