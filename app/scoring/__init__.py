@@ -1,6 +1,8 @@
 """Provider health scores, circuit breakers and failover for the routing engine.
 
+    from app.metrics import track_model_inference
     from app.scoring import get_tracker
+
     tracker = get_tracker()
     choice = tracker.choose(["openrouter", "anthropic", "cerebras"])
     for provider in choice.order:
