@@ -13,7 +13,7 @@ from app.collectors import register_collectors
 from app.http_stats import HTTP_STATS
 from app.middleware import MetricsMiddleware
 from app.registry import METRICS
-from app.routers import docs, health, metrics, provider_health, summary
+from app.routers import docs, health, metrics, provider_health, status, summary
 from app.scoring import HealthConfig, HealthTracker, ProbeRunner, get_tracker, set_tracker
 from app.settings import Settings, get_settings
 from app.summary.snapshots import Snapshots
@@ -22,11 +22,11 @@ from app.summary.service import SummaryService, backend_from_settings
 _snapshots: Snapshots | None = None
 
 
-def local_snapshots(interval: float) -> Snapshots:
+def local_snapshots(interval: float, budget_mb: float = 64.0) -> Snapshots:
     """The process's one history of its registry (every app of the process shares it)."""
     global _snapshots
     if _snapshots is None:
-        _snapshots = Snapshots(METRICS.all_registry, interval=interval)
+        _snapshots = Snapshots(METRICS.all_registry, interval=interval, budget_bytes=int(budget_mb * 2**20))
     return _snapshots
 
 
@@ -51,7 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     HTTP_STATS.set_label_cap(settings.label_cap)
     configure_tracker(settings)
     register_collectors()
-    snapshots = local_snapshots(settings.snapshot_interval_seconds)
+    snapshots = local_snapshots(settings.snapshot_interval_seconds, settings.summary_history_mb)
     summary_service = SummaryService(settings, snapshots, backend_from_settings(settings))
 
     @asynccontextmanager
@@ -87,6 +87,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(summary.router)
     app.include_router(provider_health.router)
     app.include_router(docs.router)
+    # Last, so requests for the routes above are matched without walking past these.
+    app.include_router(status.router)
+    app.include_router(status.standalone_router)  # `/` -> the status page; not in embedded gateways
     app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
     return app
 

@@ -21,7 +21,8 @@ from typing import Any
 
 from app.http_stats import HTTP_STATS
 from app.registry import METRICS
-from app.scoring import Outcome, Permit, add_transition_listener, classify, get_tracker
+from app.scoring import Permit, add_transition_listener, classify, get_tracker
+from app.scoring.outcome import status_label
 from app.topn import SpaceSaving, key_fingerprint
 
 _requests = METRICS["model_inference_requests_total"]
@@ -72,22 +73,9 @@ def _amount(value: Any, helper: str, signed: bool = False) -> float | None:
 
 # --- upstream calls ---------------------------------------------------------------------
 
-_STATUS_BY_CODE = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "authentication_error",
-    404: "not_found_error",
-    408: "timeout",
-    409: "invalid_request_error",
-    413: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-    529: "rate_limit_error",  # Anthropic's "overloaded": a throttle, not a failure
-    # The provider's own front could not reach its backend: unavailable, not a bad answer.
-    502: "service_unavailable",
-    503: "service_unavailable",
-    504: "timeout",
-}
+#: The ``status`` label of every HTTP status, derived once from the outcome taxonomy
+#: (app.scoring.outcome) so the hot path stays one dict lookup.
+_STATUS_BY_CODE = {code: status_label(classify(code, None, None), code) for code in range(100, 600)}
 
 
 def inference_status(status_code: int | None = None, error: BaseException | str | None = None) -> str:
@@ -97,10 +85,10 @@ def inference_status(status_code: int | None = None, error: BaseException | str 
     if isinstance(status_code, int) and not isinstance(status_code, bool):
         if status_code < 400:
             return "success" if error is None else _status_of_error(error)
-        category = _STATUS_BY_CODE.get(status_code)
-        if category is not None:
-            return category
-        return "server_error" if status_code >= 500 else "invalid_request_error"
+        label = _STATUS_BY_CODE.get(status_code)
+        if label is not None:
+            return label
+        return status_label(classify(status_code, None, None), status_code)
     if error is None:
         return "success"
     return _status_of_error(error)
@@ -116,25 +104,8 @@ def _status_code_of(error: BaseException | str) -> int | None:
 
 
 def _status_of_error(error: BaseException | str) -> str:
-    """The label of an exception or error kind, consistent with the health tracker's
-    classification (app.scoring.classify), so PromQL can recompute the score."""
-    lowered = (error if isinstance(error, str) else type(error).__name__).lower()
-    if lowered in _STATUS_NAMES:
-        return lowered
-    outcome = classify(None, error, None)
-    if outcome is Outcome.UNREACHED:
-        return "timeout" if "timeout" in lowered or "timedout" in lowered else "service_unavailable"
-    if outcome in (Outcome.THROTTLED, Outcome.QUOTA):
-        return "rate_limit_error"
-    if outcome is Outcome.FAILURE:  # a broken stream, a bad answer: the provider failed
-        return "server_error"
-    return "unknown"  # cancelled on our side: no verdict on the provider
-
-
-_STATUS_NAMES = frozenset(
-    ("invalid_request_error", "authentication_error", "rate_limit_error", "server_error",
-     "not_found_error", "service_unavailable")
-)
+    """The label of an exception or error kind: the tracker's class of it (app.scoring.classify)."""
+    return status_label(classify(None, error, None), None, error)
 
 
 def _tracker_record(provider: str, permit: Permit | None, **outcome: Any) -> None:

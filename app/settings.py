@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     snapshot_interval_seconds: float = Field(
         5.0, gt=0, le=300, description="How often local mode snapshots its own registry."
     )
+    summary_history_mb: float = Field(
+        64.0, gt=0, description="Memory budget of local mode's history of its registry (the oldest "
+        "snapshots go first past it); an hour of 2 providers x 500 models takes about 40 MB."
+    )
 
     # Provider health
     health_weights: Annotated[tuple[float, float, float], NoDecode] = Field(

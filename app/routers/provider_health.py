@@ -68,7 +68,7 @@ async def provider_health(
     figures, errors, stale = await run_in_threadpool(service.fleet_health)
     providers = [
         ProviderHealthModel(
-            provider=name, score=f.score, availability=f.availability, error_rate=None, latency_score=None,
+            provider=name, score=f.score, availability=f.availability, error_rate=f.error_rate, latency_score=None,
             state=f.state, circuit=f.circuit, calls=None, reasons=[],
         )
         for name, f in figures.items()

@@ -1,22 +1,85 @@
-"""What an upstream call's result means for the provider's health, decided in one place."""
+"""What an upstream call's result means, decided in one place: the outcome taxonomy.
+
+Every consumer derives from it: the health tracker's verdicts, the inference ``status``
+label (app.recording), the summaries' and the fleet formula's status sets (app.summary).
+"Error rate" means one thing everywhere: (failed + unreached) / the calls the score
+counts (``ERRORS`` over ``SCORED``); throttled calls and the caller's faults are not errors.
+"""
 
 from __future__ import annotations
 
 import email.utils
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from enum import StrEnum
 
 
 class Outcome(StrEnum):
-    SUCCESS = "success"  # includes the caller's own 4xx: the provider did its job
+    SUCCESS = "success"
+    CLIENT_ERROR = "client_error"  # the caller's fault (4xx but 429): the provider did its job
+    CREDENTIAL = "credential"  # 401/403, the caller's fault too: our key, not the provider's health
+    NOT_FOUND = "not_found"  # 404, the caller's fault too: a missing model, not the provider's health
     FAILURE = "failure"  # 5xx, a stream broken after its first token, an unexpected error
     UNREACHED = "unreached"  # timeout, connection error, 408/502/503/504: failed, not reached
     THROTTLED = "throttled"  # 429 or "overloaded": not an error, a cooldown
     QUOTA = "quota"  # 429 with quota or credit exhausted: out for longer
-    CREDENTIAL = "credential"  # 401/403: our key, not the provider's health
-    NOT_FOUND = "not_found"  # 404: a missing model, not the provider's health
     CANCELLED = "cancelled"  # our side gave up (client gone, task cancelled): no verdict
+
+    @property
+    def is_error(self) -> bool:
+        return self in ERRORS
+
+
+#: The numerator of every error rate the service shows.
+ERRORS = frozenset({Outcome.FAILURE, Outcome.UNREACHED})
+#: The caller's fault (SPEC: 4xx but 429); the summary shows their share beside the error rate.
+CALLER_FAULTS = frozenset({Outcome.CLIENT_ERROR, Outcome.CREDENTIAL, Outcome.NOT_FOUND})
+THROTTLES = frozenset({Outcome.THROTTLED, Outcome.QUOTA})
+#: The calls the health score (and so every error rate) counts: a provider that answered,
+#: or should have. Throttles are cooldowns, 401/403/404 are tracked apart with their own
+#: reasons, and a cancelled call has no verdict.
+SCORED = frozenset({Outcome.SUCCESS, Outcome.CLIENT_ERROR, Outcome.FAILURE, Outcome.UNREACHED})
+NOT_SCORED = frozenset(Outcome) - SCORED
+
+#: The inference ``status`` label each outcome records as (SPEC section 2: the error
+#: categories of reference/002, plus timeout and unknown). An unreached call that timed
+#: out records as "timeout" instead (:func:`status_label`); "unknown" is a cancelled call.
+STATUS_LABELS: dict[Outcome, str] = {
+    Outcome.SUCCESS: "success",
+    Outcome.CLIENT_ERROR: "invalid_request_error",
+    Outcome.CREDENTIAL: "authentication_error",
+    Outcome.NOT_FOUND: "not_found_error",
+    Outcome.FAILURE: "server_error",
+    Outcome.UNREACHED: "service_unavailable",
+    Outcome.THROTTLED: "rate_limit_error",
+    Outcome.QUOTA: "rate_limit_error",
+    Outcome.CANCELLED: "unknown",
+}
+TIMEOUT_LABEL = "timeout"
+_TIMEOUT_CODES = (408, 504)  # request timeout, gateway timeout: reached nothing in time
+_UNREACHED_CODES = (408, 502, 503, 504)  # timed out, or its front could not reach it
+#: A status label passed as the error names its own outcome (``error="service_unavailable"``);
+#: "rate_limit_error" is left to the rate-limit rule, which tells a quota apart.
+_OUTCOME_OF_LABEL = {label: outcome for outcome, label in STATUS_LABELS.items()
+                     if outcome not in (Outcome.SUCCESS, Outcome.CANCELLED, *THROTTLES)}
+
+
+def status_label(outcome: Outcome, status_code: int | None = None, error: BaseException | str | None = None) -> str:
+    """The inference ``status`` label of a call classified as ``outcome``."""
+    if outcome is Outcome.UNREACHED:
+        name = "" if error is None else (error if isinstance(error, str) else type(error).__name__).lower()
+        if status_code in _TIMEOUT_CODES or "timeout" in name or "timedout" in name:
+            return TIMEOUT_LABEL
+    return STATUS_LABELS[outcome]
+
+
+def status_labels(outcomes: Iterable[Outcome]) -> frozenset[str]:
+    """Every ``status`` label calls of these outcomes record as (for PromQL status sets)."""
+    outcomes = frozenset(outcomes)
+    labels = {STATUS_LABELS[outcome] for outcome in outcomes}
+    if Outcome.UNREACHED in outcomes:
+        labels.add(TIMEOUT_LABEL)
+    return frozenset(labels)
 
 
 #: Error codes providers send with a 429 when the account, not the moment, is the limit.
@@ -33,15 +96,19 @@ def classify(status_code: int | None, error: BaseException | str | None, error_c
             return Outcome.CREDENTIAL
         if status_code == 404:
             return Outcome.NOT_FOUND
-        if status_code in (408, 502, 503, 504):  # timed out, or its front could not reach it
+        if status_code in _UNREACHED_CODES:
             return Outcome.UNREACHED
         if status_code >= 500:
             return Outcome.FAILURE
-        if status_code >= 400 or error is None:
+        if status_code >= 400:
+            return Outcome.CLIENT_ERROR
+        if error is None:
             return Outcome.SUCCESS
     if error is None:
         return Outcome.SUCCESS
     name = (error if isinstance(error, str) else type(error).__name__).lower()
+    if name in _OUTCOME_OF_LABEL:
+        return _OUTCOME_OF_LABEL[name]
     if name in ("cancellederror", "cancelled", "generatorexit"):
         return Outcome.CANCELLED
     if "overloaded" in name or "ratelimit" in name or "rate_limit" in name:
@@ -90,8 +157,9 @@ def retry_hint(
     """The longest usable wait the provider asked for, in seconds, and which hint said so.
     A hint that cannot be read (NaN, negative, huge, garbage) is skipped, never the rest."""
     hints: list[tuple[float, str]] = []
-    if isinstance(retry_after_s, int | float) and not isinstance(retry_after_s, bool) and (seconds := _seconds(float(retry_after_s))) is not None:
-        hints.append((seconds, "Retry-After"))
+    if isinstance(retry_after_s, int | float) and not isinstance(retry_after_s, bool):
+        if (seconds := _seconds(float(retry_after_s))) is not None:
+            hints.append((seconds, "Retry-After"))
     lowered = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
     if "retry-after" in lowered:
         value = lowered["retry-after"].strip()

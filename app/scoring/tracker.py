@@ -23,7 +23,7 @@ from enum import StrEnum
 
 from app.scoring.breaker import Breaker, Circuit, Permit, Transition
 from app.scoring.config import HealthConfig
-from app.scoring.outcome import Outcome, classify, retry_hint
+from app.scoring.outcome import NOT_SCORED, Outcome, classify, retry_hint
 from app.scoring.score import apdex_zone, health_score
 
 
@@ -135,9 +135,7 @@ class _Provider:
     ewma_at: float = 0.0
 
 
-_NOT_SCORED = frozenset(
-    {Outcome.THROTTLED, Outcome.QUOTA, Outcome.CREDENTIAL, Outcome.NOT_FOUND, Outcome.CANCELLED}
-)
+_NOT_SCORED = NOT_SCORED
 
 
 class HealthTracker:
@@ -237,7 +235,7 @@ class HealthTracker:
             elif outcome is Outcome.NOT_FOUND:
                 state.not_found.append(now)
             else:
-                failed = outcome is not Outcome.SUCCESS
+                failed = outcome.is_error  # the caller's own 4xx is a success for the provider
                 latency = ttft_s if ttft_s is not None else duration_s
                 if failed:
                     # A fast error is no fast answer: it costs the load balancer as a

@@ -208,13 +208,19 @@ def _error_from_envelope(status: int, envelope: Mapping[str, Any]) -> BackendFai
 
 
 def _number(raw: Any) -> float:
-    if not isinstance(raw, str | int | float):
-        raise TypeError(f"a sample value must be a number or a string, not {raw!r}")
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise TypeError(f"a sample value must be a number or a string, not {_snippet(repr(raw))}")
     return float(raw)  # Prometheus sends "NaN", "+Inf", "-Inf", which float() reads
 
 
-def _samples(result_type: str, result: Any) -> tuple[Sample, ...]:
-    """The samples of ``data.result``; TypeError/ValueError/KeyError/IndexError on a bad shape."""
+def _label_pairs(labels: Any) -> dict[str, str]:
+    if not isinstance(labels, dict) or not all(isinstance(value, str) for value in labels.values()):
+        raise TypeError(f"series labels must be an object of strings, not {_snippet(repr(labels))}")
+    return labels
+
+
+def _samples(result_type: str, result: Any, finite_only: bool) -> tuple[Sample, ...]:
+    """The samples of ``data.result``."""
     if result_type == "string":
         return ()
     points: list[tuple[Any, Any]]
@@ -225,19 +231,37 @@ def _samples(result_type: str, result: Any) -> tuple[Sample, ...]:
     elif result_type == "matrix":
         points = [(series["metric"], series["values"][-1][1]) for series in result if series["values"]]
     else:
-        raise ValueError(f"unknown resultType {result_type!r}")
+        raise ValueError(f"unknown resultType {_snippet(repr(result_type))}")
     samples = []
     for labels, raw in points:
-        if not isinstance(labels, dict):
-            raise TypeError(f"series labels must be an object, not {labels!r}")
         value = _number(raw)
+        if finite_only and not math.isfinite(value):
+            raise ValueError(f"{_snippet(repr(raw))} is not a finite number")
         if not math.isnan(value):
-            samples.append(Sample({str(k): str(v) for k, v in labels.items()}, value))
+            samples.append(Sample(_label_pairs(labels), value))
     return tuple(samples)
 
 
-def parse_response(status: int, body: bytes) -> QueryResult:
-    """The answer of ``/api/v1/query``, or BackendFailure saying what is wrong with it."""
+def parse_response(status: int, body: bytes, *, finite_only: bool = False) -> QueryResult:
+    """The answer of ``/api/v1/query``, or BackendFailure saying what is wrong with it.
+
+    This is where the backend's bytes become data, so this is where anything they hold
+    stops: every exception the reading raises (a RecursionError from JSON nested
+    100,000 deep, an OverflowError from a 400-digit number, a TypeError from a value of the
+    wrong type anywhere in the envelope) means the answer is garbage, and is reported as
+    such, never raised to the caller. ``finite_only``: NaN and infinities are garbage too
+    (for queries, like the summaries', that cannot produce them).
+    """
+    try:
+        return _read_answer(status, body, finite_only)
+    except BackendFailure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes make the reading raise is their fault
+        raise _failure("garbage" if status < 400 else "http_error",
+                       f"unreadable answer ({type(exc).__name__}: {_snippet(str(exc))})", status) from None
+
+
+def _read_answer(status: int, body: bytes, finite_only: bool) -> QueryResult:
     try:
         envelope = json.loads(body)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
@@ -248,23 +272,27 @@ def parse_response(status: int, body: bytes) -> QueryResult:
         raise _failure("garbage", f"not JSON: {_snippet(body)}", status) from None
     if not isinstance(envelope, dict) or "status" not in envelope:
         kind: ErrorKind = "http_error" if status >= 400 else "garbage"
-        raise _failure(kind, f"not a Prometheus API answer: {_snippet(json.dumps(envelope))}", status)
+        raise _failure(kind, f"not a Prometheus API answer: {_snippet(body)}", status)
     if envelope["status"] == "error":
         raise _error_from_envelope(status, envelope)
     if envelope["status"] != "success" or status >= 400:
         raise _failure("http_error" if status >= 400 else "garbage",
-                       f"HTTP {status} with status {envelope['status']!r}", status)
+                       f"HTTP {status} with status {_snippet(repr(envelope['status']))}", status)
     data = envelope.get("data")
     if not isinstance(data, dict) or "resultType" not in data or "result" not in data:
         raise _failure("partial", "the answer lacks data.resultType or data.result", status)
-    try:
-        samples = _samples(str(data["resultType"]), data["result"])
-    except (TypeError, ValueError, KeyError, IndexError) as exc:
-        raise _failure("garbage", f"unreadable {data['resultType']!r} result: {exc}", status) from None
-    warnings = [str(warning) for warning in envelope.get("warnings") or ()]
-    if envelope.get("isPartial") is True:  # VictoriaMetrics cluster: some storage nodes missing
+    result_type = data["resultType"]
+    if not isinstance(result_type, str):
+        raise TypeError(f"resultType must be a string, not {_snippet(repr(result_type))}")
+    samples = _samples(result_type, data["result"], finite_only)
+    warnings = envelope.get("warnings") or []
+    partial = envelope.get("isPartial", False)
+    if not isinstance(warnings, list) or not isinstance(partial, bool):
+        raise TypeError("warnings must be a list and isPartial a boolean")
+    warnings = [str(warning)[:SNIPPET_CHARS * 2] for warning in warnings]
+    if partial:  # VictoriaMetrics cluster: some storage nodes missing
         warnings.append("the backend marked the answer as partial (isPartial)")
-    return QueryResult(str(data["resultType"]), samples, tuple(warnings))
+    return QueryResult(result_type, samples, tuple(warnings))
 
 
 # --- the client ---------------------------------------------------------------------------
@@ -306,7 +334,8 @@ class PrometheusBackend:
 
     ``deadline_s`` bounds a whole :meth:`query_many` batch; answers are reused for
     ``cache_ttl_s`` (measured on ``clock``, which tests may replace); after a failure the
-    last good answer of that query is served, marked stale. Thread-safe.
+    last good answer of that query is served, marked stale. ``finite_only``: an answer
+    holding NaN or an infinity is garbage (for queries that cannot produce one). Thread-safe.
     """
 
     def __init__(
@@ -321,6 +350,7 @@ class PrometheusBackend:
         max_workers: int = 8,
         ping_timeout_s: float = PING_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
+        finite_only: bool = False,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"the backend URL must be http:// or https://, not {url!r}")
@@ -335,6 +365,7 @@ class PrometheusBackend:
         self.deadline_s = deadline_s
         self.cache_ttl_s = cache_ttl_s
         self.ping_timeout_s = ping_timeout_s
+        self.finite_only = finite_only
         self._headers = {"Accept": "application/json"}
         if bearer_token is not None:
             self._headers["Authorization"] = f"Bearer {bearer_token}"
@@ -449,7 +480,7 @@ class PrometheusBackend:
     def _fetch(self, text: str, timeout_s: float) -> Outcome:
         try:
             response = self._connection().query_response(text, timeout_s)
-            return parse_response(response.status_code, response.content)
+            return parse_response(response.status_code, response.content, finite_only=self.finite_only)
         except BackendFailure as failure:
             return failure.error
         except requests.ConnectTimeout:

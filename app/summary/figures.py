@@ -9,12 +9,15 @@ traffic gives ``null``, not a division by zero.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from app.catalogue import Category
+from app.scoring.outcome import ERRORS, SCORED, Outcome, classify
+from app.summary.promql import CALLER_FAULT_STATUSES, ERROR_STATUSES, SCORED_STATUSES, THROTTLED_STATUSES
 from app.summary.quantiles import Result, many_quantiles_by, observations_by, quantiles_by
 from app.recording import TOP_KEYS_BY_CREDITS, TOP_KEYS_BY_REQUESTS, TOP_USERS_BY_CREDITS
 from app.summary.models import (
@@ -44,6 +47,7 @@ class HealthFigures:
     state: str
     circuit: str | None = None
     availability: float | None = None
+    error_rate: float | None = None
 
 
 def number(value: float | None) -> float | None:
@@ -86,8 +90,39 @@ def _by_first_label(results: Results, name: str) -> dict[str, float]:
     return {key[0]: value for key, value in sorted(rollup(results.get(name, {}), lambda key: key[:1]).items())}
 
 
-def _failed(key: tuple[str, ...]) -> bool:
-    return key[-1] != "success"  # calls_per_second is keyed (provider, model, status)
+@dataclass(frozen=True, slots=True)
+class Outcomes:
+    """Calls per second of ``calls_per_second`` rolled up by ``group``, by outcome class
+    (app.scoring.outcome): every error rate is ``errors / scored``."""
+
+    calls: Result
+    scored: Result
+    errors: Result
+    throttled: Result
+    caller_faults: Result
+
+    @classmethod
+    def of(cls, calls_per_second: Result, group: Group) -> Outcomes:
+        def where(statuses: frozenset[str]) -> Result:  # keys are (provider, model, status)
+            return rollup(calls_per_second, group, lambda key: key[-1] in statuses)
+
+        return cls(rollup(calls_per_second, group), where(SCORED_STATUSES), where(ERROR_STATUSES),
+                   where(THROTTLED_STATUSES), where(CALLER_FAULT_STATUSES))
+
+    def error_rate(self, key: tuple[str, ...]) -> float | None:
+        return ratio(self.errors.get(key, 0.0), self.scored.get(key))
+
+    def throttled_share(self, key: tuple[str, ...]) -> float | None:
+        return ratio(self.throttled.get(key, 0.0), self.calls.get(key))
+
+    def client_error_share(self, key: tuple[str, ...]) -> float | None:
+        return ratio(self.caller_faults.get(key, 0.0), self.calls.get(key))
+
+
+@functools.lru_cache(maxsize=1024)
+def _http_outcome(code: str) -> Outcome | None:
+    """The outcome class of one of the gateway's own HTTP responses (``status_code`` label)."""
+    return classify(int(code), None, None) if code.isdigit() else None
 
 
 def _percentiles(buckets: Result, group: Group) -> dict[str, Result]:
@@ -97,8 +132,8 @@ def _percentiles(buckets: Result, group: Group) -> dict[str, Result]:
 
 def build_providers(results: Results, health: Mapping[str, HealthFigures]) -> ProvidersSummary:
     by_provider: Group = lambda key: key[:1]  # noqa: E731
-    calls = rollup(results.get("calls_per_second", {}), by_provider)
-    failures = rollup(results.get("calls_per_second", {}), by_provider, _failed)
+    outcomes = Outcomes.of(results.get("calls_per_second", {}), by_provider)
+    calls = outcomes.calls
     latency_buckets = results.get("provider_latency_buckets", {})
     latency_count = observations_by(latency_buckets, by_provider)
     latency_sum = results.get("provider_latency_sum", {})
@@ -116,7 +151,9 @@ def build_providers(results: Results, health: Mapping[str, HealthFigures]) -> Pr
                 state=figures.state,
                 circuit=figures.circuit,
                 availability=figures.availability,
-                error_rate=ratio(failures.get(key, 0.0), calls.get(key)),
+                error_rate=outcomes.error_rate(key),
+                throttled_share=outcomes.throttled_share(key),
+                client_error_share=outcomes.client_error_share(key),
                 requests_per_second=number(calls.get(key)),
                 avg_response_time_ms=ms(ratio(latency_sum.get(key), latency_count.get(key))),
                 p95_response_time_ms=ms(p95.get(key)),
@@ -130,7 +167,7 @@ def build_providers(results: Results, health: Mapping[str, HealthFigures]) -> Pr
         degraded_providers=states.count("degraded"),
         unavailable_providers=states.count("unavailable"),
         unknown_providers=states.count("unknown"),
-        avg_error_rate=ratio(sum(failures.values()), sum(calls.values())),
+        avg_error_rate=ratio(sum(outcomes.errors.values()), sum(outcomes.scored.values())),
         avg_response_time_ms=ms(ratio(sum(latency_sum.values()), sum(latency_count.values()))),
         providers=providers,
     )
@@ -138,8 +175,8 @@ def build_providers(results: Results, health: Mapping[str, HealthFigures]) -> Pr
 
 def build_models(results: Results) -> ModelsSummary:
     by_model: Group = lambda key: key[:2]  # noqa: E731
-    calls = rollup(results.get("calls_per_second", {}), by_model)
-    failures = rollup(results.get("calls_per_second", {}), by_model, _failed)
+    outcomes = Outcomes.of(results.get("calls_per_second", {}), by_model)
+    calls = outcomes.calls
     totals = results.get("calls_total", {})
     latency = _percentiles(results.get("inference_buckets", {}), by_model)
     ttft = _percentiles(results.get("ttft_buckets", {}), by_model)
@@ -155,7 +192,9 @@ def build_models(results: Results) -> ModelsSummary:
                 model=key[1],
                 requests_total=totals.get(key, 0.0),
                 requests_per_second=number(calls.get(key)),
-                error_rate=ratio(failures.get(key, 0.0), calls.get(key)),
+                error_rate=outcomes.error_rate(key),
+                throttled_share=outcomes.throttled_share(key),
+                client_error_share=outcomes.client_error_share(key),
                 p50_ms=ms(latency["p50"].get(key)),
                 p95_ms=ms(latency["p95"].get(key)),
                 p99_ms=ms(latency["p99"].get(key)),
@@ -197,7 +236,9 @@ def build_business(results: Results, top_n: int) -> BusinessSummary:
 def build_performance(results: Results) -> PerformanceSummary:
     http = results.get("http_per_second", {})
     requests = sum(http.values()) if http else None
-    server_errors = sum(value for (code,), value in http.items() if code.startswith("5"))
+    outcomes = [(_http_outcome(code), value) for (code,), value in http.items()]
+    errors = sum(value for outcome, value in outcomes if outcome in ERRORS)
+    scored = sum(value for outcome, value in outcomes if outcome in SCORED)
     overall: Group = lambda key: ()  # noqa: E731
     http_latency = _percentiles(results.get("http_buckets", {}), overall)
     # The per-model buckets when the models category came along, else the overall ones.
@@ -208,7 +249,7 @@ def build_performance(results: Results) -> PerformanceSummary:
     lookups = None if hits is None and misses is None else (hits or 0.0) + (misses or 0.0)
     return PerformanceSummary(
         requests_per_second=number(requests),
-        error_rate=ratio(server_errors, requests),
+        error_rate=ratio(errors, scored) if http else None,
         p50_ms=ms(http_latency["p50"].get(())),
         p95_ms=ms(http_latency["p95"].get(())),
         p99_ms=ms(http_latency["p99"].get(())),

@@ -3,7 +3,7 @@ so every replica of the gateway makes the same failover decision.
 
 It reads the same outcomes the local tracker scores, as every replica exports them:
 ``model_inference_requests_total`` by status (whose labels follow the tracker's outcome
-classes, app.recording.inference_status) and ``gatewayz_provider_apdex_total`` by zone
+classes, app.scoring.outcome: the status sets below are derived from it) and ``gatewayz_provider_apdex_total`` by zone
 (the tracker's own Apdex verdict per call), over the tracker's window, and the circuit
 states. Probes are per replica and are not part of the fleet figure.
 """
@@ -12,22 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from app.summary.promql import Query, current, rate
-from app.summary.quantiles import Result
 from app.scoring import HealthConfig, health_score
 from app.summary.figures import HealthFigures
-
-#: Statuses that do not count for health: throttled, our credentials, a missing model,
-#: calls cancelled on our side.
-NOT_SCORED = frozenset({"rate_limit_error", "authentication_error", "not_found_error", "unknown"})
-#: Failed calls; the second set did not reach the provider at all.
-FAILED = frozenset({"server_error", "timeout", "service_unavailable"})
-UNREACHED = frozenset({"timeout", "service_unavailable"})
+from app.summary.promql import ERROR_STATUSES, SCORED_STATUSES, UNREACHED_STATUSES, Query, current, rate
+from app.summary.quantiles import Result
 
 FLEET_HEALTH_QUERIES: tuple[Query, ...] = (
     rate("fleet_calls", "model_inference_requests_total", "provider", "status"),
     rate("fleet_apdex", "gatewayz_provider_apdex_total", "provider", "zone"),
-    # Per replica: the fleet treats a provider as open when any replica has it open (1).
+    # Per replica (one series each, however many jobs scrape it): the fleet treats a
+    # provider as open when any replica has it open (1).
     current("fleet_circuit", "gatewayz_provider_circuit_state", "provider", "instance"),
 )
 
@@ -45,9 +39,9 @@ def fleet_health(results: Mapping[str, Result], config: HealthConfig) -> dict[st
     figures: dict[str, HealthFigures] = {}
     for provider in sorted(set(calls) | set(circuit)):
         statuses = calls.get(provider, {})
-        scored = sum(v for status, v in statuses.items() if status not in NOT_SCORED)
-        failed = sum(v for status, v in statuses.items() if status in FAILED)
-        unreached = sum(v for status, v in statuses.items() if status in UNREACHED)
+        scored = sum(v for status, v in statuses.items() if status in SCORED_STATUSES)
+        failed = sum(v for status, v in statuses.items() if status in ERROR_STATUSES)
+        unreached = sum(v for status, v in statuses.items() if status in UNREACHED_STATUSES)
         is_open = circuit.get(provider, False)
         state_name = "open" if is_open else None
         if scored <= 0:
@@ -67,5 +61,5 @@ def fleet_health(results: Mapping[str, Result], config: HealthConfig) -> dict[st
         else:
             state = "healthy"
         figures[provider] = HealthFigures(score=round(score, 6), state=state, circuit=state_name,
-                                          availability=round(availability, 6))
+                                          availability=round(availability, 6), error_rate=round(failed / scored, 6))
     return figures

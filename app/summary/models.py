@@ -13,6 +13,13 @@ from pydantic import BaseModel, Field
 
 Ms = float | None
 
+#: One meaning of "error rate" everywhere (app.scoring.outcome): the health score's, /health's
+#: and provider_error_rate's.
+ERROR_RATE = ("Failed and unreached calls (5xx, timeouts, connection errors) over the calls the health "
+              "score counts (all but throttled, 401/403/404 and cancelled ones), in the window.")
+THROTTLED_SHARE = "Share of all calls in the window that were throttled (429, overloaded, quota spent)."
+CLIENT_ERROR_SHARE = "Share of all calls in the window that were the caller's fault (4xx but 429)."
+
 
 class BackendReadiness(BaseModel):
     """The Prometheus backend's state, as /ready reports it."""
@@ -40,7 +47,9 @@ class ProviderSummary(BaseModel):
     state: str = Field(description="unknown, healthy, degraded or unavailable")
     circuit: str | None = Field(None, description="closed, open or half_open (local tracker)")
     availability: float | None = None
-    error_rate: float | None = Field(None, description="Share of calls that did not succeed, in the window.")
+    error_rate: float | None = Field(None, description=ERROR_RATE)
+    throttled_share: float | None = Field(None, description=THROTTLED_SHARE)
+    client_error_share: float | None = Field(None, description=CLIENT_ERROR_SHARE)
     requests_per_second: float | None = None
     avg_response_time_ms: Ms = None
     p95_response_time_ms: Ms = None
@@ -53,7 +62,7 @@ class ProvidersSummary(BaseModel):
     degraded_providers: int
     unavailable_providers: int
     unknown_providers: int = Field(0, description="Providers with no calls in the window yet.")
-    avg_error_rate: float | None = Field(description="Failed share of all providers' calls (traffic-weighted).")
+    avg_error_rate: float | None = Field(description="The error rate of all providers' calls together (traffic-weighted).")
     avg_response_time_ms: Ms
     providers: list[ProviderSummary]
 
@@ -63,7 +72,9 @@ class ModelSummary(BaseModel):
     model: str
     requests_total: float
     requests_per_second: float | None
-    error_rate: float | None
+    error_rate: float | None = Field(description=ERROR_RATE)
+    throttled_share: float | None = Field(None, description=THROTTLED_SHARE)
+    client_error_share: float | None = Field(None, description=CLIENT_ERROR_SHARE)
     p50_ms: Ms
     p95_ms: Ms
     p99_ms: Ms
@@ -102,7 +113,8 @@ class BusinessSummary(BaseModel):
 
 class PerformanceSummary(BaseModel):
     requests_per_second: float | None
-    error_rate: float | None = Field(description="Share of HTTP responses that were 5xx.")
+    error_rate: float | None = Field(description="The error rate of the gateway's own HTTP responses, classed as "
+                                          "upstream calls are: 5xx and 408 over all but 429, 401/403/404.")
     p50_ms: Ms
     p95_ms: Ms
     p99_ms: Ms

@@ -21,9 +21,19 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
+from app.catalogue import FAMILIES, Category
+from app.scoring.outcome import CALLER_FAULTS, ERRORS, SCORED, THROTTLES, Outcome, status_labels
 from app.summary.backend import escape_label_value
-from app.catalogue import Category
 from app.summary.quantiles import Result
+
+#: The inference ``status`` values of each outcome class of app.scoring.outcome: every
+#: error rate is ERROR_STATUSES over SCORED_STATUSES, in the summaries, the fleet formula
+#: and the docs alike.
+ERROR_STATUSES = status_labels(ERRORS)
+UNREACHED_STATUSES = status_labels({Outcome.UNREACHED})
+SCORED_STATUSES = status_labels(SCORED)
+THROTTLED_STATUSES = status_labels(THROTTLES)
+CALLER_FAULT_STATUSES = status_labels(CALLER_FAULTS)
 
 
 class Kind(StrEnum):
@@ -72,6 +82,8 @@ class Query:
         inner = self.selector("", extra)
         if self.kind is Kind.RATE:
             inner = f"rate({inner}[{duration(window_s)}])"
+        if self.aggregate == "sum":
+            inner = one_per_instance(self.metric, inner)
         text = f"{self.aggregate} by ({by}) ({inner})" if by else f"{self.aggregate}({inner})"
         if self.active_only:
             groups = ", ".join(self.by[1:])  # by is (le, ...)
@@ -79,6 +91,33 @@ class Query:
             active = Query("", Kind.RATE, count, self.by[1:], self.matchers).promql(window_s, extra)
             text = f"{text} and on ({groups}) ({active} > 0)"
         return text
+
+
+def one_per_instance(metric: str, inner: str) -> str:
+    """``inner`` with one series per instance and label set, before anything sums it.
+
+    One instance is often scraped by several jobs (``/metrics`` and a category endpoint,
+    two Prometheus replicas behind Thanos): their copies of a series differ only in
+    ``job`` and the target's own labels, and summing them would count the instance twice.
+    The copies are the same numbers, so the largest stands for all. Catalogue families
+    keep exactly their own labels; a name outside the catalogue drops ``job`` alone.
+    In local mode a registry holds each series once, so there is nothing to do.
+    """
+    labels = _SERIES_LABELS.get(metric)
+    if labels is None:
+        return f"max without (job) ({inner})"
+    return f"max by ({', '.join(('instance', *labels))}) ({inner})"
+
+
+#: prometheus_client's process collector: no labels of its own.
+RUNTIME_SAMPLES = ("process_start_time_seconds", "process_resident_memory_bytes", "process_cpu_seconds_total",
+                   "process_open_fds")
+_SERIES_LABELS: dict[str, tuple[str, ...]] = {
+    sample: family.label_names + (("le",) if sample.endswith("_bucket") else ())
+    for family in FAMILIES
+    for sample in family.sample_names
+}
+_SERIES_LABELS.update(dict.fromkeys(RUNTIME_SAMPLES, ()))
 
 
 def duration(seconds: int) -> str:
@@ -206,3 +245,16 @@ def queries_for(categories: list[Category]) -> list[Query]:
     unique = {query.name: query for category in categories for query in SUMMARY_QUERIES[category]}
     return list(unique.values())
 
+
+
+def status_matcher(statuses: frozenset[str]) -> Matcher:
+    return Matcher("status", "=~", "|".join(sorted(statuses)))
+
+
+def error_rate_promql(window_s: int, *by: str) -> str:
+    """The upstream error rate as PromQL: (failed + unreached) / the calls the score counts,
+    by ``by``; the same figure as the summaries' ``error_rate`` and the health score's."""
+    metric = "model_inference_requests_total"
+    errors = rate("errors", metric, *by, matchers=(status_matcher(ERROR_STATUSES),))
+    scored = rate("scored", metric, *by, matchers=(status_matcher(SCORED_STATUSES),))
+    return f"{errors.promql(window_s)}\n  / {scored.promql(window_s)}"

@@ -57,6 +57,8 @@ def backend_from_settings(settings: Settings) -> PrometheusBackend | None:
         verify_tls=settings.prometheus_ca_bundle or settings.prometheus_verify_tls,
         deadline_s=settings.query_deadline_seconds,
         cache_ttl_s=settings.query_cache_seconds,
+        # Sums of rates and gauges are finite: NaN or an infinity is a backend talking nonsense.
+        finite_only=True,
     )
 
 

@@ -1,10 +1,26 @@
-"""Local mode: periodic snapshots of this process's registry, and the summary queries
-evaluated over them with the same meaning as their PromQL.
+"""Local mode: a bounded history of this process's registry, and the summary queries
+evaluated over it with the same meaning as their PromQL.
 
-A rate over a window is the increase between the snapshot taken at least ``window``
-ago (the oldest one while the process is younger) and now, divided by the time between
-them (bucket rates included: app.summary.quantiles turns them into quantiles). Snapshots are kept at ``interval`` for the last
-``FINE_SPAN_S`` and one a minute beyond, up to ``MAX_WINDOW_S``, so memory stays bounded.
+A rate over a window is the increase between the snapshot taken at least ``window`` ago
+(the oldest one while the history is shorter) and a fresh read of the registry, divided
+by the time between them (bucket rates included: app.summary.quantiles turns them into
+quantiles).
+
+Memory and cost stay proportionate:
+
+- A snapshot keeps only the samples the summary queries read (``WATCHED``), as one array
+  of doubles per sample name; the series keys of each array live in a layout shared by
+  every snapshot taken while the registry's series stay the same. A snapshot of 2
+  providers x 500 models (about 33,000 samples) is 8 bytes a sample.
+- prometheus_client's metric objects are read from their children directly: collect()
+  would build a Sample tuple and a label dict for each of those samples.
+- Only the background thread adds snapshots, every ``interval`` seconds. A summary reads
+  the registry afresh for "now" and keeps nothing, so requests cannot grow the history.
+- Snapshots thin out with age (``RETENTION``): every one for the last 5 minutes, one per
+  15 s to 15 minutes, one a minute to ``MAX_WINDOW_S``, so a window's start is off by at
+  most 5% of the window, and the rate divides by the true time between the two reads.
+- The whole history, layouts included, stays within ``budget_bytes``: past it, the
+  oldest snapshots go first, and the longest windows answer over the span that is kept.
 """
 
 from __future__ import annotations
@@ -12,39 +28,203 @@ from __future__ import annotations
 import bisect
 import math
 import re
+import sys
 import threading
 import time
+from array import array
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from itertools import accumulate
+from operator import attrgetter
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
-from app.summary.promql import Kind, Matcher, Query
+from app.summary.fleet_health import FLEET_HEALTH_QUERIES
+from app.summary.promql import SUMMARY_QUERIES, Kind, Matcher, Query
 from app.summary.quantiles import Result
 
 #: Longest window a summary may ask for.
 MAX_WINDOW_S = 3600
-#: Snapshots younger than this are all kept; older ones, one per COARSE_STEP_S.
-FINE_SPAN_S = 900
-COARSE_STEP_S = 60
+#: (up to this age in seconds, keep one snapshot per this many seconds; 0: every one).
+RETENTION: tuple[tuple[float, float], ...] = ((300, 0), (900, 15), (MAX_WINDOW_S + 60, 60))
+#: The whole history's default budget: an hour of 2 providers x 500 models takes about
+#: 40 MB (benchmarks/snapshots.py), and a registry ten times that still keeps minutes.
+DEFAULT_BUDGET_BYTES = 64 * 2**20
+#: The sample names the summary queries read; nothing else is kept.
+WATCHED: frozenset[str] = frozenset(
+    query.metric for queries in (*SUMMARY_QUERIES.values(), FLEET_HEALTH_QUERIES) for query in queries
+)
 
-LabelPairs = tuple[tuple[str, str], ...]
-Samples = dict[str, dict[LabelPairs, float]]  # sample name -> labels -> value
+_ARRAY_OVERHEAD = sys.getsizeof(array("d"))
+Plan = tuple[tuple[int, tuple[str, ...]], ...]
+
+
+@dataclass(eq=False, slots=True)
+class Layout:
+    """The series of one sample name, in the order of its values: label ``names`` and,
+    for each series, its label values. Shared by every snapshot with the same series."""
+
+    names: tuple[str, ...]
+    keys: tuple[tuple[str, ...], ...]
+    _positions: dict[tuple[str, ...], int] | None = field(default=None, repr=False)
+    #: query -> the positions it reads and their group keys, while this is the current
+    #: layout of its name (dropped when the reader replaces it), so a request costs one
+    #: pass over the values it reads.
+    plans: dict[Query, Plan] = field(default_factory=dict, repr=False)
+
+    def position(self, key: tuple[str, ...]) -> int | None:
+        if self._positions is None:
+            self._positions = {k: index for index, k in enumerate(self.keys)}
+        return self._positions.get(key)
+
+    @property
+    def nbytes(self) -> int:
+        tuple_size = sys.getsizeof(self.keys[0]) if self.keys else 0
+        return sys.getsizeof(self.keys) + len(self.keys) * tuple_size
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    layout: Layout
+    values: array  # type: ignore[type-arg]  # array("d"), one value per layout key
 
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
     at: float  # monotonic seconds
-    samples: Samples
+    columns: dict[str, Column]
+
+    @property
+    def nbytes(self) -> int:
+        """The values' memory (layouts are shared, and counted once by the history)."""
+        return sys.getsizeof(self.columns) + sum(
+            _ARRAY_OVERHEAD + column.values.itemsize * len(column.values) for column in self.columns.values()
+        )
+
+    def samples(self, name: str) -> Iterator[tuple[dict[str, str], float]]:
+        """(labels, value) of every series of ``name`` (tests, debugging)."""
+        column = self.columns.get(name)
+        if column is not None:
+            for key, value in zip(column.layout.keys, column.values):
+                yield dict(zip(column.layout.names, key)), value
 
 
-def read_registry(registry: CollectorRegistry) -> Samples:
-    samples: Samples = {}
-    for family in registry.collect():
-        for sample in family.samples:
-            samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
-    return samples
+# --- reading a registry -------------------------------------------------------------------
+
+
+class RegistryReader:
+    """Reads the ``names`` samples of a registry into columns.
+
+    prometheus_client's Counter, Gauge and Histogram are read from their children, with
+    the values and ``le`` labels their own collect() reports; any other collector (the
+    HTTP stats, the process collector, a gauge with ``set_function``) through collect().
+    Layouts are reused while a family's series stay the same.
+    """
+
+    def __init__(self, registry: CollectorRegistry, names: frozenset[str] | None = WATCHED) -> None:
+        self.registry = registry
+        self.names = names  # None: every sample
+        self._layouts: dict[str, Layout] = {}
+        self._children_seen: dict[str, tuple[object, ...]] = {}
+        self._unreadable: set[int] = set()  # ids of metric objects read through collect()
+
+    def read(self) -> dict[str, Column]:
+        columns: dict[str, Column] = {}
+        for collector in self._collectors():
+            if id(collector) not in self._unreadable and type(collector) in _DIRECT:
+                try:
+                    self._read_metric(collector, columns)  # type: ignore[arg-type]
+                    continue
+                except AttributeError:  # a prometheus_client whose internals moved: collect() instead
+                    self._unreadable.add(id(collector))
+            self._read_collected(collector, columns)
+        return columns
+
+    def _collectors(self) -> list[Collector]:
+        # The registry's own map of collectors to the names they expose (what its
+        # restricted_registry() reads too), to skip the collectors of unwatched families.
+        registry = self.registry
+        with registry._lock:
+            mapping = dict(registry._collector_to_names)
+        if self.names is None:
+            return list(mapping)
+        return [collector for collector, names in mapping.items() if not self.names.isdisjoint(names)]
+
+    def _wanted(self, name: str) -> bool:
+        return self.names is None or name in self.names
+
+    def _layout(self, name: str, names: tuple[str, ...], signature: tuple[object, ...],
+                keys: Callable[[], Iterable[tuple[str, ...]]]) -> Layout:
+        layout = self._layouts.get(name)
+        if layout is None or layout.names != names or self._children_seen.get(name) != signature:
+            if layout is not None:
+                layout.plans.clear()  # the history may keep the layout, not its plans
+            layout = self._layouts[name] = Layout(names, tuple(keys()))
+            self._children_seen[name] = signature
+        return layout
+
+    def _read_metric(self, metric: Counter | Gauge | Histogram, columns: dict[str, Column]) -> None:
+        if metric._labelnames:
+            with metric._lock:
+                by_labels = metric._metrics.copy()
+            signature: tuple[tuple[str, ...], ...] = tuple(by_labels)
+            children = list(by_labels.values())
+        else:
+            signature, children = ((),), [metric]
+        labelnames = tuple(metric._labelnames)
+        if isinstance(metric, Histogram):
+            self._read_histogram(metric, labelnames, signature, children, columns)
+            return
+        name = metric._name + "_total" if isinstance(metric, Counter) else metric._name
+        if not self._wanted(name):
+            return
+        if isinstance(metric, Gauge) and any("_child_samples" in vars(child) for child in children):
+            raise AttributeError("a gauge with set_function")  # its value is a function's: collect() it
+        values = array("d", map(_VALUE_OF_CHILD, children))
+        columns[name] = Column(self._layout(name, labelnames, signature, lambda: signature), values)
+
+    def _read_histogram(self, metric: Histogram, labelnames: tuple[str, ...], signature: tuple[tuple[str, ...], ...],
+                        children: list[Histogram], columns: dict[str, Column]) -> None:
+        bucket_name, sum_name = metric._name + "_bucket", metric._name + "_sum"
+        if self._wanted(bucket_name):
+            bounds = [floatToGoString(bound) for bound in metric._upper_bounds]
+            values = array("d")
+            for child in children:  # the buckets are stored apart, exposed cumulative
+                values.extend(accumulate(map(_VALUE, child._buckets)))
+            layout = self._layout(bucket_name, (*labelnames, "le"), signature,
+                                  lambda: ((*labels, le) for labels in signature for le in bounds))
+            columns[bucket_name] = Column(layout, values)
+        if self._wanted(sum_name):
+            values = array("d", map(_SUM_OF_CHILD, children))
+            columns[sum_name] = Column(self._layout(sum_name, labelnames, signature, lambda: signature), values)
+
+    def _read_collected(self, collector: Collector, columns: dict[str, Column]) -> None:
+        series: dict[str, list[tuple[dict[str, str], float]]] = {}
+        for family in collector.collect():
+            for sample in family.samples:
+                if self._wanted(sample.name):
+                    series.setdefault(sample.name, []).append((sample.labels, sample.value))
+        for name, samples in series.items():
+            names = tuple(sorted({label for labels, _value in samples for label in labels}))
+            keys = tuple(tuple(labels.get(label, "") for label in names) for labels, _value in samples)
+            layout = self._layout(name, names, keys, lambda keys=keys: keys)
+            columns[name] = Column(layout, array("d", [value for _labels, value in samples]))
+
+
+_DIRECT = (Counter, Gauge, Histogram)
+# The value a child's get() returns, read without its lock and in C loops (map,
+# accumulate): reading one float is atomic, and a snapshot is not atomic across series
+# anyway, as collect() is not. Both of prometheus_client's value classes (in-process and
+# multiprocess) keep the current value in ``_value``.
+_VALUE = attrgetter("_value")
+_VALUE_OF_CHILD = attrgetter("_value._value")
+_SUM_OF_CHILD = attrgetter("_sum._value")
+
+
+# --- the history ---------------------------------------------------------------------------
 
 
 class Snapshots:
@@ -55,38 +235,55 @@ class Snapshots:
         registry: CollectorRegistry,
         interval: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
+        budget_bytes: int = DEFAULT_BUDGET_BYTES,
+        watched: frozenset[str] | None = WATCHED,
     ) -> None:
+        """``watched``: the sample names to keep (None: all; the summaries need WATCHED)."""
         self.registry = registry
         self.interval = interval
         self.clock = clock
+        self.budget_bytes = budget_bytes
+        self._reader = RegistryReader(registry, watched)
         self._history: deque[Snapshot] = deque()
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _history
+        self._read_lock = threading.Lock()  # the reader's layout cache
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     # --- taking snapshots -----------------------------------------------------------
 
+    def read(self) -> Snapshot:
+        """The registry now, kept nowhere."""
+        with self._read_lock:
+            return Snapshot(self.clock(), self._reader.read())
+
     def take(self) -> Snapshot:
-        snapshot = Snapshot(self.clock(), read_registry(self.registry))
+        """Read the registry and keep the snapshot in the history."""
+        snapshot = self.read()
         with self._lock:
             self._history.append(snapshot)
             self._prune(snapshot.at)
         return snapshot
 
     def _prune(self, now: float) -> None:
-        history = self._history
-        while history and now - history[0].at > MAX_WINDOW_S + COARSE_STEP_S:
-            history.popleft()
-        # Thin the coarse part: keep one snapshot per COARSE_STEP_S older than FINE_SPAN_S.
-        kept: list[Snapshot] = []
-        last_coarse = -math.inf
-        for snapshot in history:
-            if now - snapshot.at <= FINE_SPAN_S or snapshot.at - last_coarse >= COARSE_STEP_S:
+        kept: deque[Snapshot] = deque()
+        last_kept = -math.inf
+        for snapshot in self._history:  # oldest first
+            step = _retention_step(now - snapshot.at)
+            if step is None:
+                continue
+            if step == 0 or snapshot.at - last_kept >= step:
                 kept.append(snapshot)
-                if now - snapshot.at > FINE_SPAN_S:
-                    last_coarse = snapshot.at
-        if len(kept) != len(history):
-            self._history = deque(kept)
+                last_kept = snapshot.at
+        while len(kept) > 1 and _history_bytes(kept) > self.budget_bytes:
+            kept.popleft()
+        self._history = kept
+
+    @property
+    def nbytes(self) -> int:
+        """The memory the history holds (values and the layouts they use)."""
+        with self._lock:
+            return _history_bytes(self._history)
 
     def start(self) -> None:
         """Take a snapshot now and every ``interval`` seconds in a daemon thread."""
@@ -115,8 +312,7 @@ class Snapshots:
     def baseline(self, now: Snapshot, window_s: float) -> Snapshot | None:
         """The newest snapshot at least ``window_s`` older than ``now`` (else the oldest)."""
         with self._lock:
-            history = list(self._history)
-        older = [s for s in history if s.at < now.at]
+            older = [s for s in self._history if s.at < now.at]
         if not older:
             return None
         times = [s.at for s in older]
@@ -124,14 +320,47 @@ class Snapshots:
         return older[max(index, 0)]
 
     def evaluate(self, queries: Iterable[Query], window_s: float) -> dict[str, Result]:
-        """Every query over the last ``window_s`` seconds, against a fresh snapshot."""
-        now = self.take()
+        """Every query over the last ``window_s`` seconds, against a fresh read that is
+        not kept."""
+        now = self.read()
         base = self.baseline(now, window_s)
         return {query.name: evaluate(query, now, base) for query in queries}
 
 
-def _matches(labels: LabelPairs, matchers: tuple[Matcher, ...]) -> bool:
-    values = dict(labels)
+def _retention_step(age: float) -> float | None:
+    for up_to, step in RETENTION:
+        if age <= up_to:
+            return step
+    return None
+
+
+def _history_bytes(history: Iterable[Snapshot]) -> int:
+    layouts: dict[int, Layout] = {}
+    total = 0
+    for snapshot in history:
+        total += snapshot.nbytes
+        for column in snapshot.columns.values():
+            layouts[id(column.layout)] = column.layout
+    return total + sum(layout.nbytes for layout in layouts.values())
+
+
+# --- evaluating one query ------------------------------------------------------------------
+
+def _plan(layout: Layout, query: Query) -> Plan:
+    plan = layout.plans.get(query)
+    if plan is None:
+        groups: dict[tuple[str, ...], tuple[str, ...]] = {}  # one tuple per distinct group
+        plan = layout.plans[query] = tuple(
+            (index, groups.setdefault(group, group))
+            for index, key in enumerate(layout.keys)
+            if _matches(layout.names, key, query.matchers)
+            for group in (_group(layout.names, key, query.by),)
+        )
+    return plan
+
+
+def _matches(names: tuple[str, ...], key: tuple[str, ...], matchers: tuple[Matcher, ...]) -> bool:
+    values = dict(zip(names, key))
     for matcher in matchers:
         value = values.get(matcher.label, "")
         if matcher.op == "=":
@@ -147,38 +376,44 @@ def _matches(labels: LabelPairs, matchers: tuple[Matcher, ...]) -> bool:
     return True
 
 
-def _group(labels: LabelPairs, by: tuple[str, ...]) -> tuple[str, ...]:
-    values = dict(labels)
+def _group(names: tuple[str, ...], key: tuple[str, ...], by: tuple[str, ...]) -> tuple[str, ...]:
+    values = dict(zip(names, key))
     return tuple(values.get(name, "") for name in by)
 
 
-def _increase(now: float, before: float | None) -> float:
-    if before is None or now < before:  # a series born in the window, or a counter reset
-        return now
-    return now - before
-
-
 def evaluate(query: Query, now: Snapshot, base: Snapshot | None) -> Result:
+    column = now.columns.get(query.metric)
+    if column is None:
+        return {}
+    plan = _plan(column.layout, query)
+    values = column.values
     if query.kind is Kind.CURRENT:
         result: Result = {}
-        for labels, value in now.samples.get(query.metric, {}).items():
-            if _matches(labels, query.matchers):
-                key = _group(labels, query.by)
-                if query.aggregate == "max":
-                    result[key] = max(result.get(key, -math.inf), value)
-                else:
-                    result[key] = result.get(key, 0.0) + value
+        for index, key in plan:
+            value = values[index]
+            if query.aggregate == "max":
+                result[key] = max(result.get(key, -math.inf), value)
+            else:
+                result[key] = result.get(key, 0.0) + value
         return result
     if base is None:
         return {}
     elapsed = now.at - base.at
     rates: Result = {}
-    before = base.samples.get(query.metric, {})
-    for labels, value in now.samples.get(query.metric, {}).items():
-        if _matches(labels, query.matchers):
-            key = _group(labels, query.by)
-            rates[key] = rates.get(key, 0.0) + _increase(value, before.get(labels)) / elapsed
+    before = base.columns.get(query.metric)
+    same = before is not None and before.layout is column.layout
+    for index, key in plan:
+        value = values[index]
+        if same:
+            previous: float | None = before.values[index]  # type: ignore[union-attr]
+        else:
+            position = None if before is None else before.layout.position(column.layout.keys[index])
+            previous = None if position is None else before.values[position]  # type: ignore[union-attr]
+        # A series born in the window, or a counter reset: all of it is new.
+        increase = value if previous is None or value < previous else value - previous
+        rates[key] = rates.get(key, 0.0) + increase / elapsed
     if query.active_only:  # as its PromQL: drop groups whose +Inf bucket did not grow
         active = {key[1:] for key, value in rates.items() if key[0] == "+Inf" and value > 0}
         rates = {key: value for key, value in rates.items() if key[1:] in active}
     return rates
+

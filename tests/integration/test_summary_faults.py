@@ -4,6 +4,7 @@ and says what happened; /ready reports it without failing."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -133,3 +134,62 @@ def test_bearer_token_reaches_the_backend(fake: FaultyBackend) -> None:
     settings = Settings(prometheus_url=fake.url, prometheus_bearer_token="backend-secret", access_log=False)
     TestClient(create_app(settings)).get(SUMMARY, params={"category": "models"})
     assert fake.requests[-1].headers["authorization"] == "Bearer backend-secret"
+
+
+def _series(value: object, **labels: object) -> dict:
+    return {"metric": {"provider": "alpha", "model": "m1", **labels}, "value": [0, value]}
+
+
+#: Answers no real backend sends, each of which once turned into a 500.
+HOSTILE = {
+    "deep_nesting": b'{"status": "success", "data": {"resultType": "vector", "result": '
+                    + b"[" * 100_000 + b"]" * 100_000 + b"}}",
+    "deep_nesting_not_an_object": b"[" * 100_000 + b"]" * 100_000,
+    "400_digit_value": envelope(result=[{"metric": {}, "value": [0, 0]}]).replace(b"[0, 0]", b"[0, " + b"9" * 400 + b"]"),
+    "400_digit_string": envelope(result=[_series("9" * 400)]),
+    "inf_string": envelope(result=[_series("Inf")]),
+    "minus_inf_string": envelope(result=[_series("-Inf", le="+Inf")]),
+    "nan_strings": envelope(result=[_series("NaN"), _series("nan", le="1")]),
+    "warnings_not_a_list": envelope(result=[], warnings=5),
+    "labels_not_strings": envelope(result=[{"metric": {"provider": {"nested": [1]}, "le": 3}, "value": [0, "1"]}]),
+    "metric_null": envelope(result=[{"metric": None, "value": [0, "1"]}]),
+    "value_null": envelope(result=[{"metric": {}, "value": None}]),
+    "value_object": envelope(result=[{"metric": {}, "value": [0, {"x": 1}]}]),
+    "result_an_object": envelope(result={"a": 1}),
+    "result_type_a_list": json.dumps({"status": "success", "data": {"resultType": [], "result": []}}).encode(),
+    "status_a_list": json.dumps({"status": ["success"], "data": {}}).encode(),
+    "error_type_an_object": json.dumps({"status": "error", "errorType": {"a": 1}, "error": [1]}).encode(),
+    "is_partial_a_string": envelope(result=[], isPartial="yes"),
+}
+#: Answers that read as numbers but make no sense as figures: no 500 either, and no
+#: NaN or Infinity in the JSON (strict parsers refuse them).
+ODD = {
+    "huge_values_overflow_in_sums": envelope(result=[_series("1e308", status=s, le=le)
+                                                     for s in ("success", "server_error") for le in ("1", "+Inf")]),
+    "le_not_a_number": envelope(result=[_series("1", le="abc"), _series("2", le="+Inf")]),
+}
+
+
+@pytest.mark.parametrize("body", HOSTILE.values(), ids=HOSTILE.keys())
+def test_hostile_answers_never_become_a_5xx(client: TestClient, fake: FaultyBackend, body: bytes) -> None:
+    fake.reply = Reply(body=body)
+    started = time.monotonic()
+    responses = [client.get(SUMMARY), client.get("/ready"),
+                 client.get("/prometheus/metrics/health", params={"source": "fleet"})]
+    assert time.monotonic() - started < 3 * (DEADLINE_S + ALLOWANCE_S)
+    assert [response.status_code for response in responses] == [200, 200, 200], responses[0].text
+    summary, ready, fleet = (response.json() for response in responses)
+    assert summary["errors"] and fleet["errors"], (summary["errors"], fleet["errors"])
+    assert ready["backend"]["reachable"] is False and ready["backend"]["error"]
+
+
+def _refuse(constant: str) -> None:
+    raise ValueError(f"{constant} in the JSON")
+
+
+@pytest.mark.parametrize("body", ODD.values(), ids=ODD.keys())
+def test_odd_figures_answer_200_with_strict_json(client: TestClient, fake: FaultyBackend, body: bytes) -> None:
+    fake.reply = Reply(body=body)
+    for response in (client.get(SUMMARY), client.get("/prometheus/metrics/health", params={"source": "fleet"})):
+        assert response.status_code == 200, response.text
+        json.loads(response.text, parse_constant=_refuse)

@@ -89,6 +89,23 @@ def test_window_without_traffic_gives_null_not_zero(service: tuple[SummaryServic
     assert model.p95_ms is None
 
 
+def test_error_rates_follow_the_outcome_taxonomy(service: tuple[SummaryService, Clock]) -> None:
+    summary_service, clock = service
+    summary_service.snapshots.take()
+    for status in (200,) * 4 + (429,) * 5 + (400,):
+        metrics.record_upstream_call("sum-taxonomy", "m1", duration_s=0.1, status_code=status)
+        metrics.record_http_request("POST", "/v1/taxonomy", status, 0.1)
+    metrics.record_http_request("POST", "/v1/taxonomy", 500, 0.1)
+    clock.now = 100.0
+    summary = summary_service.summary([Category.PROVIDERS, Category.MODELS, Category.PERFORMANCE], window_s=100)
+    provider = next(p for p in summary.metrics.providers.providers if p.provider == "sum-taxonomy")
+    model = next(m for m in summary.metrics.models.models if m.provider == "sum-taxonomy")
+    for figures in (provider, model):  # 429 and 400 are no errors; they have shares of their own
+        assert (figures.error_rate, figures.throttled_share, figures.client_error_share) == pytest.approx((0, 0.5, 0.1))
+    # The gateway's own responses are classed alike: one 500 over the six scored (not the 429s).
+    assert summary.metrics.performance.error_rate == pytest.approx(1 / 6)
+
+
 def test_business_top_lists_are_bounded_and_keys_fingerprinted(client: TestClient) -> None:
     for n in range(50):
         metrics.record_credits_used("p", "m", f"whale-{n}", 1e9 + n, api_key=f"sk-live-{n}")

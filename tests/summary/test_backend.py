@@ -18,7 +18,15 @@ from prometheus_client import CollectorRegistry, Gauge, make_asgi_app
 from support.faulty_backend import FaultyBackend, Reply, envelope, error_envelope
 from support.servers import AppServer, MetricsServer, free_port, serve_app, start_prometheus, start_victoriametrics
 
-from app.summary.backend import BatchResult, PrometheusBackend, escape_label_value, label_matcher
+from app.summary.backend import (
+    BackendFailure,
+    BatchResult,
+    PrometheusBackend,
+    QueryResult,
+    escape_label_value,
+    label_matcher,
+    parse_response,
+)
 
 #: Label values the probe app exports, one series each, valued by their index.
 LABEL_VALUES = (
@@ -404,3 +412,44 @@ def test_label_matcher_refuses_a_bad_label_name() -> None:
 def test_text_that_is_not_unicode_is_refused() -> None:
     with pytest.raises(ValueError, match="surrogate"):
         escape_label_value("bad \udc80 byte")
+
+
+# --- any bytes: an answer or a BackendFailure, nothing else ------------------------------
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+_FIELDS = st.sampled_from(["status", "data", "resultType", "result", "metric", "value", "values", "warnings",
+                           "isPartial", "errorType", "error"])
+#: Envelopes shaped like Prometheus answers, with anything anywhere.
+_ENVELOPES = st.recursive(
+    _JSON,
+    lambda inner: st.dictionaries(_FIELDS | st.text(max_size=3), inner, max_size=4) | st.lists(inner, max_size=3),
+    max_leaves=20,
+).map(lambda value: {"status": "success", "data": value} if not isinstance(value, dict) else value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(envelope=_ENVELOPES, status=st.sampled_from([200, 400, 422, 503]), finite_only=st.booleans())
+def test_any_envelope_reads_as_an_answer_or_a_backend_failure(envelope: Any, status: int, finite_only: bool) -> None:
+    import json
+
+    try:
+        answer = parse_response(status, json.dumps(envelope).encode(), finite_only=finite_only)
+    except BackendFailure:
+        return
+    assert isinstance(answer, QueryResult)
+    for sample in answer.samples:
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in sample.labels.items())
+        assert isinstance(sample.value, float) and not math.isnan(sample.value)
+        assert math.isfinite(sample.value) or not finite_only
+
+
+@pytest.mark.parametrize("body", [b"[" * 100_000 + b"]" * 100_000, b'{"status": "success", "data": {"resultType": '
+                                  b'"vector", "result": [{"metric": {}, "value": [0, ' + b"9" * 400 + b"]}]}}"])
+def test_nesting_and_huge_numbers_are_garbage(body: bytes) -> None:
+    with pytest.raises(BackendFailure) as failure:
+        parse_response(200, body)
+    assert failure.value.error.kind == "garbage"

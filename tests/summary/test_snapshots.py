@@ -9,7 +9,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from app.summary.promql import Kind, Matcher, Query, buckets, current, rate
 from app.summary.quantiles import histogram_quantile, quantiles_by
-from app.summary.snapshots import COARSE_STEP_S, FINE_SPAN_S, MAX_WINDOW_S, Snapshots
+from app.summary.snapshots import MAX_WINDOW_S, RETENTION, WATCHED, Snapshots
 
 
 class Clock:
@@ -49,7 +49,7 @@ def test_histogram_quantile_is_nan_when_undefined(buckets: dict[float, float]) -
 def make() -> tuple[CollectorRegistry, Clock, Snapshots]:
     registry = CollectorRegistry()
     clock = Clock()
-    return registry, clock, Snapshots(registry, interval=5, clock=clock)
+    return registry, clock, Snapshots(registry, interval=5, clock=clock, watched=None)
 
 
 def test_rate_is_the_increase_over_the_window_per_second() -> None:
@@ -130,29 +130,104 @@ def test_quantiles_roll_up_to_coarser_groups() -> None:
     assert quantiles_by(rates, 0.5)[()] == pytest.approx(1 + 6 / 14)
 
 
-def test_history_is_bounded() -> None:
+def test_history_thins_out_with_age() -> None:
     registry, clock, snapshots = make()
     Counter("c", "", registry=registry).inc()
     for second in range(0, 2 * MAX_WINDOW_S, 5):
         clock.now = second
         snapshots.take()
-    fine = FINE_SPAN_S // 5
-    coarse = (MAX_WINDOW_S - FINE_SPAN_S) // COARSE_STEP_S
-    assert len(snapshots) <= fine + coarse + 3
+    expected, start = 0.0, 0.0
+    for up_to, step in RETENTION:
+        expected += (up_to - start) / (step or 5)
+        start = up_to
+    assert len(snapshots) <= expected + len(RETENTION)
+    ages = [clock.now - s.at for s in snapshots._history]
+    assert max(ages) >= MAX_WINDOW_S  # the longest window still has its baseline
+
+
+def test_requests_never_grow_the_history() -> None:
+    registry, clock, snapshots = make()
+    calls = Counter("calls", "", registry=registry)
+    snapshots.take()
+    for n in range(300):
+        clock.now = n / 10
+        calls.inc()
+        snapshots.evaluate([rate("r", "calls_total")], window_s=10 + n)
+    assert len(snapshots) == 1
+
+
+def test_history_stays_within_its_budget() -> None:
+    registry = CollectorRegistry()
+    clock = Clock()
+    snapshots = Snapshots(registry, clock=clock, budget_bytes=400_000, watched=None)
+    latency = Histogram("lat_seconds", "", ["model"], registry=registry)
+    for model in range(200):
+        latency.labels(str(model)).observe(0.1)
+    for second in range(0, 900, 5):
+        clock.now = second
+        snapshots.take()
+    assert snapshots.nbytes <= 400_000
+    assert 1 < len(snapshots) < 900 / 5
+    assert snapshots._history[-1].at == clock.now  # the oldest go first
+
+
+def test_only_watched_samples_are_kept() -> None:
+    registry = CollectorRegistry()
+    Counter("model_inference_requests", "", ["provider", "model", "status"], registry=registry).labels(
+        "a", "m", "success").inc()
+    Counter("unrelated", "", ["x"], registry=registry).labels("y").inc()
+    snapshot = Snapshots(registry).take()
+    assert set(snapshot.columns) == {"model_inference_requests_total"} <= WATCHED
+
+
+def test_direct_read_matches_collect() -> None:
+    registry = CollectorRegistry()
+    Counter("hits", "", ["route"], registry=registry).labels("/a").inc(3)
+    Counter("plain", "", registry=registry).inc(2)
+    Gauge("level", "", ["tank"], registry=registry).labels("t1").set(-4.5)
+    Gauge("computed", "", registry=registry).set_function(lambda: 7.0)
+    histogram = Histogram("lat_seconds", "", ["model"], buckets=(0.1, 1.0), registry=registry)
+    histogram.labels("m").observe(0.5)
+    histogram.labels("n").observe(5)
+    Histogram("bare_seconds", "", registry=registry).observe(0.2)
+    expected = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in registry.collect() for sample in family.samples
+    }
+    snapshot = Snapshots(registry, watched=None).read()
+    read = {
+        (name, tuple(sorted(labels.items()))): value
+        for name in snapshot.columns
+        for labels, value in snapshot.samples(name)
+    }
+    assert read and all(expected[key] == value for key, value in read.items())
+    assert {name for name, _labels in read} >= {"hits_total", "plain_total", "level", "computed", "lat_seconds_bucket",
+                                                "lat_seconds_sum", "bare_seconds_bucket"}
 
 
 def test_promql_rendering() -> None:
-    assert rate("r", "calls_total", "provider").promql(300) == "sum by (provider) (rate(calls_total[5m]))"
-    assert buckets("b", "lat_seconds", "provider", "model").promql(90) == (
-        "sum by (le, provider, model) (rate(lat_seconds_bucket[90s])) and on (provider, model) "
-        "(sum by (provider, model) (rate(lat_seconds_count[90s])) > 0)"
+    # Sums take one series per instance first: an instance scraped by two jobs counts once.
+    assert rate("r", "model_inference_requests_total", "provider").promql(300) == (
+        "sum by (provider) (max by (instance, provider, model, status) "
+        "(rate(model_inference_requests_total[5m])))"
     )
-    assert buckets("b", "lat_seconds").promql(60) == "sum by (le) (rate(lat_seconds_bucket[1m]))"
+    assert rate("r", "calls_total", "provider").promql(300) == (
+        "sum by (provider) (max without (job) (rate(calls_total[5m])))"
+    )
+    assert buckets("b", "lat_seconds", "provider", "model").promql(90) == (
+        "sum by (le, provider, model) (max without (job) (rate(lat_seconds_bucket[90s]))) and on (provider, model) "
+        "(sum by (provider, model) (max without (job) (rate(lat_seconds_count[90s]))) > 0)"
+    )
+    assert buckets("b", "database_query_duration_seconds").promql(60) == (
+        "sum by (le) (max by (instance, table, le) (rate(database_query_duration_seconds_bucket[1m])))"
+    )
     job = (Matcher("job", "=", "gateway-metrics"),)
-    assert rate("r", "calls_total").promql(60, job) == 'sum(rate(calls_total{job="gateway-metrics"}[1m]))'
-    assert current("c", "keys", aggregate="max").promql(300) == "max(keys)"
+    assert rate("r", "cache_hits_total").promql(60, job) == (
+        'sum(max by (instance, cache_name) (rate(cache_hits_total{job="gateway-metrics"}[1m])))'
+    )
+    assert current("c", "keys", aggregate="max").promql(300) == "max(keys)"  # max needs no dedup
 
 
 def test_label_values_are_escaped_in_promql() -> None:
     query = Query("x", Kind.CURRENT, "m", matchers=(Matcher("model", "=", 'a"} or vector(1) #\\\n'),))
-    assert query.promql(300) == 'sum(m{model="a\\"} or vector(1) #\\\\\\n"})'
+    assert query.promql(300) == 'sum(max without (job) (m{model="a\\"} or vector(1) #\\\\\\n"}))'
