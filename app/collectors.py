@@ -73,7 +73,11 @@ class TokenEfficiencyCollector(_ComputedCollector):
 
 
 class ProviderHealthCollector(_ComputedCollector):
-    """The provider gauges, from the app's health tracker at scrape time."""
+    """The provider gauges, from the app's health tracker at scrape time: the first
+    providers recorded up to the label cap; each one beyond it is counted once in
+    ``gatewayz_label_overflow_total``, not exported."""
+
+    _overflow_counted = 0
 
     families = (
         "gatewayz_provider_health_score",
@@ -86,7 +90,12 @@ class ProviderHealthCollector(_ComputedCollector):
         from app.scoring import get_tracker
 
         gauges = {name: _gauge(name)[1] for name in self.families}
-        for health in get_tracker().snapshot():
+        healths, beyond = get_tracker().exported(METRICS["provider_response_time_seconds"].label_cap)
+        if beyond > self._overflow_counted:
+            METRICS["gatewayz_label_overflow_total"].child(self.families[0], "provider").inc(
+                beyond - self._overflow_counted)
+            self._overflow_counted = beyond
+        for health in healths:
             labels = [health.provider]
             gauges["gatewayz_provider_health_score"].add_metric(labels, health.score)
             gauges["provider_availability"].add_metric(labels, health.availability)

@@ -59,7 +59,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         snapshots.start()
-        probes = ProbeRunner(get_tracker(), settings.probe_urls, settings.probe_interval_seconds)
+        probes = ProbeRunner(get_tracker(), settings.probe_urls, settings.probe_interval_seconds,
+                             unhealthy_interval_s=settings.probe_unhealthy_interval_seconds)
         probes.start()
         tasks: list[asyncio.Task[None]] = []
         if settings.demo:

@@ -24,7 +24,7 @@ from typing import Any
 from app.catalogue import UNKNOWN_VALUE
 from app.http_stats import HTTP_STATS
 from app.registry import MAX_LABEL_LENGTH, METRICS, safe_text
-from app.scoring import add_transition_listener, classify, get_tracker
+from app.scoring import Permit, add_transition_listener, classify, get_tracker
 from app.scoring.outcome import status_label
 from app.topn import SpaceSaving, key_fingerprint
 
@@ -130,10 +130,16 @@ def _status_of_error(error: BaseException | str) -> str:
     return status_label(classify(None, error, None), None, error)
 
 
-def _tracker_record(provider: str, **outcome: Any) -> None:
-    """Feed the app's provider health tracker; its failures never reach the caller."""
+def _tracker_record(provider: str, permit: Permit | None, **outcome: Any) -> None:
+    """Feed the app's provider health tracker; its failures never reach the caller.
+
+    Without the call's permit one is asked for now: in half-open the outcome then counts
+    only when a trial permit is free, never in place of a trial still in flight."""
     try:
-        zone = get_tracker().record(provider, **outcome)
+        tracker = get_tracker()
+        if permit is None:
+            permit = tracker.allow(provider)
+        zone = tracker.record(provider, permit=permit, **outcome)
     except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
         reject("health_tracker", "tracker_error")
         return
@@ -158,6 +164,7 @@ def record_upstream_call(
     ttft_s: Any = None,
     headers: Mapping[str, str] | None = None,
     error_code: str | None = None,
+    permit: Permit | None = None,
 ) -> None:
     """Record one finished upstream call: counters, latency histograms and health.
 
@@ -165,7 +172,8 @@ def record_upstream_call(
     ``error`` an exception or a kind ("timeout", "connection", "stream_broken");
     ``ttft_s`` the time to first token of a streamed call; ``headers`` the provider's
     response headers (rate-limit hints); ``error_code`` its error code
-    (``insufficient_quota``).
+    (``insufficient_quota``); ``permit`` the call's permit from ``tracker.allow``, so the
+    breaker counts the outcome for the period the call was admitted in.
     """
     duration = _amount(duration_s, "track_model_inference")
     ttft = None if ttft_s is None else _amount(ttft_s, "record_time_to_first_token")
@@ -178,6 +186,7 @@ def record_upstream_call(
         _ttft.child(provider, model).observe(ttft)
     _tracker_record(
         _provider_response.label_value("provider", provider),
+        permit,
         duration_s=duration if duration is not None else 0.0,
         status_code=status_code,
         error=error,
@@ -227,14 +236,19 @@ class InferenceCall(_Timed):
     for a provider's answer, ``call.fail(...)`` for a failure that raised nothing.
     """
 
-    __slots__ = ("provider", "model", "ttft_s", "status_code", "error", "error_code", "headers")
+    __slots__ = ("provider", "model", "permit", "ttft_s", "status_code", "error", "error_code", "headers")
 
-    def __init__(self, provider: Any, model: Any) -> None:
+    def __init__(self, provider: Any, model: Any, permit: Permit | None = None) -> None:
         self.provider = provider
         self.model = model
         self.started = 0.0
+        self.permit = permit
         try:  # the call's load counts for choose() until record() ends it
-            get_tracker().start(_provider_response.label_value("provider", provider))
+            name = _provider_response.label_value("provider", provider)
+            if permit is None:  # ask for the call's permit as it begins; record() returns it
+                self.permit = get_tracker().begin(name)
+            else:
+                get_tracker().start(name)
         except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
             reject("health_tracker", "tracker_error")
         self.ttft_s: float | None = None
@@ -276,10 +290,11 @@ class InferenceCall(_Timed):
             ttft_s=self.ttft_s,
             headers=self.headers,
             error_code=self.error_code,
+            permit=self.permit,
         )
 
 
-def track_model_inference(provider: Any, model: Any) -> InferenceCall:
+def track_model_inference(provider: Any, model: Any, *, permit: Permit | None = None) -> InferenceCall:
     """Time an upstream call and record its outcome; an exception in the block is a failure.
 
     ::
@@ -287,8 +302,11 @@ def track_model_inference(provider: Any, model: Any) -> InferenceCall:
         with track_model_inference("openrouter", "gpt-4o") as call:
             response = await client.post(...)
             call.status_code = response.status_code
+
+    The call asks the health tracker for its permit as it begins and hands it back with
+    its outcome; pass ``permit=`` when the gateway already took one with ``allow()``.
     """
-    return InferenceCall(provider, model)
+    return InferenceCall(provider, model, permit)
 
 
 def record_time_to_first_token(provider: Any, model: Any, seconds: Any) -> None:

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
         description="Active probes, as provider=url pairs separated by commas.",
     )
     probe_interval_seconds: float = Field(15.0, gt=0, description="Interval between probes.")
+    probe_unhealthy_interval_seconds: float = Field(
+        1.0, gt=0, description="Interval between probes of a provider whose circuit is not closed."
+    )
 
     @field_validator("health_weights", mode="before")
     @classmethod
