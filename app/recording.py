@@ -25,7 +25,7 @@ from app.catalogue import UNKNOWN_VALUE
 from app.http_stats import HTTP_STATS
 from app.registry import MAX_LABEL_LENGTH, METRICS, safe_text
 from app.scoring import Permit, add_transition_listener, classify, get_tracker
-from app.scoring.outcome import status_label
+from app.scoring.outcome import http_status, status_label
 from app.topn import SpaceSaving, key_fingerprint
 
 _requests = METRICS["model_inference_requests_total"]
@@ -102,9 +102,11 @@ _STATUS_BY_CODE = {code: status_label(classify(code, None, None), code) for code
 
 def inference_status(status_code: int | None = None, error: BaseException | str | None = None) -> str:
     """The ``status`` label of an upstream call: success or its error category."""
+    if type(status_code) is not int:
+        status_code = http_status(status_code)
     if status_code is None and error is not None:
         status_code = _status_code_of(error)
-    if isinstance(status_code, int) and not isinstance(status_code, bool):
+    if status_code is not None:
         if status_code < 400:
             return "success" if error is None else _status_of_error(error)
         label = _STATUS_BY_CODE.get(status_code)

@@ -88,8 +88,22 @@ QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "bi
 _UNREACHED_ERRORS = ("timeout", "timedout", "connect", "network", "unreachable", "refused", "reset")
 
 
+def http_status(value: object) -> int | None:
+    """``value`` as an HTTP status code: an int as it is, an integral float or a string of
+    digits (``500.0``, ``"503"``: what loosely typed clients hand over) as its int, else None."""
+    if type(value) is int:
+        return value
+    if isinstance(value, float) and value.is_integer() and 100 <= value < 1000:
+        return int(value)
+    if isinstance(value, str) and len(value.strip()) == 3 and value.strip().isdigit():
+        return int(value)
+    return None
+
+
 def classify(status_code: int | None, error: BaseException | str | None, error_code: str | None) -> Outcome:
-    if status_code is not None and not isinstance(status_code, bool) and isinstance(status_code, int):
+    if type(status_code) is not int:
+        status_code = http_status(status_code)
+    if status_code is not None:
         if status_code == 429 or status_code == 529:  # 529: Anthropic's "overloaded"
             return Outcome.QUOTA if _is_quota(error_code) else Outcome.THROTTLED
         if status_code in (401, 403):
