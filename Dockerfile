@@ -8,13 +8,16 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     GATEWAY_METRICS_HOST=0.0.0.0 \
     GATEWAY_METRICS_PORT=8000
 
-WORKDIR /srv/gateway-metrics
-COPY pyproject.toml README.md ./
-COPY app ./app
-COPY docs ./docs
-# Editable, so the app finds docs/PROMQL.md beside it (served at /prometheus/metrics/docs).
-RUN pip install -e . \
+# A normal install: the wheel carries what the app reads (the PromQL guide, package data),
+# so the sources are removed once it is built and the service runs from site-packages.
+COPY pyproject.toml README.md /tmp/src/
+COPY app /tmp/src/app
+COPY docs /tmp/src/docs
+RUN pip install /tmp/src \
+    && rm -rf /tmp/src \
     && useradd --system --uid 10001 --no-create-home gateway
+
+WORKDIR /srv/gateway-metrics
 
 USER 10001
 EXPOSE 8000

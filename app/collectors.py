@@ -89,7 +89,11 @@ class TokenEfficiencyCollector(_ComputedCollector):
 
 
 class ProviderHealthCollector(_ComputedCollector):
-    """The provider gauges, from the app's health tracker at scrape time."""
+    """The provider gauges, from the app's health tracker at scrape time: the first
+    providers recorded up to the label cap; each one beyond it is counted once in
+    ``gatewayz_label_overflow_total``, not exported."""
+
+    _overflow_counted = 0
 
     families = (
         "gatewayz_provider_health_score",
@@ -102,7 +106,12 @@ class ProviderHealthCollector(_ComputedCollector):
         from app.scoring import get_tracker
 
         gauges = {name: _gauge(name)[1] for name in self.families}
-        for health in get_tracker().snapshot():
+        healths, beyond = get_tracker().exported(METRICS["provider_response_time_seconds"].label_cap)
+        if beyond > self._overflow_counted:
+            METRICS["gatewayz_label_overflow_total"].child(self.families[0], "provider").inc(
+                beyond - self._overflow_counted)
+            self._overflow_counted = beyond
+        for health in healths:
             labels = [health.provider]
             gauges["gatewayz_provider_health_score"].add_metric(labels, health.score)
             gauges["provider_availability"].add_metric(labels, health.availability)
@@ -159,6 +168,7 @@ class GaugePublisher:
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
+        self._collectors = [collector_type() for collector_type in PUBLISHED]  # kept: they count overflow once
         self._gauges: dict[str, tuple[Gauge, tuple[str, ...]]] = {}
         for collector_type in PUBLISHED:
             for name in collector_type.families:
@@ -170,8 +180,8 @@ class GaugePublisher:
         self._thread: threading.Thread | None = None
 
     def publish(self) -> None:
-        for collector_type in PUBLISHED:
-            for metric in collector_type().collect():
+        for collector in self._collectors:
+            for metric in collector.collect():
                 gauge, label_names = self._gauges[metric.name]
                 for sample in metric.samples:
                     gauge.labels(*(sample.labels[name] for name in label_names)).set(sample.value)

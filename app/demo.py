@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from app import metrics
+from app.scoring import Permit
 from app.settings import Settings
 
 
@@ -124,7 +125,7 @@ class DemoTraffic:
         candidates = MODEL_PROVIDERS[model]  # in the operator's order of preference
         choice = tracker.choose(candidates)
         for provider in choice.order:
-            if tracker.allow(provider):
+            if permit := tracker.allow(provider):
                 break
         else:  # every circuit refused: the gateway answers 503 without calling upstream
             metrics.record_routing_decision("panic")
@@ -132,7 +133,7 @@ class DemoTraffic:
             return
         primary = provider == candidates[0]
         metrics.record_routing_decision("panic" if choice.panic else "primary" if primary else "failover")
-        self._upstream_call(PROFILES[provider], model)
+        self._upstream_call(PROFILES[provider], model, permit)
 
     def _junk_model_call(self) -> None:
         """A misbehaving client asking for made-up models: the provider answers 404, and
@@ -141,7 +142,7 @@ class DemoTraffic:
         metrics.record_upstream_call("openrouter", junk, duration_s=0.08, status_code=404)
         metrics.record_http_request("POST", "/v1/chat/completions", 404, 0.085)
 
-    def _upstream_call(self, profile: ProviderProfile, model: str) -> None:
+    def _upstream_call(self, profile: ProviderProfile, model: str, permit: Permit) -> None:
         rng = self.rng
         stream = rng.random() < 0.6
         error_rate, timeout_rate, latency_factor = profile.error_rate, 0.0, 1.0
@@ -174,6 +175,7 @@ class DemoTraffic:
             error=error,
             ttft_s=ttft if stream and status_code is None and error is None else None,
             headers=headers,
+            permit=permit,  # the outcome counts for the breaker period the call was admitted in
         )
         http_status = 200 if status_code is None and error is None else (status_code or 504)
         # An upstream timeout surfaces in the gateway as an exception its handler raises.

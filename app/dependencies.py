@@ -24,10 +24,10 @@ SettingsDep = Annotated[Settings, Depends(get_app_settings)]
 
 async def require_api_key(request: Request, settings: SettingsDep) -> None:
     """Check the bearer token when ``GATEWAY_METRICS_API_KEY`` is set; 401 otherwise."""
-    if settings.api_key is None:
+    expected = settings.bearer_token
+    if expected is None:
         return
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    expected = settings.api_key.get_secret_value().encode()
     # compare_digest keeps the comparison time independent of where the tokens differ.
     if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
         raise HTTPException(

@@ -30,7 +30,7 @@ from prometheus_client.utils import floatToGoString
 
 from app import multiprocess
 from app.catalogue import FAMILIES_BY_NAME, Label
-from app.registry import METRICS, LabelValues, clean_labels
+from app.registry import DEFAULT_SERIES_CAP, METRICS, LabelSets, LabelValues, clean_labels, label_sets_within
 
 _REQUESTS = FAMILIES_BY_NAME["http_requests_total"]
 _DURATION = FAMILIES_BY_NAME["http_request_duration_seconds"]
@@ -85,6 +85,10 @@ class HttpStats:
     def __init__(self, label_cap: int = 500, in_files: bool | None = None) -> None:
         labels: tuple[Label, ...] = _REQUESTS.labels  # method, endpoint, status_code
         self._values = [LabelValues(label, label_cap) for label in labels]
+        # The series caps of both families: (method, endpoint, status_code) sets of the
+        # counter, (method, endpoint) sets of the histogram.
+        self._request_sets = LabelSets(self._values, DEFAULT_SERIES_CAP)
+        self._route_sets = LabelSets(self._values[:2], label_sets_within(_DURATION, DEFAULT_SERIES_CAP))
         self._lock = threading.Lock()  # slow path only: new shards
         self._local = threading.local()
         self._shards: list[_Shard] = []
@@ -101,6 +105,10 @@ class HttpStats:
     def set_label_cap(self, label_cap: int) -> None:
         for values in self._values:
             values.cap = label_cap
+
+    def set_series_cap(self, series_cap: int) -> None:
+        self._request_sets.cap = label_sets_within(_REQUESTS, series_cap)
+        self._route_sets.cap = label_sets_within(_DURATION, series_cap)
 
     def endpoint_label(self, endpoint: Any) -> str:
         """What ``endpoint`` records as (``"other"`` past the cap)."""
@@ -149,7 +157,7 @@ class HttpStats:
         series.buckets[bisect_left(BUCKETS, duration_s)].inc(1)
 
     def _new_file_series(self, key: tuple[Any, Any, Any]) -> _FileSeries:
-        labels, overflowed = clean_labels(self._values, key)
+        labels, overflowed = self._labels_of(key)
         series = _FileSeries(self._requests.labels(*labels), self._duration.labels(labels[0], labels[1]))
         with self._lock:
             self._file_labels.add((labels[0], labels[1], labels[2]))
@@ -162,8 +170,16 @@ class HttpStats:
             METRICS["gatewayz_label_overflow_total"].child(_REQUESTS.name, name).inc()
         return series
 
-    def _new_series(self, shard: _Shard, key: tuple[Any, Any, Any]) -> list[float]:
+    def _labels_of(self, key: tuple[Any, Any, Any]) -> tuple[list[str], list[str]]:
+        """(recorded labels, labels recorded as "other") of a raw (method, endpoint, status):
+        cleaned and capped per label, then within both families' series caps."""
         labels, overflowed = clean_labels(self._values, key)
+        route, folded = self._route_sets.admit(labels[:2])
+        labels, folded_sets = self._request_sets.admit(route + labels[2:])
+        return labels, overflowed + folded + folded_sets
+
+    def _new_series(self, shard: _Shard, key: tuple[Any, Any, Any]) -> list[float]:
+        labels, overflowed = self._labels_of(key)
         label_key: LabelKey = (labels[0], labels[1], labels[2])
         series = shard.by_labels.get(label_key)
         if series is None:
@@ -227,6 +243,8 @@ class HttpStats:
             self._file_labels.clear()
             for values in self._values:
                 values.clear()
+            self._request_sets.clear()
+            self._route_sets.clear()
 
 
 class RequestsCollector(Collector):

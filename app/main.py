@@ -49,6 +49,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     METRICS.set_label_cap(settings.label_cap)
     HTTP_STATS.set_label_cap(settings.label_cap)
+    METRICS.set_series_cap(settings.series_cap)
+    HTTP_STATS.set_series_cap(settings.series_cap)
     configure_tracker(settings)
     register_collectors()
     snapshots = local_snapshots(settings.snapshot_interval_seconds, settings.summary_history_mb)
@@ -60,7 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         publisher = gauge_publisher()
         if publisher is not None:
             publisher.start()
-        probes = ProbeRunner(get_tracker(), settings.probe_urls, settings.probe_interval_seconds)
+        probes = ProbeRunner(get_tracker(), settings.probe_urls, settings.probe_interval_seconds,
+                             unhealthy_interval_s=settings.probe_unhealthy_interval_seconds)
         probes.start()
         tasks: list[asyncio.Task[None]] = []
         if settings.demo:

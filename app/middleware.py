@@ -19,6 +19,8 @@ from collections.abc import Iterator
 from time import perf_counter, time
 from typing import Any
 
+from starlette.middleware.errors import ServerErrorMiddleware
+from starlette.requests import Request
 from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -109,12 +111,13 @@ class MetricsMiddleware:
             state = scope["state"] = {}
         state["request_id"] = request_id  # request.state.request_id, for the app's own logs
         entry_root_path = scope.get("root_path", "")
-        # status, body bytes, end of the last body chunk: filled in by send_wrapper
-        response: list[Any] = [500, 0, 0.0]
+        # status, body bytes, end of the last body chunk, started: filled in by send_wrapper
+        response: list[Any] = [500, 0, 0.0, False]
 
         async def send_wrapper(message: Message) -> None:
             if message["type"] == "http.response.start":
                 response[0] = message["status"]
+                response[3] = True
                 # ASGI response header names are lowercase; ours replaces the app's own.
                 headers = [h for h in message.get("headers") or () if h[0] != REQUEST_ID_HEADER]
                 headers.append((REQUEST_ID_HEADER, request_id.encode("latin-1")))
@@ -130,7 +133,12 @@ class MetricsMiddleware:
         error: BaseException | None = None
         try:
             await self.app(scope, receive, send_wrapper)
-        except BaseException as exc:
+        except Exception as exc:
+            error = exc
+            if not response[3]:
+                await _answer_unhandled(scope, receive, send_wrapper, exc)
+            raise
+        except BaseException as exc:  # a cancelled request: nobody is left to answer
             error = exc
             raise
         finally:
@@ -144,6 +152,23 @@ class MetricsMiddleware:
             access_log = self.access_log
             if access_log is not None and access_log.enabled():
                 access_log.add(_access_fields(scope, request_id, method, route, response, duration))
+
+
+async def _answer_unhandled(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:
+    """Send the 500 of an exception the app let through, as Starlette's
+    ServerErrorMiddleware would, but through this middleware's ``send``: so the response
+    carries the request's X-Request-ID. The exception still propagates, and the outer
+    ServerErrorMiddleware, seeing a response started, only logs it.
+
+    An app with its own 500 handler, or in debug mode, answers itself (once, outside):
+    its handler can read ``request.state.request_id``.
+    """
+    app = scope.get("app")
+    handlers = getattr(app, "exception_handlers", None) or {}
+    if 500 in handlers or Exception in handlers or getattr(app, "debug", False):
+        return
+    response = ServerErrorMiddleware(app).error_response(Request(scope), exc)
+    await response(scope, receive, send)
 
 
 def _access_fields(

@@ -3,8 +3,9 @@
 They keep the seed's names and keyword arguments, so code written against it runs
 unchanged. None of them raises into the caller on bad input: a label value that is
 None, empty or of the wrong type records as ``"unknown"`` (enums as their fallback), a
-number that is not a finite, non-negative number is dropped and counted in
-``gatewayz_recording_rejected_total{helper, reason}``. Everything that is sane is kept.
+number that is not a finite, non-negative number a float can hold (``10**400`` is not)
+is dropped and counted in ``gatewayz_recording_rejected_total{helper, reason}``. A helper
+checks every number before it records anything, then keeps everything that is sane.
 
 Cost: each helper is a dict lookup for the cached label child plus the prometheus_client
 ``inc``/``observe`` itself (see ``benchmarks/hot_path.py``).
@@ -13,16 +14,18 @@ Cost: each helper is a dict lookup for the cached label child plus the prometheu
 from __future__ import annotations
 
 import math
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from time import perf_counter
 from types import TracebackType
 from typing import Any
 
+from app.catalogue import UNKNOWN_VALUE
 from app.http_stats import HTTP_STATS
-from app.registry import METRICS
-from app.scoring import add_transition_listener, classify, get_tracker
-from app.scoring.outcome import status_label
+from app.registry import MAX_LABEL_LENGTH, METRICS, safe_text
+from app.scoring import Permit, add_transition_listener, classify, get_tracker
+from app.scoring.outcome import http_status, status_label
 from app.topn import SpaceSaving, key_fingerprint
 
 _requests = METRICS["model_inference_requests_total"]
@@ -55,18 +58,37 @@ def reject(helper: str, reason: str) -> None:
     _rejected.child(helper, reason).inc()
 
 
+#: The largest float: an int past it cannot be recorded (float() raises OverflowError).
+_LARGEST = sys.float_info.max
+
+
 def _amount(value: Any, helper: str, signed: bool = False) -> float | None:
     """``value`` as a finite (non-negative unless ``signed``) float, or None, counted."""
-    if type(value) is float or type(value) is int:  # the common case, checked cheaply
-        if (value >= 0 or signed) and -math.inf < value < math.inf:
+    # The common case, checked cheaply: int/float comparisons are exact, so this refuses
+    # NaN, the infinities and ints no float can hold alike.
+    if type(value) is float or type(value) is int:
+        if (value >= 0 or signed) and -_LARGEST <= value <= _LARGEST:
             return value
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        number = float(value)
-        if (number >= 0 or signed) and math.isfinite(number):
-            return number
-    reason = "not_a_number" if not isinstance(value, (int, float)) or isinstance(value, bool) else (
-        "negative" if value < 0 else "not_finite"
-    )
+    return _checked_amount(value, helper, signed)
+
+
+def _checked_amount(value: Any, helper: str, signed: bool) -> float | None:
+    """``_amount`` for subclasses of int and float, and every value it refuses."""
+    reason = "not_a_number"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            reason = "too_large"
+        except Exception:  # noqa: BLE001 - a subclass whose __float__ fails
+            pass
+        else:
+            if not math.isfinite(number):
+                reason = "not_finite"
+            elif number < 0 and not signed:
+                reason = "negative"
+            else:
+                return number
     reject(helper, reason)
     return None
 
@@ -80,9 +102,11 @@ _STATUS_BY_CODE = {code: status_label(classify(code, None, None), code) for code
 
 def inference_status(status_code: int | None = None, error: BaseException | str | None = None) -> str:
     """The ``status`` label of an upstream call: success or its error category."""
+    if type(status_code) is not int:
+        status_code = http_status(status_code)
     if status_code is None and error is not None:
         status_code = _status_code_of(error)
-    if isinstance(status_code, int) and not isinstance(status_code, bool):
+    if status_code is not None:
         if status_code < 400:
             return "success" if error is None else _status_of_error(error)
         label = _STATUS_BY_CODE.get(status_code)
@@ -108,10 +132,16 @@ def _status_of_error(error: BaseException | str) -> str:
     return status_label(classify(None, error, None), None, error)
 
 
-def _tracker_record(provider: str, **outcome: Any) -> None:
-    """Feed the app's provider health tracker; its failures never reach the caller."""
+def _tracker_record(provider: str, permit: Permit | None, **outcome: Any) -> None:
+    """Feed the app's provider health tracker; its failures never reach the caller.
+
+    Without the call's permit one is asked for now: in half-open the outcome then counts
+    only when a trial permit is free, never in place of a trial still in flight."""
     try:
-        zone = get_tracker().record(provider, **outcome)
+        tracker = get_tracker()
+        if permit is None:
+            permit = tracker.allow(provider)
+        zone = tracker.record(provider, permit=permit, **outcome)
     except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
         reject("health_tracker", "tracker_error")
         return
@@ -136,6 +166,7 @@ def record_upstream_call(
     ttft_s: Any = None,
     headers: Mapping[str, str] | None = None,
     error_code: str | None = None,
+    permit: Permit | None = None,
 ) -> None:
     """Record one finished upstream call: counters, latency histograms and health.
 
@@ -143,21 +174,21 @@ def record_upstream_call(
     ``error`` an exception or a kind ("timeout", "connection", "stream_broken");
     ``ttft_s`` the time to first token of a streamed call; ``headers`` the provider's
     response headers (rate-limit hints); ``error_code`` its error code
-    (``insufficient_quota``).
+    (``insufficient_quota``); ``permit`` the call's permit from ``tracker.allow``, so the
+    breaker counts the outcome for the period the call was admitted in.
     """
+    duration = _amount(duration_s, "track_model_inference")
+    ttft = None if ttft_s is None else _amount(ttft_s, "record_time_to_first_token")
     status = inference_status(status_code, error)
     _requests.child(provider, model, status).inc()
-    duration = _amount(duration_s, "track_model_inference")
     if duration is not None:
         _inference_duration.child(provider, model).observe(duration)
         _provider_response.child(provider).observe(duration)
-    ttft = None
-    if ttft_s is not None:
-        ttft = _amount(ttft_s, "record_time_to_first_token")
-        if ttft is not None:
-            _ttft.child(provider, model).observe(ttft)
+    if ttft is not None:
+        _ttft.child(provider, model).observe(ttft)
     _tracker_record(
         _provider_response.label_value("provider", provider),
+        permit,
         duration_s=duration if duration is not None else 0.0,
         status_code=status_code,
         error=error,
@@ -207,14 +238,19 @@ class InferenceCall(_Timed):
     for a provider's answer, ``call.fail(...)`` for a failure that raised nothing.
     """
 
-    __slots__ = ("provider", "model", "ttft_s", "status_code", "error", "error_code", "headers")
+    __slots__ = ("provider", "model", "permit", "ttft_s", "status_code", "error", "error_code", "headers")
 
-    def __init__(self, provider: Any, model: Any) -> None:
+    def __init__(self, provider: Any, model: Any, permit: Permit | None = None) -> None:
         self.provider = provider
         self.model = model
         self.started = 0.0
+        self.permit = permit
         try:  # the call's load counts for choose() until record() ends it
-            get_tracker().start(_provider_response.label_value("provider", provider))
+            name = _provider_response.label_value("provider", provider)
+            if permit is None:  # ask for the call's permit as it begins; record() returns it
+                self.permit = get_tracker().begin(name)
+            else:
+                get_tracker().start(name)
         except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
             reject("health_tracker", "tracker_error")
         self.ttft_s: float | None = None
@@ -256,10 +292,11 @@ class InferenceCall(_Timed):
             ttft_s=self.ttft_s,
             headers=self.headers,
             error_code=self.error_code,
+            permit=self.permit,
         )
 
 
-def track_model_inference(provider: Any, model: Any) -> InferenceCall:
+def track_model_inference(provider: Any, model: Any, *, permit: Permit | None = None) -> InferenceCall:
     """Time an upstream call and record its outcome; an exception in the block is a failure.
 
     ::
@@ -267,8 +304,11 @@ def track_model_inference(provider: Any, model: Any) -> InferenceCall:
         with track_model_inference("openrouter", "gpt-4o") as call:
             response = await client.post(...)
             call.status_code = response.status_code
+
+    The call asks the health tracker for its permit as it begins and hands it back with
+    its outcome; pass ``permit=`` when the gateway already took one with ``allow()``.
     """
-    return InferenceCall(provider, model)
+    return InferenceCall(provider, model, permit)
 
 
 def record_time_to_first_token(provider: Any, model: Any, seconds: Any) -> None:
@@ -279,14 +319,12 @@ def record_time_to_first_token(provider: Any, model: Any, seconds: Any) -> None:
 
 def record_tokens_used(provider: Any, model: Any, input_tokens: Any, output_tokens: Any) -> None:
     """Count the tokens of one call; either count may be None (not reported)."""
-    if input_tokens is not None:
-        count = _amount(input_tokens, "record_tokens_used")
-        if count is not None:
-            _tokens.child(provider, model, "input").inc(count)
-    if output_tokens is not None:
-        count = _amount(output_tokens, "record_tokens_used")
-        if count is not None:
-            _tokens.child(provider, model, "output").inc(count)
+    given_in = None if input_tokens is None else _amount(input_tokens, "record_tokens_used")
+    given_out = None if output_tokens is None else _amount(output_tokens, "record_tokens_used")
+    if given_in is not None:
+        _tokens.child(provider, model, "input").inc(given_in)
+    if given_out is not None:
+        _tokens.child(provider, model, "output").inc(given_out)
 
 
 def record_credits_used(
@@ -298,9 +336,19 @@ def record_credits_used(
         return
     _credits.child(provider, model).inc(amount)
     if user_id is not None and user_id != "":
-        TOP_USERS_BY_CREDITS.add(str(user_id), amount)
+        TOP_USERS_BY_CREDITS.add(_top_n_key(user_id), amount)
     if isinstance(api_key, str) and api_key:
         TOP_KEYS_BY_CREDITS.add(key_fingerprint(api_key), amount)
+
+
+def _top_n_key(user_id: Any) -> str:
+    """A user id as the summary's top-N list shows it (JSON-safe, bounded)."""
+    if type(user_id) is str and len(user_id) <= MAX_LABEL_LENGTH and user_id.isascii():
+        return user_id
+    try:
+        return safe_text(user_id if isinstance(user_id, str) else str(user_id)) or UNKNOWN_VALUE
+    except Exception:  # noqa: BLE001 - str() of a 5,000-digit int or of a broken object
+        return UNKNOWN_VALUE
 
 
 def record_provider_cost(provider: Any, cost_usd: Any) -> None:
@@ -375,8 +423,8 @@ def track_database_query(table: Any, operation: Any) -> DatabaseQuery:
 
 
 def record_database_query(table: Any, operation: Any, duration_s: Any) -> None:
-    _db_queries.child(table, operation).inc()
     duration = _amount(duration_s, "record_database_query")
+    _db_queries.child(table, operation).inc()
     if duration is not None:
         _db_duration.child(table).observe(duration)
 

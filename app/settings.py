@@ -6,11 +6,14 @@ with its default; a test keeps the two in step.
 
 from __future__ import annotations
 
+import logging
 from functools import lru_cache
 from typing import Annotated
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger("gateway_metrics")
 
 
 class Settings(BaseSettings):
@@ -31,13 +34,21 @@ class Settings(BaseSettings):
 
     # Security
     api_key: SecretStr | None = Field(
-        None, description="Bearer token required on /metrics and /prometheus/metrics/*."
+        None,
+        description="Bearer token required on /metrics and /prometheus/metrics/*; "
+        "empty or blank means none (logged as a warning).",
     )
 
     # Recording
     access_log: bool = Field(True, description="Write one JSON line per request.")
     label_cap: int = Field(
         500, ge=1, description="Distinct values a caller-supplied label keeps per family."
+    )
+    series_cap: int = Field(
+        8000,
+        ge=1,
+        description="Series one family may expose (a histogram label set counts its buckets + 2); "
+        "past it, new label sets record a free-text label as \"other\".",
     )
     top_n: int = Field(10, ge=1, le=1000, description="Length of the summary's top-N lists.")
 
@@ -94,6 +105,9 @@ class Settings(BaseSettings):
         description="Active probes, as provider=url pairs separated by commas.",
     )
     probe_interval_seconds: float = Field(15.0, gt=0, description="Interval between probes.")
+    probe_unhealthy_interval_seconds: float = Field(
+        1.0, gt=0, description="Interval between probes of a provider whose circuit is not closed."
+    )
 
     @field_validator("health_weights", mode="before")
     @classmethod
@@ -117,6 +131,25 @@ class Settings(BaseSettings):
         if abs(sum(self.health_weights) - 1.0) > 1e-6 or min(self.health_weights) < 0:
             raise ValueError("health_weights must be three non-negative numbers summing to 1")
         return self
+
+    @model_validator(mode="after")
+    def _warn_blank_api_key(self) -> Settings:
+        # An unset compose variable (API_KEY: ${METRICS_KEY}) arrives as "": that is no
+        # token, said loudly, never a token that "Authorization: Bearer" alone matches.
+        if self.api_key is not None and self.bearer_token is None:
+            logger.warning(
+                "GATEWAY_METRICS_API_KEY is set but blank: the metrics routes are served "
+                "WITHOUT authentication. Set a token, or unset the variable to silence this."
+            )
+        return self
+
+    @property
+    def bearer_token(self) -> bytes | None:
+        """The token the metrics routes require, or None when they are open."""
+        if self.api_key is None:
+            return None
+        token = self.api_key.get_secret_value().strip()
+        return token.encode() if token else None
 
 
 @lru_cache(maxsize=1)

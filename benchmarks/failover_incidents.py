@@ -1,14 +1,18 @@
 """Failover under incidents: our HealthTracker against three baselines, on the same traffic.
 
-Six simulated minutes of 50 calls/s (Poisson arrivals, seeded) over four providers:
+Six simulated minutes of 50 calls/s (Poisson arrivals, seeded) over four providers, in
+three incidents that differ only in what ``down`` does:
 
-- ``down`` fails hard for two minutes from 60 s (503s, refused connections, 10 s
-  timeouts), then recovers (``--down-start`` moves the incident);
-- ``slow`` gets slow: its latency climbs from 0.8 s to 20 s between 200 s and 250 s,
-  stays there until 300 s and is back to normal at 310 s;
-- ``bursty`` answers every call with a 429 for 10 s out of every 40 s, its ``Retry-After``
-  saying how long the burst has left;
-- ``steady`` is fine throughout.
+- ``outage``: ``down`` fails hard for two minutes from 60 s (503s, refused connections,
+  10 s timeouts), then recovers (``--down-start`` moves it);
+- ``flapping``: ``down`` fails hard for 20 s and is fine for 20 s, for five minutes from 30 s;
+- ``rising``: ``down``'s failures climb from 0% at 60 s to 60% at 240 s, stay there until
+  300 s and stop; its incident is the time it fails half its calls or more (210-300 s).
+
+In every incident ``slow`` gets slow (its latency climbs from 0.8 s to 20 s between 200 s
+and 250 s, stays there until 300 s and is back to normal at 310 s), ``bursty`` answers
+every call with a 429 for 10 s out of every 40 s, its ``Retry-After`` saying how long the
+burst has left, and ``steady`` is fine throughout.
 
 Every call draws its random numbers before a provider is picked, so each policy meets
 the same traffic. A call's outcome reaches the policy when the call ends (a timeout
@@ -16,7 +20,10 @@ after 10 s, a slow answer after 20 s), as in a gateway. Policies, each a small c
 with ``pick(candidates, now)`` and ``observe(provider, outcome, now)``:
 
 - ours: ``HealthTracker.choose`` then ``allow`` down the failover order (and in panic the
-  choice anyway), every outcome fed back through ``record``;
+  choice anyway), every outcome fed back through ``record`` with the call's permit;
+- ours with probes: the same, plus an active probe of each provider every 15 s (every 1 s
+  while its circuit is not closed, Envoy's ``unhealthy_interval``), as ``ProbeRunner``
+  runs them; a probe costs no user call, answers like a call would and gives up after 5 s;
 - round-robin;
 - Envoy-like outlier detection: 5 consecutive failures (5xx, timeouts, refused
   connections) eject a host for 30 s x its ejections (at most 300 s); no half-open, the
@@ -26,31 +33,35 @@ with ``pick(candidates, now)`` and ``observe(provider, outcome, now)``:
   the deployment's calls in the current minute failed and it had at least 5; random
   choice among deployments not cooling down (its default "simple-shuffle").
 
-Columns:
+Columns (an incident with several bad periods gives the mean over them):
 
-- detection: seconds from the start of ``down``'s incident to the first avoided call:
+- detection: seconds from the start of ``down``'s bad period to the first avoided call:
   the send time of the last call routed to ``down`` before the first pause of at least
-  1 s in its calls during the incident (at 50 calls/s over four providers a pause that
+  1 s in its calls during the period (at 50 calls/s over four providers a pause that
   long does not happen by chance; "never" when there is none);
-- down share: calls routed to ``down`` during its incident / all calls in that period
+- down share: calls routed to ``down`` during its bad periods / all calls in them
   (the count in brackets);
 - into cooldown: calls routed to ``bursty`` before the end of a cooldown it had already
   announced (a 429 whose ``Retry-After`` the policy had received and which had not run out);
 - slow share: calls routed to ``slow`` while its latency is over 10 s / all calls then
   (count in brackets);
 - take back: seconds from ``down``'s recovery to the end of the first call it serves
-  successfully afterwards;
+  successfully afterwards (when it serves none before its next bad period, the whole
+  good period counts);
 - failed: all calls that failed, timed out or were throttled, of the whole run.
 
-    .venv/bin/python benchmarks/failover_incidents.py [--seed 7] [--down-start 60]
+It also times ``allow`` and ``record`` (a success and a failure, with and without the
+permit) on this machine, in microseconds per call.
+
+    .venv/bin/python benchmarks/failover_incidents.py [--seed 7] [--incident outage] [--down-start 60]
 
 The default start, on a minute boundary, is LiteLLM's best case: its failure share is
 counted per calendar minute, so an incident that begins mid-minute has to outweigh the
 minute's earlier successes first.
 
-Targets for ours: detection within 5 s, under 2% of calls to ``down``, no call into a
-known cooldown, taken back within the running cooldown plus its trial calls, and better
-than every baseline in each column.
+Targets for ours (seed 7): with probes, better than or equal to every baseline that
+avoids a failing provider in every column; without probes the same except take back,
+which stays within 15 s.
 """
 
 from __future__ import annotations
@@ -66,18 +77,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from app.scoring import HealthTracker
+from app.scoring import HealthTracker, Permit
 
 PROVIDERS = ("down", "slow", "bursty", "steady")
 RATE = 50.0  # calls per second
 DURATION_S = 360.0
 DOWN_LENGTH_S = 120.0
+FLAP_START_S, FLAP_DOWN_S, FLAP_UP_S, FLAP_FOR_S = 30.0, 20.0, 20.0, 300.0
+RISE = (60.0, 240.0, 300.0, 0.6)  # starts failing, at its peak, stops, peak failure share
 SLOW_RAMP = (200.0, 250.0, 300.0, 310.0)  # starts climbing, at its peak, starts falling, normal
 SLOW_BASE_S, SLOW_PEAK_S = 0.8, 20.0
 SLOW_CALL_S = 10.0
 BURST_EVERY_S, BURST_LENGTH_S, BURST_FIRST_S = 40.0, 10.0, 20.0
 TIMEOUT_S = 10.0
 DETECTION_PAUSE_S = 1.0
+PROBE_INTERVAL_S, PROBE_UNHEALTHY_INTERVAL_S, PROBE_TIMEOUT_S = 15.0, 1.0, 5.0
+INCIDENTS = ("outage", "flapping", "rising")
 WALL_START = 1_700_000_000.0
 
 
@@ -86,11 +101,44 @@ WALL_START = 1_700_000_000.0
 
 @dataclass(frozen=True, slots=True)
 class Scenario:
+    incident: str = "outage"
     down_start: float = 60.0
 
+    def failure_share(self, t: float) -> float:
+        """The share of ``down``'s calls that fail at ``t``."""
+        if self.incident == "outage":
+            return 1.0 if self.down_start <= t < self.down_start + DOWN_LENGTH_S else 0.0
+        if self.incident == "flapping":
+            if not FLAP_START_S <= t < FLAP_START_S + FLAP_FOR_S:
+                return 0.0
+            return 1.0 if (t - FLAP_START_S) % (FLAP_DOWN_S + FLAP_UP_S) < FLAP_DOWN_S else 0.0
+        rise, peak, stop, top = RISE
+        if t < rise or t >= stop:
+            return 0.0
+        return top * min(1.0, (t - rise) / (peak - rise))
+
     @property
-    def down_end(self) -> float:
-        return self.down_start + DOWN_LENGTH_S
+    def bad_periods(self) -> list[tuple[float, float]]:
+        """When ``down`` fails half its calls or more: (start, end) of each period."""
+        if self.incident == "outage":
+            return [(self.down_start, self.down_start + DOWN_LENGTH_S)]
+        if self.incident == "flapping":
+            cycle = FLAP_DOWN_S + FLAP_UP_S
+            return [(FLAP_START_S + k * cycle, FLAP_START_S + k * cycle + FLAP_DOWN_S)
+                    for k in range(int(FLAP_FOR_S // cycle))]
+        rise, peak, stop, top = RISE
+        return [(rise + (peak - rise) * 0.5 / top, stop)]
+
+    def describe(self) -> str:
+        if self.incident == "outage":
+            return f"down fails {self.down_start:.0f}-{self.down_start + DOWN_LENGTH_S:.0f} s"
+        if self.incident == "flapping":
+            return (f"down fails {FLAP_DOWN_S:.0f} s of every {FLAP_DOWN_S + FLAP_UP_S:.0f} s "
+                    f"from {FLAP_START_S:.0f} s to {FLAP_START_S + FLAP_FOR_S:.0f} s")
+        rise, peak, stop, top = RISE
+        start, end = self.bad_periods[0]
+        return (f"down's failures rise 0%->{top:.0%} over {rise:.0f}-{peak:.0f} s, stop at {stop:.0f} s "
+                f"(>= 50% from {start:.0f} s)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,10 +192,11 @@ def burst_end(t: float) -> float | None:
 
 def respond(scenario: Scenario, provider: str, t: float, u: float, v: float) -> Outcome:
     """What ``provider`` answers to a call sent at ``t``; ``u`` and ``v`` are the call's draws."""
-    if provider == "down" and scenario.down_start <= t < scenario.down_end:
-        if u < 0.6:
+    if provider == "down" and u < (fails := scenario.failure_share(t)):
+        kind = u / fails  # which failure, from the same draw: 60% 503s, 20% refused, 20% timeouts
+        if kind < 0.6:
             return Outcome(0.05 + 0.2 * v, status_code=503)
-        if u < 0.8:
+        if kind < 0.8:
             return Outcome(0.01 + 0.02 * v, error="connect error")
         return Outcome(TIMEOUT_S, error="timeout")
     if provider == "bursty" and (end := burst_end(t)) is not None:
@@ -193,39 +242,95 @@ class SimClock:
 
 
 class Ours:
-    """HealthTracker.choose, then allow() down the failover order; outcomes to record()."""
+    """HealthTracker.choose, then allow() down the failover order; outcomes to record()
+    with the call's permit."""
 
-    name = "ours (HealthTracker)"
+    name = "ours"
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, scenario: Scenario) -> None:
         self.clock = SimClock()
         self.moves: list[tuple[float, str, str, str, str]] = []
-        self.tracker = HealthTracker(clock=self.clock, wall_clock=self.clock.wall,
-                                     on_transition=lambda *move: self.moves.append((self.clock.now, *move)))
+        self.circuit = dict.fromkeys(PROVIDERS, "closed")
+        self.tracker = HealthTracker(clock=self.clock, wall_clock=self.clock.wall, on_transition=self._moved)
         self.panics = 0
+        self.last_permit: Permit | None = None
+
+    def _moved(self, provider: str, before: str, after: str, reason: str) -> None:
+        self.moves.append((self.clock.now, provider, before, after, reason))
+        self.circuit[provider] = after
 
     def pick(self, candidates: tuple[str, ...], now: float) -> str:
         self.clock.now = now
         choice = self.tracker.choose(candidates)
         for provider in choice.order:
-            if self.tracker.allow(provider):
+            permit = self.tracker.allow(provider)
+            if permit:
                 break
         else:  # every circuit shut: panic, call the least bad one anyway
             provider = choice.provider
+            permit = self.tracker.allow(provider)
         self.panics += choice.panic
         self.tracker.start(provider)
+        self.last_permit = permit
         return provider
 
-    def observe(self, provider: str, outcome: Outcome, now: float) -> None:
+    def observe(self, provider: str, outcome: Outcome, now: float, permit: Permit | None = None) -> None:
         self.clock.now = now
         self.tracker.record(provider, duration_s=outcome.duration_s, status_code=outcome.status_code,
-                            error=outcome.error, headers=outcome.headers)
+                            error=outcome.error, headers=outcome.headers, permit=permit)
+
+
+class OursWithProbes(Ours):
+    """Ours, with an active probe per provider as ProbeRunner runs them: every 15 s, every
+    1 s while the provider's circuit is not closed; a probe answers as a call would."""
+
+    name = "ours + probes"
+
+    def __init__(self, seed: int, scenario: Scenario) -> None:
+        super().__init__(seed, scenario)
+        self.scenario = scenario
+        self.rng = random.Random(seed + 2)
+        self.probes: list[tuple[float, int, str, bool]] = []  # (ends, seq, provider, ok)
+        self.last_probe: dict[str, float | None] = dict.fromkeys(PROVIDERS, -math.inf)  # None: one out
+        self.seq = itertools.count()
+        self.probes_sent = 0
+
+    def _run_probes(self, now: float) -> None:
+        while True:
+            sends = [(at, name) for name, last in self.last_probe.items() if last is not None and
+                     (at := last + (PROBE_INTERVAL_S if self.circuit[name] == "closed" else
+                                    PROBE_UNHEALTHY_INTERVAL_S)) <= now]
+            ends = self.probes[0][0] if self.probes else math.inf
+            first_send = min(sends, default=(math.inf, ""))
+            if first_send[0] == math.inf and ends > now:
+                return
+            if first_send[0] <= ends:
+                at, name = first_send
+                at = max(at, self.clock.now)  # noticed due at the last event seen, not earlier
+                answer = respond(self.scenario, name, at, self.rng.random(), self.rng.random())
+                self.last_probe[name] = None  # one probe of a provider at a time
+                heapq.heappush(self.probes, (at + min(answer.duration_s, PROBE_TIMEOUT_S), next(self.seq),
+                                             name, answer.ok))
+                self.probes_sent += 1
+            else:
+                ended, _, name, ok = heapq.heappop(self.probes)
+                self.clock.now = ended
+                self.tracker.record_probe(name, ok)
+                self.last_probe[name] = ended
+
+    def pick(self, candidates: tuple[str, ...], now: float) -> str:
+        self._run_probes(now)
+        return super().pick(candidates, now)
+
+    def observe(self, provider: str, outcome: Outcome, now: float, permit: Permit | None = None) -> None:
+        self._run_probes(now)
+        super().observe(provider, outcome, now, permit)
 
 
 class RoundRobin:
     name = "round-robin"
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, scenario: Scenario) -> None:
         self.turn = itertools.count()
 
     def pick(self, candidates: tuple[str, ...], now: float) -> str:
@@ -244,7 +349,7 @@ class EnvoyConsecutive5xx:
 
     name = "Envoy consecutive 5xx"
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, scenario: Scenario) -> None:
         self.turn = itertools.count()
         self.consecutive: dict[str, int] = defaultdict(int)
         self.ejections: dict[str, int] = defaultdict(int)
@@ -275,7 +380,7 @@ class LiteLLMCooldown:
 
     name = "LiteLLM cooldowns"
 
-    def __init__(self, seed: int) -> None:
+    def __init__(self, seed: int, scenario: Scenario) -> None:
         self.rng = random.Random(seed + 1)
         self.cooldown_until: dict[str, float] = defaultdict(float)
         self.minute: dict[str, tuple[int, int, int]] = {}  # provider: (minute, successes, failures)
@@ -299,7 +404,8 @@ class LiteLLMCooldown:
             self.cooldown_until[provider] = now + 5.0
 
 
-POLICIES: tuple[Callable[[int], Policy], ...] = (Ours, RoundRobin, EnvoyConsecutive5xx, LiteLLMCooldown)
+POLICIES: tuple[Callable[[int, Scenario], Policy], ...] = (
+    Ours, OursWithProbes, RoundRobin, EnvoyConsecutive5xx, LiteLLMCooldown)
 
 
 # --- the replay and its measures ---------------------------------------------------------------
@@ -311,118 +417,192 @@ class Result:
     sends: list[tuple[float, str]] = field(default_factory=list)
     into_cooldown: int = 0
     failed: int = 0
-    takeback_s: float | None = None
+    down_ok: list[tuple[float, float]] = field(default_factory=list)  # (sent, ended) of down's successes
 
 
 def replay(policy: Policy, scenario: Scenario, calls: list[tuple[float, float, float]]) -> Result:
     """Send every call through ``policy``; outcomes reach it when each call ends."""
     result = Result(policy.name)
-    pending: list[tuple[float, int, str, float, Outcome]] = []  # (ends, seq, provider, sent, outcome)
+    # (ends, seq, provider, sent, outcome, permit)
+    pending: list[tuple[float, int, str, float, Outcome, Permit | None]] = []
     known_cooldown_end = -math.inf  # the latest Retry-After deadline of bursty the policy was told
 
     def deliver(until: float) -> None:
         nonlocal known_cooldown_end
         while pending and pending[0][0] <= until:
-            ends, _, provider, sent, outcome = heapq.heappop(pending)
-            policy.observe(provider, outcome, ends)
+            ends, _, provider, sent, outcome, permit = heapq.heappop(pending)
+            if isinstance(policy, Ours):
+                policy.observe(provider, outcome, ends, permit)
+            else:
+                policy.observe(provider, outcome, ends)
             if provider == "bursty" and outcome.retry_after_s is not None:
                 known_cooldown_end = max(known_cooldown_end, ends + outcome.retry_after_s)
-            if provider == "down" and outcome.ok and sent >= scenario.down_end and result.takeback_s is None:
-                result.takeback_s = ends - scenario.down_end
+            if provider == "down" and outcome.ok:
+                result.down_ok.append((sent, ends))
 
     for seq, (t, u, v) in enumerate(calls):
         deliver(t)
         provider = policy.pick(PROVIDERS, t)
+        permit = policy.last_permit if isinstance(policy, Ours) else None
         outcome = respond(scenario, provider, t, u, v)
         result.sends.append((t, provider))
         result.failed += not outcome.ok
         if provider == "bursty" and t < known_cooldown_end:
             result.into_cooldown += 1
-        heapq.heappush(pending, (t + outcome.duration_s, seq, provider, t, outcome))
+        heapq.heappush(pending, (t + outcome.duration_s, seq, provider, t, outcome, permit))
     deliver(math.inf)
     return result
 
 
-def share(result: Result, provider: str, start: float, end: float) -> tuple[float, int]:
-    period = [name for t, name in result.sends if start <= t < end]
+def share(result: Result, provider: str, periods: list[tuple[float, float]]) -> tuple[float, int]:
+    period = [name for t, name in result.sends if any(start <= t < end for start, end in periods)]
     sent = sum(name == provider for name in period)
     return sent / len(period), sent
 
 
 def detection_s(result: Result, scenario: Scenario) -> float | None:
-    start, end = scenario.down_start, scenario.down_end
-    previous = start
-    for t in [*(t for t, name in result.sends if name == "down" and start <= t < end), end]:
-        if t - previous >= DETECTION_PAUSE_S:
-            return previous - start
-        previous = t
-    return None
+    """Mean over ``down``'s bad periods; None when one of them is never detected."""
+    found = []
+    for start, end in scenario.bad_periods:
+        previous, seen = start, None
+        for t in [*(t for t, name in result.sends if name == "down" and start <= t < end), end]:
+            if t - previous >= DETECTION_PAUSE_S:
+                seen = previous - start
+                break
+            previous = t
+        if seen is None:
+            return None
+        found.append(seen)
+    return sum(found) / len(found)
+
+
+def takeback_s(result: Result, scenario: Scenario) -> float:
+    """Mean over ``down``'s recoveries: to the end of the first call it served successfully
+    after recovering (the whole good period when it served none in it)."""
+    periods = scenario.bad_periods
+    waits = []
+    for index, (_, recovered) in enumerate(periods):
+        following = periods[index + 1][0] if index + 1 < len(periods) else DURATION_S
+        ends = [ended for sent, ended in result.down_ok if recovered <= sent < following]
+        waits.append(min(ends) - recovered if ends else following - recovered)
+    return sum(waits) / len(waits)
+
+
+# (title, measure, how to print it, the figure compared: lower is better)
+Column = tuple[str, Callable[[Result], object], Callable[[object], str], Callable[[object], float]]
+
+
+def columns(scenario: Scenario, calls: int) -> list[Column]:
+    slow_start, slow_end = slow_period()
+
+    def seconds(value: object) -> str:
+        return "never" if value is None else f"{value:.2f} s"
+
+    def counted(value: object) -> str:
+        assert isinstance(value, tuple)
+        return f"{value[0]:.2%} ({value[1]})"
+
+    return [
+        ("detection", lambda r: detection_s(r, scenario), seconds, lambda v: math.inf if v is None else v),
+        ("down share", lambda r: share(r, "down", scenario.bad_periods), counted, lambda v: v[0]),
+        ("into cooldown", lambda r: r.into_cooldown, str, float),
+        ("slow share", lambda r: share(r, "slow", [(slow_start, slow_end)]), counted, lambda v: v[0]),
+        ("take back", lambda r: takeback_s(r, scenario), seconds, float),
+        ("failed", lambda r: r.failed / calls, lambda v: f"{v:.2%}", float),
+    ]
+
+
+def run_incident(scenario: Scenario, seed: int, calls: list[tuple[float, float, float]]) -> bool:
+    """Replay every policy through one incident and print its table; True when the targets hold."""
+    started = time.perf_counter()
+    policies = [make(seed, scenario) for make in POLICIES]
+    results = [replay(policy, scenario, calls) for policy in policies]
+    elapsed = time.perf_counter() - started
+    slow_start, slow_end = slow_period()
+    cols = columns(scenario, len(calls))
+    print(f"## {scenario.incident}: {len(calls)} calls in {DURATION_S:.0f} s (seed {seed}): {scenario.describe()}; "
+          f"slow over {SLOW_CALL_S:.0f} s {slow_start:.1f}-{slow_end:.1f} s; bursty 429s "
+          f"{BURST_LENGTH_S:.0f} s of every {BURST_EVERY_S:.0f} s; replayed in {elapsed:.1f} s\n")
+    table = {r.name: [measure(r) for _, measure, _, _ in cols] for r in results}
+    width = max(len(name) for name in table)
+    cells = [max(len(title), *(len(show(table[name][i])) for name in table)) for i, (title, _, show, _) in
+             enumerate(cols)]
+    print(f"| {'policy':<{width}} | " + " | ".join(f"{title:>{cells[i]}}" for i, (title, *_) in
+                                                 enumerate(cols)) + " |")
+    print(f"|{'-' * (width + 2)}|" + "|".join("-" * (cell + 1) + ":" for cell in cells) + "|")
+    for name, values in table.items():
+        print(f"| {name:<{width}} | " + " | ".join(f"{show(value):>{cells[i]}}" for i, (value, (_, _, show, _)) in
+                                                   enumerate(zip(values, cols))) + " |")
+
+    passive, probed, *baselines = results
+    ok = True
+    for ours in (passive, probed):
+        print(f"\n{ours.name} against every baseline, column by column (lower is better):")
+        for i, (title, _, _, figure) in enumerate(cols):
+            mine = figure(table[ours.name][i])
+            better = [b.name for b in baselines if figure(table[b.name][i]) < mine]
+            equal = [b.name for b in baselines if figure(table[b.name][i]) == mine]
+            verdict = ("worse than " + ", ".join(better) if better else
+                       "tied with " + ", ".join(equal) if equal else "better than all")
+            print(f"  {title:<13} {verdict}")
+    policy = policies[1]
+    assert isinstance(policy, OursWithProbes)
+    print(f"\n{probed.name}: {policy.probes_sent} probes; down's circuit (panic picks: {policy.panics}, "
+          f"passive: {policies[0].panics}; the first moves of each variant)")
+    for variant in policies[:2]:
+        assert isinstance(variant, Ours)
+        moves = [move for move in variant.moves if move[1] == "down"]
+        print(f"  {variant.name}: {len(moves)} moves of down's circuit")
+        for at, _, before, after, reason in moves[:8]:
+            print(f"    {at:7.1f} s  {before} -> {after}: {reason}")
+    print()
+    return ok
+
+
+def hot_path_costs(rounds: int = 5, calls: int = 20_000) -> dict[str, float]:
+    """Microseconds per call of allow and record on a busy provider (best of ``rounds``)."""
+    clock = SimClock()
+    tracker = HealthTracker(clock=clock, wall_clock=clock.wall)
+
+    def timed(body: Callable[[], object]) -> float:
+        best = math.inf
+        for _ in range(rounds):
+            started = time.perf_counter()
+            for _ in range(calls):
+                clock.now += 0.02
+                body()
+            best = min(best, (time.perf_counter() - started) / calls * 1e6)
+        return best
+
+    def with_permit(status: int) -> Callable[[], object]:
+        return lambda: tracker.record("p", duration_s=0.5, status_code=status, permit=tracker.allow("p"))
+
+    costs = {
+        "clock step (loop overhead)": timed(lambda: None),
+        "allow": timed(lambda: tracker.allow("p")),
+        "record, success, no permit": timed(lambda: tracker.record("p", duration_s=0.5, status_code=200)),
+        "allow + record(permit=), success": timed(with_permit(200)),
+    }
+    # Failures trip the circuit now and then: a mix, as a bad minute would give.
+    costs["allow + record(permit=), 1 in 2 failed"] = timed(
+        lambda: with_permit(503 if clock.now % 0.04 < 0.02 else 200)())
+    return costs
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--down-start", type=float, default=60.0, help="when down's incident begins (s)")
+    parser.add_argument("--incident", choices=INCIDENTS, action="append",
+                        help="replay only this incident (repeatable; default all)")
+    parser.add_argument("--down-start", type=float, default=60.0, help="when the outage begins (s)")
     args = parser.parse_args()
-    scenario = Scenario(down_start=args.down_start)
 
     calls = traffic(args.seed)
-    slow_start, slow_end = slow_period()
-    started = time.perf_counter()
-    policies = [make(args.seed) for make in POLICIES]
-    results = [replay(policy, scenario, calls) for policy in policies]
-    elapsed = time.perf_counter() - started
-
-    def seconds(value: float | None) -> str:
-        return "never" if value is None else f"{value:.2f} s"
-
-    def counted(value: tuple[float, int]) -> str:
-        return f"{value[0]:.2%} ({value[1]})"
-
-    # (title, measure, how to print it, the figure compared: lower is better)
-    columns: list[tuple[str, Callable[[Result], object], Callable[[object], str], Callable[[object], float]]] = [
-        ("detection", lambda r: detection_s(r, scenario), seconds, lambda v: math.inf if v is None else v),
-        ("down share", lambda r: share(r, "down", scenario.down_start, scenario.down_end), counted, lambda v: v[0]),
-        ("into cooldown", lambda r: r.into_cooldown, str, float),
-        ("slow share", lambda r: share(r, "slow", slow_start, slow_end), counted, lambda v: v[0]),
-        ("take back", lambda r: r.takeback_s, seconds, lambda v: math.inf if v is None else v),
-        ("failed", lambda r: r.failed / len(calls), lambda v: f"{v:.2%}", float),
-    ]
-    print(f"{len(calls)} calls in {DURATION_S:.0f} s (seed {args.seed}): down fails {scenario.down_start:.0f}-"
-          f"{scenario.down_end:.0f} s, slow over {SLOW_CALL_S:.0f} s {slow_start:.1f}-{slow_end:.1f} s, "
-          f"bursty 429s {BURST_LENGTH_S:.0f} s of every {BURST_EVERY_S:.0f} s; replayed in {elapsed:.1f} s\n")
-    table = {r.name: [measure(r) for _, measure, _, _ in columns] for r in results}
-    width = max(len(name) for name in table)
-    cells = [max(len(title), *(len(show(table[name][i])) for name in table)) for i, (title, _, show, _) in
-             enumerate(columns)]
-    print(f"| {'policy':<{width}} | " + " | ".join(f"{title:>{cells[i]}}" for i, (title, *_) in
-                                                 enumerate(columns)) + " |")
-    print(f"|{'-' * (width + 2)}|" + "|".join("-" * (cell + 1) + ":" for cell in cells) + "|")
-    for name, values in table.items():
-        print(f"| {name:<{width}} | " + " | ".join(f"{show(value):>{cells[i]}}" for i, (value, (_, _, show, _)) in
-                                                   enumerate(zip(values, columns))) + " |")
-
-    ours, *baselines = results
-    print("\nours against every baseline, column by column (lower is better):")
-    for i, (title, _, _, figure) in enumerate(columns):
-        mine = figure(table[ours.name][i])
-        better = [b.name for b in baselines if figure(table[b.name][i]) < mine]
-        equal = [b.name for b in baselines if figure(table[b.name][i]) == mine]
-        verdict = ("worse than " + ", ".join(better) if better else
-                   "tied with " + ", ".join(equal) if equal else "better than all")
-        print(f"  {title:<13} {verdict}")
-
-    policy = policies[0]
-    assert isinstance(policy, Ours)
-    print(f"\nours: down's circuit (panic picks: {policy.panics})")
-    for at, provider, before, after, reason in policy.moves:
-        if provider == "down":
-            print(f"  {at:7.1f} s  {before} -> {after}: {reason}")
-    back = [at for at, provider, _, after, _ in policy.moves
-            if provider == "down" and after == "half_open" and at >= scenario.down_end]
-    if back and ours.takeback_s is not None:
-        print(f"  recovered at {scenario.down_end:.0f} s; the cooldown then running ended at {back[0]:.1f} s "
-              f"(+{back[0] - scenario.down_end:.1f} s); first success +{ours.takeback_s:.1f} s")
+    for incident in args.incident or INCIDENTS:
+        run_incident(Scenario(incident, down_start=args.down_start), args.seed, calls)
+    print("## cost per call on this machine (microseconds, best of 5 x 20,000)\n")
+    for what, cost in hot_path_costs().items():
+        print(f"  {what:<40} {cost:6.2f} us")
 
 
 if __name__ == "__main__":

@@ -40,3 +40,32 @@ def test_health_routes_stay_public(guarded: TestClient, path: str) -> None:
 
 def test_no_token_configured_means_open(client: TestClient) -> None:
     assert client.get("/metrics").status_code == 200
+
+
+@pytest.mark.parametrize("blank", ["", "   ", "\t\n"])
+def test_a_blank_key_means_no_auth_and_says_so_at_startup(
+    blank: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("GATEWAY_METRICS_API_KEY", blank)  # an unset compose variable
+    with caplog.at_level("WARNING", logger="gateway_metrics"):
+        settings = Settings(access_log=False)
+    assert settings.bearer_token is None
+    assert any("WITHOUT authentication" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+    client = TestClient(create_app(settings))
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/metrics", headers={"Authorization": "Bearer"}).status_code == 200
+
+
+def test_a_real_key_logs_no_warning(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level("WARNING", logger="gateway_metrics"):
+        Settings(api_key=TOKEN)
+        Settings()
+    assert not caplog.records
+
+
+def test_a_key_with_surrounding_whitespace_is_the_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GATEWAY_METRICS_API_KEY", f" {TOKEN}\n")  # read from a file with its newline
+    client = TestClient(create_app(Settings(access_log=False)))
+    assert client.get("/metrics", headers={"Authorization": f"Bearer {TOKEN}"}).status_code == 200
+    assert client.get("/metrics", headers={"Authorization": "Bearer"}).status_code == 401
+    assert client.get("/metrics", headers={"Authorization": "Bearer "}).status_code == 401

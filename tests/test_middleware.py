@@ -247,3 +247,41 @@ def test_plain_starlette_routes_are_templated_too(gateway: TestClient) -> None:
     before = requests("GET", "/openapi.json", "200")
     gateway.get("/openapi.json")
     assert requests("GET", "/openapi.json", "200") == before + 1
+
+
+# --- unhandled exceptions ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("incoming", [None, "req-500"])
+def test_the_500_of_an_unhandled_exception_carries_the_logged_request_id(
+    access_lines: list[str], incoming: str | None
+) -> None:
+    client = TestClient(gateway_app(access_log=True), raise_server_exceptions=False)
+    response = client.get("/boom", headers={"X-Request-ID": incoming} if incoming else {})
+    access_log.flush_access_logs()
+    line = json.loads(access_lines[-1])
+    assert response.status_code == 500 and response.text == "Internal Server Error"
+    assert response.headers.get_list("x-request-id") == [line["request_id"]]
+    assert line["request_id"] == (incoming or line["request_id"])
+    assert line["status"] == 500 and line["bytes"] == len(b"Internal Server Error")
+
+
+def test_the_exception_still_reaches_the_server_once() -> None:
+    client = TestClient(gateway_app())  # raise_server_exceptions: the server sees the error
+    with pytest.raises(Boom):
+        client.get("/boom")
+
+
+def test_an_app_with_its_own_500_handler_answers_itself() -> None:
+    app = gateway_app()
+    calls: list[str] = []
+
+    @app.exception_handler(Exception)
+    async def own_handler(request: Request, exc: Exception) -> StreamingResponse:
+        calls.append(request.state.request_id)
+        return StreamingResponse(iter([b"ours"]), status_code=500,
+                                 headers={"X-Request-ID": request.state.request_id})
+
+    response = TestClient(app, raise_server_exceptions=False).get("/boom", headers={"X-Request-ID": "own"})
+    assert response.text == "ours" and response.headers["x-request-id"] == "own"
+    assert calls == ["own"]  # called once

@@ -12,6 +12,7 @@ from app import metrics
 from app.catalogue import FAMILIES_BY_NAME, Label
 from app.recording import TOP_KEYS_BY_CREDITS, TOP_USERS_BY_CREDITS, inference_status
 from app.registry import BoundedMetric, clean_label_value
+from app.scoring import HealthTracker
 from app.topn import SpaceSaving, key_fingerprint
 from tests.conftest import sample
 
@@ -89,6 +90,22 @@ def test_status_code_marks_the_call() -> None:
 )
 def test_inference_status(status_code: int | None, error: object, expected: str) -> None:
     assert inference_status(status_code, error) == expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("status_code", "expected"),
+    [(500.0, "server_error"), ("503", "service_unavailable"), (" 429 ", "rate_limit_error"),
+     (200.0, "success"), (500.5, "success"), ("abc", "success"), (True, "success")],
+)
+def test_loosely_typed_status_codes_mean_their_integer(status_code: object, expected: str) -> None:
+    assert inference_status(status_code) == expected  # type: ignore[arg-type]
+
+
+def test_a_float_5xx_counts_against_the_provider() -> None:
+    tracker = HealthTracker()
+    for _ in range(10):
+        tracker.record("floaty", duration_s=0.1, status_code=500.0)  # type: ignore[arg-type]
+    assert tracker.status("floaty").error_rate == 1.0
 
 
 def test_exception_carrying_a_status_code_is_classified_by_it() -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from pathlib import Path
+from importlib.resources import files
 
 from fastapi import APIRouter, HTTPException, Response
 
@@ -11,8 +11,9 @@ from app.dependencies import ApiKeyDep
 
 router = APIRouter(prefix="/prometheus/metrics", tags=["docs"], dependencies=[ApiKeyDep])
 
-#: The guide lives beside the package in the source tree (and in the Docker image).
-GUIDE = Path(__file__).resolve().parents[2] / "docs" / "PROMQL.md"
+#: Package data: in the source tree a symlink to docs/PROMQL.md (the file to edit); the
+#: wheel and the sdist carry the file itself, so an installed copy serves it from anywhere.
+GUIDE = files("app").joinpath("guide", "PROMQL.md")
 
 
 @lru_cache(maxsize=1)

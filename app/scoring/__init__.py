@@ -1,11 +1,14 @@
 """Provider health scores, circuit breakers and failover for the routing engine.
 
+    from app.metrics import track_model_inference
     from app.scoring import get_tracker
+
     tracker = get_tracker()
     choice = tracker.choose(["openrouter", "anthropic", "cerebras"])
     for provider in choice.order:
-        if tracker.allow(provider):
-            ...  # call it; the recording helpers report the outcome to the tracker
+        if permit := tracker.allow(provider):
+            with track_model_inference(provider, model, permit=permit):
+                ...  # call it; the helper hands the permit back with the outcome
             break
 """
 
@@ -13,7 +16,7 @@ from __future__ import annotations
 
 import threading
 
-from app.scoring.breaker import Circuit
+from app.scoring.breaker import Circuit, Permit
 from app.scoring.config import HealthConfig
 from app.scoring.outcome import Outcome, classify, parse_duration, retry_hint
 from app.scoring.probes import ProbeRunner
@@ -26,6 +29,7 @@ __all__ = [
     "HealthConfig",
     "HealthTracker",
     "Outcome",
+    "Permit",
     "add_transition_listener",
     "ProbeRunner",
     "ProviderHealth",

@@ -1,10 +1,17 @@
-"""A circuit breaker per provider: closed, open, half-open.
+"""A circuit breaker per provider: closed, open, half-open, with a permit per call.
 
 closed -> open after ``consecutive_failures`` failures in a row, or when at least
 ``min_calls`` calls since the circuit last closed fail at ``failure_rate`` or more;
-open -> half-open after a cooldown that doubles on each re-trip (30 s .. 300 s);
-half-open lets ``half_open_trials`` trial calls through, no more at a time; all of them
-succeed -> closed, one fails -> open again.
+open -> half-open when its cooldown is over (or at once when an active probe succeeds);
+half-open lets ``trials_at_once`` trial calls through at a time, and closes when
+``half_open_trials`` of them have passed; a failed trial reopens it with the cooldown
+doubled, capped at ``max_cooldown_s``, so a dead provider costs one call per backoff and a
+recovered one is found within seconds.
+
+Every call carries its own :class:`Permit` from ``allow``, and its outcome is matched to
+that permit, never to a count: a call admitted before a trip is no trial and cannot reopen
+a circuit closed since; a permit handed back twice counts once; a trial permit never handed
+back is presumed lost after ``trial_timeout_s``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,33 @@ class Circuit(StrEnum):
     HALF_OPEN = "half_open"
 
 
+class Permit:
+    """A call's ticket from ``HealthTracker.allow``: truthy when the call may go.
+
+    Hand it back with ``record(provider, ..., permit=permit)`` so the outcome is counted
+    for the period it was admitted in, and only once.
+    """
+
+    __slots__ = ("provider", "granted", "period", "trial", "deadline", "returned", "void")
+
+    def __init__(self, provider: str, granted: bool, period: int, trial: bool = False,
+                 deadline: float = 0.0) -> None:
+        self.provider = provider
+        self.granted = granted
+        self.period = period  # the breaker's state period it was handed out in
+        self.trial = trial  # a half-open trial call
+        self.deadline = deadline  # trial permits only: presumed lost after this
+        self.returned = False  # handed back to record(): a second return is a duplicate
+        self.void = False  # its period ended, or it was presumed lost: no verdict for the breaker
+
+    def __bool__(self) -> bool:
+        return self.granted
+
+    def __repr__(self) -> str:
+        kind = "trial" if self.trial else "call" if self.granted else "denied"
+        return f"Permit({self.provider!r}, {kind}, period={self.period})"
+
+
 @dataclass(slots=True)
 class Transition:
     from_state: Circuit
@@ -34,76 +68,36 @@ class Breaker:
     config: HealthConfig
     state: Circuit = Circuit.CLOSED
     since: float = 0.0  # when the current state began
+    half_open_since: float = 0.0  # when the last half-open period began
+    #: Counts every change of state: a permit is good only for the period it came from.
+    period: int = 0
     cooldown_s: float = 0.0  # of the current (or last) open period
     trips: int = 0  # opens since the circuit was last closed for good
+    failed_trials: int = 0  # trial calls failed in a row since the circuit last closed
     consecutive: int = 0  # failures in a row
-    #: When each half-open permit handed out and not yet returned is presumed lost (a
-    #: call that ended without being recorded must not keep the circuit half-open).
-    trial_deadlines: deque[float] = field(default_factory=deque)
+    #: Trial permits handed out in this half-open period and not yet back (a few at most).
+    trials: deque[Permit] = field(default_factory=deque)
     trials_passed: int = 0
-    #: Calls let through by allow() while closed that have not ended. Those still running
-    #: when the circuit goes half-open are not trials: they must not free trial permits.
-    granted: int = 0
-    legacy: int = 0
     open_reason: str = ""
     #: (time, failed) of the calls since the circuit last closed, within the window
     recent: deque[tuple[float, bool]] = field(default_factory=deque)
     recent_failures: int = 0  # kept with ``recent``, so a call costs O(1)
 
-    def allow(self, now: float) -> tuple[bool, list[Transition]]:
-        """May a call go now; hands out a trial permit in half-open."""
+    # --- permits --------------------------------------------------------------------------
+
+    def allow(self, provider: str, now: float) -> tuple[Permit, list[Transition]]:
+        """A permit for one call now: granted while closed, a trial permit in half-open
+        while fewer than ``trials_at_once`` are out, denied otherwise."""
         moves = self._maybe_half_open(now)
         if self.state is Circuit.CLOSED:
-            self.granted += 1
-            return True, moves
+            return Permit(provider, True, self.period), moves
         if self.state is Circuit.HALF_OPEN:
             self._expire_trials(now)
-        if self.state is Circuit.HALF_OPEN and self.trials_out + self.trials_passed < self.config.half_open_trials:
-            self.trial_deadlines.append(now + self.config.trial_timeout_s)
-            return True, moves
-        return False, moves
-
-    def release(self, now: float) -> list[Transition]:
-        """A call that does not count (429, 401/403, 404) ended: give back its trial permit."""
-        moves = self._maybe_half_open(now)
-        if not self._ended_outside_trials() and self.state is Circuit.HALF_OPEN:
-            self._return_trial()
-        return moves
-
-    def probe_succeeded(self, now: float) -> list[Transition]:
-        """An active probe reached the provider: an open circuit goes half-open at once
-        and lets its trial calls decide (Envoy's successful_active_health_check_uneject_host)."""
-        if self.state is Circuit.OPEN and now < self.since + self.cooldown_s:
-            self.state, self.since = Circuit.HALF_OPEN, now
-            self.trial_deadlines.clear()
-            self.trials_passed = 0
-            self.legacy = self.granted
-            return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, "a probe succeeded")]
-        return []
-
-    def _ended_outside_trials(self) -> bool:
-        """Account a call's end; True when it was not a half-open trial call."""
-        if self.state is Circuit.HALF_OPEN and self.legacy > 0:
-            self.legacy -= 1
-            self.granted = max(0, self.granted - 1)
-            return True
-        if self.state is not Circuit.HALF_OPEN:
-            self.granted = max(0, self.granted - 1)
-            return True
-        return False
-
-    @property
-    def trials_out(self) -> int:
-        """Half-open permits handed out and not yet returned."""
-        return len(self.trial_deadlines)
-
-    def _return_trial(self) -> None:
-        if self.trial_deadlines:
-            self.trial_deadlines.popleft()
-
-    def _expire_trials(self, now: float) -> None:
-        while self.trial_deadlines and self.trial_deadlines[0] <= now:
-            self.trial_deadlines.popleft()
+            if len(self.trials) < self.config.trials_at_once:
+                permit = Permit(provider, True, self.period, True, now + self.config.trial_timeout_s)
+                self.trials.append(permit)
+                return permit, moves
+        return Permit(provider, False, self.period), moves
 
     def would_allow(self, now: float) -> bool:
         """``allow`` without taking a permit or changing state (for ranking)."""
@@ -111,41 +105,73 @@ class Breaker:
             return True
         if self.state is Circuit.OPEN and now < self.since + self.cooldown_s:
             return False
-        trials_out = sum(1 for d in self.trial_deadlines if d > now) if self.state is Circuit.HALF_OPEN else 0
-        passed = self.trials_passed if self.state is Circuit.HALF_OPEN else 0
-        return trials_out + passed < self.config.half_open_trials
+        if self.state is Circuit.OPEN:
+            return True  # cooldown over: allow() will find it half-open with no trial out
+        return sum(1 for permit in self.trials if permit.deadline > now) < self.config.trials_at_once
 
-    def _maybe_half_open(self, now: float) -> list[Transition]:
-        if self.state is Circuit.OPEN and now >= self.since + self.cooldown_s:
-            self.state, self.since = Circuit.HALF_OPEN, now
-            self.trial_deadlines.clear()
-            self.trials_passed = 0
-            self.legacy = self.granted
-            return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, f"cooldown of {self.cooldown_s:g} s over")]
-        return []
+    def trials_out(self, now: float) -> int:
+        """Trial permits out and not yet presumed lost."""
+        if self.state is not Circuit.HALF_OPEN:
+            return 0
+        return sum(1 for permit in self.trials if permit.deadline > now)
 
-    def record(self, now: float, failed: bool, what: str) -> list[Transition]:
+    def _expire_trials(self, now: float) -> None:
+        while self.trials and self.trials[0].deadline <= now:
+            self.trials.popleft().void = True  # lost: a late answer is no trial
+
+    def _take_trial(self, permit: Permit | None) -> bool:
+        """Take a trial permit back; True when it was out in this half-open period.
+
+        Without a permit (a caller that never asked) the oldest trial out is taken for it;
+        with no trial out it still counts, as for a caller that never asks allow()."""
+        if permit is None:
+            if self.trials:
+                self.trials.popleft().void = True
+            return True
+        try:
+            self.trials.remove(permit)  # a few at most: O(trials_at_once)
+        except ValueError:
+            return False
+        return True
+
+    # --- outcomes -------------------------------------------------------------------------
+
+    def _counts(self, permit: Permit | None) -> bool:
+        """Whether an outcome is news for the breaker now (and spends its permit)."""
+        if permit is None:
+            return self.state is not Circuit.OPEN
+        if permit.returned:
+            return False  # counted already
+        permit.returned = True
+        if permit.void or not permit.granted:
+            return False  # presumed lost, its period over, or a call that went without one
+        if permit.trial:
+            return self.state is Circuit.HALF_OPEN and self._take_trial(permit)
+        return self.state is Circuit.CLOSED and permit.period == self.period
+
+    def release(self, now: float, permit: Permit | None) -> list[Transition]:
+        """A call that is no verdict (429, 401/403, 404, cancelled) ended: its trial permit,
+        if it had one, comes back for another call."""
+        moves = self._maybe_half_open(now)
+        if self._counts(permit) and permit is None and self.state is Circuit.HALF_OPEN:
+            self._take_trial(None)
+        return moves
+
+    def record(self, now: float, failed: bool, what: str, permit: Permit | None = None) -> list[Transition]:
         """Account one scored call; returns the moves it caused, in order."""
         moves = self._maybe_half_open(now)
-        outside = self._ended_outside_trials()
-        if self.state is Circuit.HALF_OPEN and outside:
-            return moves  # a call from before the half-open period: not a trial
+        if not self._counts(permit):
+            return moves  # admitted in an earlier period, or already counted
         if self.state is Circuit.HALF_OPEN:
-            self._return_trial()
+            if permit is None:
+                self._take_trial(None)
             if failed:
+                self.failed_trials += 1
                 return [*moves, self._trip(now, f"a trial call failed ({what})")]
             self.trials_passed += 1
             if self.trials_passed >= self.config.half_open_trials:
-                self.state, self.since, self.trips = Circuit.CLOSED, now, 0
-                self.consecutive, self.trials_passed = 0, 0
-                self.trial_deadlines.clear()
-                self.recent.clear()
-                self.recent_failures = 0
-                moves.append(Transition(Circuit.HALF_OPEN, Circuit.CLOSED,
-                                        f"{self.config.half_open_trials} trial calls passed"))
+                moves.append(self._close(now))
             return moves
-        if self.state is Circuit.OPEN:
-            return moves  # a call that started before the circuit opened
         self.consecutive = self.consecutive + 1 if failed else 0
         recent = self.recent
         recent.append((now, failed))
@@ -158,15 +184,49 @@ class Breaker:
             return [*moves, self._trip(now, f"{self.recent_failures} of the last {len(recent)} calls failed")]
         return moves
 
-    def _trip(self, now: float, reason: str) -> Transition:
-        before = self.state
-        # Trial calls still running belong to this period, not to the next half-open one.
-        self.granted += self.trials_out
-        self.cooldown_s = min(self.config.open_cooldown_s * 2**self.trips, self.config.max_cooldown_s)
-        self.trips += 1
-        self.state, self.since, self.open_reason = Circuit.OPEN, now, reason
-        self.consecutive, self.trials_passed = 0, 0
-        self.trial_deadlines.clear()
+    def probe_succeeded(self, now: float) -> list[Transition]:
+        """An active probe reached the provider: an open circuit goes half-open at once
+        and lets its trial calls decide (Envoy's successful_active_health_check_uneject_host)."""
+        if self.state is Circuit.OPEN and now < self.since + self.cooldown_s:
+            self._enter(Circuit.HALF_OPEN, now)
+            return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, "a probe succeeded")]
+        return []
+
+    # --- moves ----------------------------------------------------------------------------
+
+    def _enter(self, state: Circuit, now: float) -> None:
+        if state is Circuit.HALF_OPEN:
+            self.half_open_since = now
+        self.state, self.since = state, now
+        self.period += 1
+        for permit in self.trials:  # trials still out belong to the period that ends
+            permit.void = True
+        self.trials.clear()
+        self.trials_passed = 0
+        self.consecutive = 0
         self.recent.clear()
         self.recent_failures = 0
+
+    def _maybe_half_open(self, now: float) -> list[Transition]:
+        if self.state is Circuit.OPEN and now >= self.since + self.cooldown_s:
+            self._enter(Circuit.HALF_OPEN, now)
+            return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, f"cooldown of {self.cooldown_s:g} s over")]
+        return []
+
+    def _close(self, now: float) -> Transition:
+        self._enter(Circuit.CLOSED, now)
+        self.trips = self.failed_trials = 0
+        return Transition(Circuit.HALF_OPEN, Circuit.CLOSED, f"{self.config.half_open_trials} trial calls passed")
+
+    def _trip(self, now: float, reason: str) -> Transition:
+        before = self.state
+        # Doubling from the last cooldown, capped at every step: no power, nothing to
+        # overflow however long the provider stays down.
+        if self.trips == 0:
+            self.cooldown_s = self.config.open_cooldown_s
+        else:
+            self.cooldown_s = min(self.cooldown_s * 2.0, self.config.max_cooldown_s)
+        self.trips += 1
+        self._enter(Circuit.OPEN, now)
+        self.open_reason = reason
         return Transition(before, Circuit.OPEN, reason)

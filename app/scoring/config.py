@@ -29,13 +29,25 @@ class HealthConfig(BaseModel):
     #: least 10 calls: a provider failing half its calls costs users more than a failover.
     failure_rate: float = Field(0.5, gt=0, le=1)
     min_calls: int = Field(10, ge=1)
-    #: Envoy ejects for 30 s x the number of ejections, capped at 300 s; we double.
-    open_cooldown_s: float = Field(30.0, gt=0)
-    max_cooldown_s: float = Field(300.0, gt=0)
-    #: Trial calls let through at once in half-open (resilience4j permits 10 in all; a few
-    #: at a time keep a thundering herd off a provider that is just back).
+    #: How long a tripped circuit stays open before one trial call may go. LiteLLM cools a
+    #: deployment down for 5 s (DEFAULT_COOLDOWN_TIME_SECONDS); Envoy ejects a host for
+    #: 30 s x its ejections, capped at 300 s (base_ejection_time, max_ejection_time). Envoy
+    #: needs the long ejection because an ejected host simply comes back when it ends; our
+    #: half-open state lets one trial call through instead, so a short cooldown costs a dead
+    #: provider one call, and a recovered one is found within seconds.
+    open_cooldown_s: float = Field(5.0, gt=0)
+    #: Each failed trial doubles the cooldown up to this cap: a dead provider costs about six
+    #: calls a minute (a trial that times out holds its permit longer), and a recovered one
+    #: is taken back within 10 s plus one call. Doubled step by step, never as a power.
+    max_cooldown_s: float = Field(10.0, gt=0)
+    #: Trial calls that must pass, one after another, before the circuit closes: three in a
+    #: row is a recovery, not luck (resilience4j lets 10 through; a few keep a thundering
+    #: herd off a provider that is just back).
     half_open_trials: int = Field(3, ge=1)
-    #: A trial permit not returned within this long is presumed lost (the call ended
+    #: Trial calls in flight at once in half-open: one, so a provider still down costs one
+    #: failed call per cooldown, never a burst.
+    trials_at_once: int = Field(1, ge=1)
+    #: A trial permit not handed back within this long is presumed lost (the call ended
     #: without being recorded), like resilience4j's maximum wait in half-open. 300 s is
     #: the longest an LLM call is timed (the top inference bucket).
     trial_timeout_s: float = Field(300.0, gt=0)

@@ -88,8 +88,22 @@ QUOTA_CODES = frozenset({"insufficient_quota", "billing_hard_limit_reached", "bi
 _UNREACHED_ERRORS = ("timeout", "timedout", "connect", "network", "unreachable", "refused", "reset")
 
 
+def http_status(value: object) -> int | None:
+    """``value`` as an HTTP status code: an int as it is, an integral float or a string of
+    digits (``500.0``, ``"503"``: what loosely typed clients hand over) as its int, else None."""
+    if type(value) is int:
+        return value
+    if isinstance(value, float) and value.is_integer() and 100 <= value < 1000:
+        return int(value)
+    if isinstance(value, str) and len(value.strip()) == 3 and value.strip().isdigit():
+        return int(value)
+    return None
+
+
 def classify(status_code: int | None, error: BaseException | str | None, error_code: str | None) -> Outcome:
-    if status_code is not None and not isinstance(status_code, bool) and isinstance(status_code, int):
+    if type(status_code) is not int:
+        status_code = http_status(status_code)
+    if status_code is not None:
         if status_code == 429 or status_code == 529:  # 529: Anthropic's "overloaded"
             return Outcome.QUOTA if _is_quota(error_code) else Outcome.THROTTLED
         if status_code in (401, 403):
@@ -128,42 +142,56 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
 _UNIT_S = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
 
 
+#: A hint past a day is no rate limit we can honour (the cooldown is capped far below it).
+_LONGEST_HINT_S = 86_400.0
+
+
+def _seconds(value: float) -> float | None:
+    """A usable wait: finite, not negative, at most a day; None otherwise."""
+    return value if 0.0 <= value <= _LONGEST_HINT_S else None  # NaN fails both comparisons
+
+
 def parse_duration(text: str) -> float | None:
-    """OpenAI's reset format (``1s``, ``6m0s``, ``20ms``, ``1h2m``) or plain seconds."""
+    """OpenAI's reset format (``1s``, ``6m0s``, ``20ms``, ``1h2m``) or plain seconds;
+    None for anything else, and for NaN, negative or absurdly long waits."""
     text = text.strip().lower()
     try:
-        return float(text)
+        return _seconds(float(text))
     except ValueError:
         pass
     parts = _DURATION_PART.findall(text)
     if not parts or "".join(number + unit for number, unit in parts) != text:
         return None
-    return sum(float(number) * _UNIT_S[unit] for number, unit in parts)
+    return _seconds(sum(float(number) * _UNIT_S[unit] for number, unit in parts))
 
 
 def retry_hint(
     headers: Mapping[str, str] | None, retry_after_s: float | None, now_wall: float
 ) -> tuple[float, str] | None:
-    """The longest wait the provider asked for, in seconds, and which hint said so."""
+    """The longest usable wait the provider asked for, in seconds, and which hint said so.
+    A hint that cannot be read (NaN, negative, huge, garbage) is skipped, never the rest."""
     hints: list[tuple[float, str]] = []
-    if retry_after_s is not None and retry_after_s >= 0:
-        hints.append((float(retry_after_s), "Retry-After"))
+    if isinstance(retry_after_s, int | float) and not isinstance(retry_after_s, bool):
+        if (seconds := _seconds(float(retry_after_s))) is not None:
+            hints.append((seconds, "Retry-After"))
     lowered = {str(k).lower(): str(v) for k, v in (headers or {}).items()}
     if "retry-after" in lowered:
         value = lowered["retry-after"].strip()
         seconds = parse_duration(value)
         if seconds is None:
             try:
-                seconds = email.utils.parsedate_to_datetime(value).timestamp() - now_wall
-            except (TypeError, ValueError, IndexError):
+                seconds = _seconds(email.utils.parsedate_to_datetime(value).timestamp() - now_wall)
+            except (TypeError, ValueError, IndexError, OverflowError):
                 seconds = None
         if seconds is not None:
             hints.append((seconds, "Retry-After"))
     if "retry-after-ms" in lowered:
         try:
-            hints.append((float(lowered["retry-after-ms"]) / 1000.0, "retry-after-ms"))
+            seconds = _seconds(float(lowered["retry-after-ms"]) / 1000.0)
         except ValueError:
-            pass
+            seconds = None
+        if seconds is not None:
+            hints.append((seconds, "retry-after-ms"))
     for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens"):
         if name in lowered:
             seconds = parse_duration(lowered[name])

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
 
-from app.scoring.breaker import Breaker, Circuit, Transition
+from app.scoring.breaker import Breaker, Circuit, Permit, Transition
 from app.scoring.config import HealthConfig
 from app.scoring.outcome import NOT_SCORED, Outcome, classify, retry_hint
 from app.scoring.score import apdex_zone, health_score
@@ -130,6 +130,7 @@ class _Provider:
     quota_until: float = -math.inf
     quota_reason: str = ""
     in_flight: int = 0
+    last_granted: float = -math.inf  # when a call last went (allow, start) or ended
     ewma_s: float | None = None
     ewma_at: float = 0.0
 
@@ -162,10 +163,31 @@ class HealthTracker:
             provider = self._providers[name] = _Provider(Breaker(self.config))
         return provider
 
+    def _known(self, name: str) -> _Provider:
+        """The provider's state, or a fresh one that is not kept: a question about a name
+        never seen must not create state (nor a series of the provider gauges)."""
+        return self._providers.get(name) or _Provider(Breaker(self.config))
+
     def start(self, provider: str) -> None:
         """A call to ``provider`` begins (its ``record`` ends it): the load for ``choose``."""
+        now = self.clock()
         with self._lock:
-            self._provider(provider).in_flight += 1
+            state = self._provider(provider)
+            state.in_flight += 1
+            state.last_granted = now
+
+    def begin(self, provider: str) -> Permit:
+        """``allow`` and ``start`` in one step: the recording helpers call it as a call begins."""
+        now = self.clock()
+        with self._lock:
+            state = self._provider(provider)
+            state.in_flight += 1
+            permit, moves = state.breaker.allow(provider, now)
+            if permit:
+                state.last_granted = now
+        if moves:
+            self._notify(provider, moves)
+        return permit
 
     def record(
         self,
@@ -178,19 +200,29 @@ class HealthTracker:
         retry_after_s: float | None = None,
         headers: Mapping[str, str] | None = None,
         error_code: str | None = None,
+        permit: Permit | None = None,
     ) -> str | None:
         """Account one finished call. Returns its Apdex zone when it counts for the score
-        (satisfied, tolerating, frustrated), None when it does not (429, 401/403, 404)."""
+        (satisfied, tolerating, frustrated), None when it does not (429, 401/403, 404).
+
+        ``permit`` is the one ``allow`` gave the call: its outcome then counts for the
+        breaker only in the period the call was admitted in, and only once. Without one the
+        call counts as in the breaker's current state (a caller that never asks)."""
+        if permit is not None and permit.provider != provider:
+            permit = None  # another provider's permit says nothing about this call
         outcome = classify(status_code, error, error_code)
         now = self.clock()
         moves: list[Transition] = []
         zone: str | None = None
         with self._lock:
+            if permit is not None and permit.returned:
+                return None  # this call was recorded already: never counted twice
             state = self._provider(provider)
+            state.last_granted = now
             if state.in_flight > 0:
                 state.in_flight -= 1
             if outcome in _NOT_SCORED:
-                moves = state.breaker.release(now)  # not scored: a trial permit comes back
+                moves = state.breaker.release(now, permit)  # not scored: a trial permit comes back
             if outcome is Outcome.CANCELLED:
                 pass
             elif outcome is Outcome.THROTTLED:
@@ -206,6 +238,10 @@ class HealthTracker:
                 failed = outcome.is_error  # the caller's own 4xx is a success for the provider
                 latency = ttft_s if ttft_s is not None else duration_s
                 if failed:
+                    # A fast error is no fast answer: it costs the load balancer as a
+                    # frustrated call would (4T), or a provider failing in 50 ms would
+                    # look the least loaded and draw more calls than the healthy ones.
+                    self._update_ewma(state, now, max(duration_s, 4 * self.config.apdex_threshold(provider)))
                     latency = math.inf
                 else:
                     state.throttle_backoffs = 0
@@ -219,9 +255,14 @@ class HealthTracker:
                     what = f"{type(error).__name__}"
                 elif isinstance(error, str):
                     what = error
-                moves = state.breaker.record(now, failed, what)
+                moves = state.breaker.record(now, failed, what, permit)
+            if moves and moves[-1].to_state is Circuit.CLOSED:
+                # Its trial calls proved it back: the score starts afresh from them, or the
+                # failures of the outage would keep it ranked last, and unused, for a window.
+                state.window.prune(state.breaker.half_open_since)
             self._prune(state, now)
-        self._notify(provider, moves)
+        if moves:
+            self._notify(provider, moves)
         return zone
 
     def _throttle(self, state: _Provider, now: float, headers: Mapping[str, str] | None,
@@ -247,6 +288,13 @@ class HealthTracker:
             weight = math.exp(-(now - state.ewma_at) / self.config.ewma_tau_s)
             state.ewma_s = state.ewma_s * weight + latency * (1 - weight)
         state.ewma_at = now
+
+    def _ewma_now(self, state: _Provider, now: float) -> float:
+        """The peak EWMA decayed towards zero for the time without a sample, as Finagle's
+        PeakEwma reads it: a provider left idle after a slow or failed call is tried again."""
+        if state.ewma_s is None:
+            return 0.0
+        return state.ewma_s * math.exp(-max(0.0, now - state.ewma_at) / self.config.ewma_tau_s)
 
     def record_probe(self, provider: str, ok: bool) -> None:
         """An active probe's outcome: feeds availability; a success ends a quota lockout
@@ -282,21 +330,50 @@ class HealthTracker:
 
     # --- reading it ---------------------------------------------------------------------
 
-    def allow(self, provider: str) -> bool:
-        """May a call go to ``provider`` now (closed, or a half-open trial permit)."""
+    def allow(self, provider: str) -> Permit:
+        """May a call go to ``provider`` now: a permit, truthy while the circuit is closed
+        or for a half-open trial call, falsy otherwise. Hand it back to ``record(permit=)``."""
         now = self.clock()
         with self._lock:
-            state = self._provider(provider)
-            allowed, moves = state.breaker.allow(now)
-        self._notify(provider, moves)
-        return allowed
+            state = self._providers.get(provider)
+            if state is None:  # never seen: closed, and no state until a call is recorded
+                return Permit(provider, True, 0)
+            permit, moves = state.breaker.allow(provider, now)
+            if permit:
+                state.last_granted = now
+        if moves:
+            self._notify(provider, moves)
+        return permit
 
     def status(self, provider: str) -> ProviderHealth:
         now = self.clock()
         with self._lock:
-            state = self._provider(provider)
+            state = self._known(provider)
             self._prune(state, now)
             return self._health(provider, state, now)
+
+    def circuit(self, provider: str) -> Circuit:
+        """The provider's circuit as ``allow`` would find it now (closed when never seen)."""
+        now = self.clock()
+        with self._lock:
+            state = self._providers.get(provider)
+            if state is None:
+                return Circuit.CLOSED
+            breaker = state.breaker
+            if breaker.state is Circuit.OPEN and now >= breaker.since + breaker.cooldown_s:
+                return Circuit.HALF_OPEN
+            return breaker.state
+
+    def exported(self, limit: int) -> tuple[list[ProviderHealth], int]:
+        """The health of the first ``limit`` providers recorded (by name), and how many
+        more there are: the provider gauges export only these, like a label cap."""
+        now = self.clock()
+        with self._lock:
+            names = list(self._providers)
+            for name in names[:limit]:
+                self._prune(self._providers[name], now)
+            kept = [self._health(name, self._providers[name], now) for name in sorted(names[:limit])]
+        return kept, max(0, len(names) - limit)
 
     def snapshot(self) -> list[ProviderHealth]:
         now = self.clock()
@@ -330,10 +407,13 @@ class HealthTracker:
         reasons: list[str] = []
         if circuit is Circuit.OPEN:
             reasons.append(f"circuit open since {self._at(now, breaker.since)} after {breaker.open_reason}; "
-                           f"trial calls from {self._at(now, breaker.since + breaker.cooldown_s)}")
+                           f"next trial call at {self._at(now, breaker.since + breaker.cooldown_s)} "
+                           f"(cooldown {breaker.cooldown_s:g} s)")
         elif circuit is Circuit.HALF_OPEN:
-            reasons.append(f"circuit half-open: {breaker.trials_passed} of {config.half_open_trials} "
-                           "trial calls passed")
+            out = breaker.trials_out(now)
+            reasons.append(f"circuit half-open: {out} trial call{'' if out == 1 else 's'} in flight, "
+                           f"{breaker.trials_passed if breaker.state is Circuit.HALF_OPEN else 0} of "
+                           f"{config.half_open_trials} passed")
         if quota:
             reasons.append(f"{state.quota_reason}: out until {self._at(now, state.quota_until)} "
                            "or a successful probe")
@@ -394,7 +474,9 @@ class HealthTracker:
 
         Ranks by score (scores within ``tie_band`` are equals), skipping open circuits
         and throttled or quota-exhausted providers; a half-open provider with a trial
-        permit free goes first, so recovery is noticed. Equals are ordered by load: the
+        permit free goes first, so recovery is noticed; so does, once per
+        ``max_cooldown_s``, a provider ranked below the best whose score no call has
+        tested for that long (without calls a score can never recover). Equals are ordered by load: the
         peak-EWMA of time to first token times the calls in flight plus one (Finagle's
         and Linkerd's balancer cost). When every candidate is excluded it still returns
         the one that comes back soonest, with ``panic=True``.
@@ -404,11 +486,11 @@ class HealthTracker:
             raise ValueError("choose() needs at least one candidate")
         now = self.clock()
         band = self.config.tie_band
-        eligible: list[tuple[float, float, float, int, str]] = []  # trial, score, cost, index
+        eligible: list[tuple[float, float, float, int, str]] = []  # trial, score, cost, index, name
         excluded: list[tuple[tuple[float, ...], str]] = []
         with self._lock:
             for index, name in enumerate(names):
-                state = self._provider(name)
+                state = self._known(name)
                 self._prune(state, now)
                 health = self._health(name, state, now)
                 breaker = state.breaker
@@ -417,8 +499,9 @@ class HealthTracker:
                 if blocked_until > now or not breaker.would_allow(now):
                     excluded.append(((blocked_until, -health.score, index), name))
                     continue
-                trial_first = 0.0 if health.circuit is Circuit.HALF_OPEN else 1.0
-                cost = (state.ewma_s or 0.0) * (state.in_flight + 1)
+                idle = now - state.last_granted >= self.config.max_cooldown_s
+                trial_first = 0.0 if health.circuit is Circuit.HALF_OPEN else 1.0 if not idle else 0.9
+                cost = self._ewma_now(state, now) * (state.in_flight + 1)
                 eligible.append((trial_first, health.score, cost, index, name))
         best = max((score for _, score, _, _, _ in eligible), default=0.0)
 
@@ -426,6 +509,8 @@ class HealthTracker:
             trial_first, score, cost, index, _ = entry
             # Scores within tie_band of each other (counted from the best) are equals.
             tier = math.floor((best - score) / band + 1e-9) if band else -score
+            if trial_first == 0.9 and tier <= 0:
+                trial_first = 1.0  # among the best it gets calls anyway: no retrial needed
             return (trial_first, tier, cost, index)
 
         eligible.sort(key=rank)

@@ -13,6 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
 from app.main import create_app
+from app.scoring import HealthConfig, HealthTracker, get_tracker, set_tracker
 from app.settings import Settings
 from tests.support.servers import AppServer, MetricsServer, serve_app, start_prometheus
 
@@ -40,6 +41,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MetricsSe
                                   ("gateway-providers", "/prometheus/metrics/providers"),
                                   ("gateway-models", "/prometheus/metrics/models"))
             ])
+            # The broken provider's circuit must stay open while Prometheus scrapes it (by
+            # default it goes half-open after 5 s); set after create_app, which sets its own.
+            previous = get_tracker()
+            set_tracker(HealthTracker(HealthConfig(open_cooldown_s=600.0, max_cooldown_s=600.0)))
             for _ in range(10):
                 metrics.record_upstream_call(BROKEN, "m1", duration_s=0.2, status_code=500)
             # rate() needs a series seen before its increase: a batch, a scrape, a batch, a scrape.
@@ -50,7 +55,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MetricsSe
                     f' and on () count(gatewayz_provider_circuit_state{{provider="{BROKEN}"}} == 1) == 2',
                     timeout=30,
                 )
-            yield prometheus, app
+            try:
+                yield prometheus, app
+            finally:
+                set_tracker(previous)
 
 
 def get(app: AppServer, path: str, **params: object) -> dict:

@@ -398,3 +398,26 @@ def test_overloaded_529_throttles_like_a_429(tracker: HealthTracker, clock: Fake
 
     assert cooldown_s(tracker, clock, "p") == pytest.approx(4.0)
     assert tracker.status("p").calls == 0
+
+
+@pytest.mark.parametrize("bad", ["nan", "NaN", "-5", "inf", "1e400", "999999999", "soon", ""])
+def test_a_bad_hint_never_drops_a_valid_one_beside_it(tracker: HealthTracker, clock: FakeClock, bad: str) -> None:
+    headers = {"retry-after-ms": bad, "retry-after": bad, "x-ratelimit-reset-tokens": bad,
+               "x-ratelimit-reset-requests": "30s"}
+
+    tracker.record("p", duration_s=0.1, status_code=429, headers=headers)
+
+    assert cooldown_s(tracker, clock, "p") == pytest.approx(30.0)
+    assert "throttled until 22:13:50 by x-ratelimit-reset-requests" in tracker.status("p").reasons
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf"), 1e300])
+def test_a_bad_retry_after_argument_is_ignored(tracker: HealthTracker, clock: FakeClock, bad: float) -> None:
+    tracker.record("p", duration_s=0.1, status_code=429, retry_after_s=bad, headers={"retry-after": "7"})
+
+    assert cooldown_s(tracker, clock, "p") == pytest.approx(7.0)
+
+
+@pytest.mark.parametrize("text", ["nan", "-1", "inf", "-inf", "1e400", "100000h"])
+def test_parse_duration_refuses_nan_negative_and_huge(text: str) -> None:
+    assert parse_duration(text) is None

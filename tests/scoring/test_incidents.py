@@ -70,7 +70,7 @@ def test_5xx_storm_opens_the_circuit_on_the_5th_consecutive_failure(tracker: Hea
     assert health.availability == 0.0
     assert not tracker.allow("a")
     assert health.reasons[0] == ("circuit open since 22:13:20 after 5 consecutive failures (last: failure 500); "
-                                 "trial calls from 22:13:50")
+                                 "next trial call at 22:13:25 (cooldown 5 s)")
 
 
 def test_consecutive_count_restarts_after_a_success(tracker: HealthTracker) -> None:
@@ -82,41 +82,68 @@ def test_consecutive_count_restarts_after_a_success(tracker: HealthTracker) -> N
     assert tracker.status("a").circuit == "closed"
 
 
-def test_open_circuit_half_opens_after_30s(tracker: HealthTracker, clock: FakeClock) -> None:
+def test_open_circuit_half_opens_after_5s(tracker: HealthTracker, clock: FakeClock) -> None:
     open_circuit(tracker, "a")
 
-    clock.advance(29.9)
+    clock.advance(4.9)
     assert not tracker.allow("a")
     assert tracker.status("a").circuit == "open"
 
     clock.advance(0.1)
     assert tracker.status("a").circuit == "half_open"
+    assert tracker.status("a").reasons[0] == "circuit half-open: 0 trial calls in flight, 0 of 3 passed"
     assert tracker.allow("a")
-    assert tracker.status("a").reasons[0] == "circuit half-open: 0 of 3 trial calls passed"
+    assert tracker.status("a").reasons[0] == "circuit half-open: 1 trial call in flight, 0 of 3 passed"
 
 
-def test_failed_trial_reopens_with_a_60s_cooldown(tracker: HealthTracker, clock: FakeClock) -> None:
+def test_failed_trial_reopens_with_a_10s_cooldown(tracker: HealthTracker, clock: FakeClock) -> None:
     open_circuit(tracker, "a")
 
-    trial_fails(tracker, clock, "a", after_s=30.0)
+    trial_fails(tracker, clock, "a", after_s=5.0)
 
     health = tracker.status("a")
     assert health.circuit == "open"
-    assert "after a trial call failed (failure 500); trial calls from 22:14:50" in health.reasons[0]
-    clock.advance(59.9)
+    assert "after a trial call failed (failure 500); next trial call at 22:13:35 (cooldown 10 s)" in health.reasons[0]
+    clock.advance(9.9)
     assert not tracker.allow("a")
     clock.advance(0.1)
     assert tracker.allow("a")
 
 
-def test_cooldown_doubles_on_each_retrip_up_to_300s(tracker: HealthTracker, clock: FakeClock) -> None:
+def test_cooldown_doubles_on_each_failed_trial_up_to_10s(tracker: HealthTracker, clock: FakeClock) -> None:
     open_circuit(tracker, "a")
     cooldowns = []
-    for _ in range(6):
+    for _ in range(4):
         cooldowns.append(wait_for_trial(tracker, "a", clock))
         fail(tracker, "a")  # the trial call fails
 
-    assert cooldowns == [30.0, 60.0, 120.0, 240.0, 300.0, 300.0]
+    assert cooldowns == [5.0, 10.0, 10.0, 10.0]
+
+
+def test_a_week_of_outage_never_wedges_the_breaker(clock: FakeClock) -> None:
+    # Doubling as a power overflowed after 1,024 trips (about 86 hours): record() raised,
+    # the circuit never reopened and choose() ranked the dead provider first.
+    config = HealthConfig(open_cooldown_s=1.0, max_cooldown_s=300.0)
+    tracker = HealthTracker(config, clock=clock, wall_clock=clock.wall)
+    fail(tracker, "dead", 5)
+    succeed(tracker, "alive", 10)
+    week, trials = 7 * 86_400.0, 0
+    end = clock.now + week
+    while clock.now < end:
+        clock.advance(config.max_cooldown_s)
+        permit = tracker.allow("dead")
+        assert permit, "a trial call is let through after every cooldown"
+        tracker.record("dead", duration_s=0.2, status_code=503, permit=permit)
+        trials += 1
+
+    assert trials == week // config.max_cooldown_s
+    assert tracker.status("dead").circuit == "open"
+    assert tracker.choose(["dead", "alive"]).order == ["alive", "dead"]
+    clock.advance(config.max_cooldown_s)
+    for _ in range(config.half_open_trials):  # it comes back: three trials in a row close it
+        permit = tracker.allow("dead")
+        tracker.record("dead", duration_s=0.2, permit=permit)
+    assert tracker.status("dead").circuit == "closed"
 
 
 def test_failure_rate_of_half_the_calls_over_10_opens_the_circuit(tracker: HealthTracker) -> None:
@@ -273,12 +300,13 @@ def test_recovery_through_half_open_back_to_closed(tracker: HealthTracker, clock
     succeed(tracker, "b", 10, duration_s=1.5)
     assert tracker.choose(["a", "b"]).provider == "b"
 
-    clock.advance(30.0)
+    clock.advance(5.0)
     choice = tracker.choose(["a", "b"])
     assert (choice.provider, choice.panic) == ("a", False)  # a trial call goes first
     for passed in range(3):
-        assert tracker.allow("a")
-        succeed(tracker, "a")
+        permit = tracker.allow("a")
+        assert permit
+        tracker.record("a", duration_s=0.5, permit=permit)
         if passed < 2:
             assert tracker.status("a").circuit == "half_open"
 
@@ -288,20 +316,20 @@ def test_recovery_through_half_open_back_to_closed(tracker: HealthTracker, clock
     assert not any(reason.startswith("circuit") for reason in health.reasons)
 
 
-def test_half_open_lets_three_trial_calls_through_and_no_more(tracker: HealthTracker, clock: FakeClock) -> None:
+def test_half_open_lets_one_trial_call_through_at_a_time(tracker: HealthTracker, clock: FakeClock) -> None:
     open_circuit(tracker, "a")
-    clock.advance(30.0)
+    clock.advance(5.0)
 
-    granted = [tracker.allow("a") for _ in range(5)]
+    granted = [bool(tracker.allow("a")) for _ in range(3)]
 
-    assert granted == [True, True, True, False, False]
+    assert granted == [True, False, False]
     assert tracker.choose(["a", "b"]).provider == "b"
 
 
-def test_closing_resets_the_cooldown_to_30s(tracker: HealthTracker, clock: FakeClock) -> None:
+def test_closing_resets_the_cooldown_to_5s(tracker: HealthTracker, clock: FakeClock) -> None:
     open_circuit(tracker, "a")
-    trial_fails(tracker, clock, "a", after_s=30.0)  # next cooldown 60 s
-    clock.advance(60.0)
+    trial_fails(tracker, clock, "a", after_s=5.0)  # next cooldown 10 s
+    clock.advance(10.0)
     for _ in range(3):
         assert tracker.allow("a")
         succeed(tracker, "a")
@@ -309,7 +337,7 @@ def test_closing_resets_the_cooldown_to_30s(tracker: HealthTracker, clock: FakeC
 
     open_circuit(tracker, "a")
 
-    assert wait_for_trial(tracker, "a", clock) == 30.0
+    assert wait_for_trial(tracker, "a", clock) == 5.0
 
 
 @pytest.mark.parametrize(("status_code", "error_code"), [(429, None), (401, None), (404, None)],
@@ -320,10 +348,12 @@ def test_trial_answered_429_401_or_404_does_not_leave_the_circuit_stuck_half_ope
     # Such an answer is no verdict on the provider's health, but it must not keep its trial
     # permit: with every permit gone the provider would stay half-open, and out, for good.
     open_circuit(tracker, "a")
-    clock.advance(30.0)
+    clock.advance(5.0)
     for _ in range(3):
-        assert tracker.allow("a")
-        tracker.record("a", duration_s=0.05, status_code=status_code, error_code=error_code, retry_after_s=1)
+        permit = tracker.allow("a")
+        assert permit
+        tracker.record("a", duration_s=0.05, status_code=status_code, error_code=error_code, retry_after_s=1,
+                       permit=permit)
 
     clock.advance(2.0)
 
@@ -338,16 +368,22 @@ def test_trial_answered_429_401_or_404_does_not_leave_the_circuit_stuck_half_ope
 def test_a_late_answer_from_an_earlier_half_open_period_frees_no_trial_permit(
     tracker: HealthTracker, clock: FakeClock
 ) -> None:
+    config = HealthConfig(trials_at_once=3)
+    tracker = HealthTracker(config, clock=clock, wall_clock=clock.wall)
     open_circuit(tracker, "a")
-    clock.advance(30.0)
-    assert [tracker.allow("a") for _ in range(3)] == [True, True, True]
-    fail(tracker, "a")  # the first trial fails: open for 60 s; the other two still run
-    clock.advance(60.0)
-    assert [tracker.allow("a") for _ in range(4)] == [True, True, True, False]
+    clock.advance(5.0)
+    old = [tracker.allow("a") for _ in range(3)]
+    assert all(old)
+    tracker.record("a", duration_s=0.2, status_code=500, permit=old[0])  # a trial fails: open for 10 s
+    clock.advance(10.0)
+    new = [tracker.allow("a") for _ in range(4)]
+    assert [bool(permit) for permit in new] == [True, True, True, False]
 
-    tracker.record("a", duration_s=70.0, status_code=429, retry_after_s=1)  # an old trial ends
+    tracker.record("a", duration_s=70.0, status_code=429, retry_after_s=1, permit=old[1])  # an old trial ends
+    tracker.record("a", duration_s=70.0, permit=old[2])  # another, a success: no trial of this period
 
     assert not tracker.allow("a")  # the three trials of this period are still running
+    assert tracker.status("a").reasons[0] == "circuit half-open: 3 trial calls in flight, 0 of 3 passed"
 
 
 # --- failover and panic -------------------------------------------------------------------------
@@ -357,14 +393,14 @@ def test_panic_when_every_candidate_is_excluded_returns_the_one_back_soonest(
     tracker: HealthTracker, clock: FakeClock
 ) -> None:
     open_circuit(tracker, "a")
-    clock.advance(10.0)
+    clock.advance(2.0)
     open_circuit(tracker, "b")
     tracker.record("c", duration_s=0.05, status_code=429, retry_after_s=120)
 
     choice = tracker.choose(["b", "c", "a"])
 
     assert choice.panic is True
-    assert choice.provider == "a"  # its cooldown ends first (20 s left)
+    assert choice.provider == "a"  # its cooldown ends first (3 s left)
     assert choice.order == ["a", "b", "c"]
 
 
@@ -430,8 +466,8 @@ def test_credential_errors_and_missing_models_do_not_lower_the_score(tracker: He
 
 def test_on_transition_receives_every_move(tracker: HealthTracker, clock: FakeClock, moves: list[Move]) -> None:
     open_circuit(tracker, "a")
-    trial_fails(tracker, clock, "a", after_s=30.0)
-    clock.advance(60.0)
+    trial_fails(tracker, clock, "a", after_s=5.0)
+    clock.advance(10.0)
     for _ in range(3):
         assert tracker.allow("a")
         succeed(tracker, "a")
@@ -451,9 +487,9 @@ def test_on_transition_sees_the_half_open_move_of_a_call_ending_after_the_cooldo
     tracker: HealthTracker, clock: FakeClock, moves: list[Move]
 ) -> None:
     open_circuit(tracker, "a")
-    clock.advance(30.0)
+    clock.advance(5.0)
 
-    fail(tracker, "a")  # a call that started before the circuit opened ends now
+    fail(tracker, "a")  # a call without a permit ends now: taken as a trial call
 
     assert [(before, after) for _, before, after, _ in moves] == [
         ("closed", "open"), ("open", "half_open"), ("half_open", "open")]
@@ -477,7 +513,7 @@ def test_custom_breaker_settings_are_honoured(clock: FakeClock) -> None:
     fail(tracker, "a", 2)
     assert tracker.status("a").circuit == "open"
     clock.advance(5.0)
-    assert [tracker.allow("a") for _ in range(2)] == [True, False]
+    assert [bool(tracker.allow("a")) for _ in range(2)] == [True, False]
     succeed(tracker, "a")
 
     assert tracker.status("a").circuit == "closed"
@@ -487,7 +523,7 @@ def test_a_successful_probe_moves_an_open_circuit_to_half_open(
     tracker: HealthTracker, clock: FakeClock, moves: list[Move]
 ) -> None:
     open_circuit(tracker, "a")
-    clock.advance(5.0)  # well inside the 30 s cooldown
+    clock.advance(2.0)  # inside the 5 s cooldown
     assert not tracker.allow("a")
     tracker.record_probe("a", ok=True)
     assert tracker.status("a").circuit == "half_open"
@@ -499,9 +535,32 @@ def test_a_trial_permit_never_returned_is_freed_after_the_trial_timeout(
     tracker: HealthTracker, clock: FakeClock
 ) -> None:
     open_circuit(tracker, "a")
-    clock.advance(30.0)
-    for _ in range(tracker.config.half_open_trials):
-        assert tracker.allow("a")  # three trial calls that never report back
+    clock.advance(5.0)
+    lost = tracker.allow("a")  # a trial call that never reports back
+    assert lost
     assert not tracker.allow("a")
     clock.advance(tracker.config.trial_timeout_s)
+    fresh = tracker.allow("a")
+    assert fresh
+
+    tracker.record("a", duration_s=0.2, status_code=500, permit=lost)  # its late answer is no trial
+
+    assert tracker.status("a").circuit == "half_open"
+    tracker.record("a", duration_s=0.2, permit=fresh)
+    assert tracker.status("a").reasons[0] == "circuit half-open: 0 trial calls in flight, 1 of 3 passed"
+
+
+def test_a_provider_ranked_out_by_its_score_is_retried_once_per_max_cooldown(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    # Without calls its score could never recover: it would stay last until its window empties.
+    succeed(tracker, "a", 6)
+    fail(tracker, "a", 4)
+    succeed(tracker, "b", 10)
+    assert tracker.choose(["a", "b"]).provider == "b"
+
+    clock.advance(tracker.config.max_cooldown_s)
+    assert tracker.choose(["a", "b"]).provider == "a"
     assert tracker.allow("a")
+
+    assert tracker.choose(["a", "b"]).provider == "b"  # one call, then back to its rank

@@ -101,3 +101,38 @@ def test_successful_probe_ends_a_quota_lockout(tracker: HealthTracker, upstream:
     assert not tracker.choose(["p"]).panic
     assert tracker.status("p").rate_limited_until is None
     assert not any("quota" in reason for reason in tracker.status("p").reasons)
+
+
+def test_a_provider_whose_circuit_is_not_closed_is_probed_at_the_short_interval(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    for _ in range(5):
+        tracker.record("sick", duration_s=0.1, status_code=503)
+    tracker.record("well", duration_s=0.5)
+    runner = ProbeRunner(tracker, {"sick": DOWN, "well": UP}, interval_s=10.0, unhealthy_interval_s=0.02)
+    assert (runner.next_wait_s("sick"), runner.next_wait_s("well")) == (0.02, 10.0)
+
+    async def run_briefly() -> None:
+        task = asyncio.get_running_loop().create_task(runner.run())
+        await asyncio.sleep(0.3)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with respx.mock() as router:
+        sick = router.get(DOWN).mock(return_value=httpx.Response(503))
+        well = router.get(UP).mock(return_value=httpx.Response(200))
+        asyncio.run(run_briefly())
+
+    assert well.call_count == 1  # at start, then not for 10 s
+    assert sick.call_count >= 3
+
+
+def test_a_successful_probe_ends_an_open_circuits_cooldown(tracker: HealthTracker, upstream: respx.MockRouter) -> None:
+    for _ in range(5):
+        tracker.record("p", duration_s=0.1, status_code=503)
+    assert not tracker.allow("p")
+
+    probe_all(ProbeRunner(tracker, {"p": UP}))
+
+    assert tracker.circuit("p") == "half_open"
+    assert tracker.allow("p")

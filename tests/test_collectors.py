@@ -1,0 +1,72 @@
+"""Families computed at scrape time: the provider health gauges obey the label cap."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+
+from app.main import create_app
+from app.scoring import HealthTracker, get_tracker, set_tracker
+from app.settings import Settings
+from tests.conftest import sample
+from tests.scoring.fake_clock import FakeClock
+
+GAUGES = ("gatewayz_provider_health_score", "provider_availability", "provider_error_rate",
+          "gatewayz_provider_circuit_state")
+
+
+@pytest.fixture
+def capped() -> Iterator[tuple[TestClient, HealthTracker]]:
+    previous = get_tracker()
+    clock = FakeClock()
+    tracker = HealthTracker(clock=clock, wall_clock=clock.wall)
+    with TestClient(create_app(Settings(access_log=False, label_cap=10))) as client:
+        set_tracker(tracker)  # after startup, which may install the app's own
+        try:
+            yield client, tracker
+        finally:
+            set_tracker(previous)
+    from app.registry import METRICS
+
+    METRICS.set_label_cap(Settings().label_cap)
+
+
+def series(client: TestClient) -> dict[str, set[str]]:
+    text = client.get("/metrics").text
+    found: dict[str, set[str]] = {name: set() for name in GAUGES}
+    for family in text_string_to_metric_families(text):
+        for metric_sample in family.samples:
+            if metric_sample.name in found:
+                found[metric_sample.name].add(metric_sample.labels["provider"])
+    return found
+
+
+def test_questions_about_unknown_providers_create_no_series(capped: tuple[TestClient, HealthTracker]) -> None:
+    client, tracker = capped
+    tracker.record("known", duration_s=0.3)
+    for index in range(2_000):
+        name = f"unknown-{index}"
+        tracker.choose([name, "known"])
+        tracker.status(name)
+        tracker.allow(name)
+
+    assert series(client) == {name: {"known"} for name in GAUGES}
+
+
+def test_recorded_providers_beyond_the_cap_are_counted_not_exported(
+    capped: tuple[TestClient, HealthTracker]
+) -> None:
+    client, tracker = capped
+    labels = {"metric": "gatewayz_provider_health_score", "label": "provider"}
+    before = sample("gatewayz_label_overflow_total", labels)
+    for index in range(25):
+        tracker.record(f"provider-{index:02d}", duration_s=0.3)
+
+    first = series(client)
+    second = series(client)  # a second scrape does not count the same providers twice
+
+    assert first == second == {name: {f"provider-{index:02d}" for index in range(10)} for name in GAUGES}
+    assert sample("gatewayz_label_overflow_total", labels) == before + 15
