@@ -59,7 +59,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Scrapes are background work: when the cores are all busy, the gateway's requests go
     # first (a scrape may take longer; Prometheus waits up to its scrape_timeout).
     os.nice(NICENESS)
-    uvicorn.run(metrics_only_app(get_settings()), host=args.host, port=args.port,
+    # workers=1: uvicorn would otherwise read WEB_CONCURRENCY, which gunicorn's deployments
+    # set for the gateway's workers, and refuse to start.
+    uvicorn.run(metrics_only_app(get_settings()), host=args.host, port=args.port, workers=1,
                 log_level=args.log_level, access_log=False, lifespan="off")
 
 
