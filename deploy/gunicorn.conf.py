@@ -1,6 +1,10 @@
 """gunicorn with uvicorn workers, in prometheus_client's multiprocess mode.
 
+    pip install gunicorn uvicorn-worker
     gunicorn -c deploy/gunicorn.conf.py app.main:app
+
+Settings from the environment: GUNICORN_BIND, WEB_CONCURRENCY (workers),
+GATEWAY_METRICS_METRICS_PORT, PROMETHEUS_MULTIPROC_DIR.
 
 The master owns PROMETHEUS_MULTIPROC_DIR: it empties it before any worker starts, starts
 the exporter (``app.exporter``: scrapes of every worker, on GATEWAY_METRICS_METRICS_PORT,
@@ -23,6 +27,8 @@ _exporter = None
 
 def on_starting(server):
     global _exporter
+    # These imports load prometheus_client in the master, but it creates no metric, so it
+    # writes no file and the forked workers start with nothing of it.
     from app import exporter
     from app.multiprocess import prepare_directory
 
