@@ -61,15 +61,18 @@ def gateway_app():  # noqa: ANN201 - the uvicorn factory
 def serve(workers: int, port: int, metrics_port: int) -> None:
     """What ``gateway-metrics --workers N`` does, for ``gateway_app``."""
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from app import exporter, multiprocess
+    from app.cli import declared_tcp
 
     multiprocess.prepare_directory(os.environ[multiprocess.ENV_VAR])
     scraper = exporter.start(LOOPBACK, metrics_port)
     try:
-        uvicorn.run("tests.support.load:gateway_app", factory=True, host=LOOPBACK, port=port,
-                    workers=workers, log_level="warning", access_log=False,
-                    timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+        config = uvicorn.Config("tests.support.load:gateway_app", factory=True, host=LOOPBACK, port=port,
+                                workers=workers, log_level="warning", access_log=False,
+                                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+        Multiprocess(config, sockets=[declared_tcp(config.bind_socket())]).run()
     finally:
         scraper.terminate()
         scraper.wait()
