@@ -19,7 +19,7 @@ REQUESTS = 1500
 CONCURRENCY = 16
 LOAD_TIME_LIMIT_S = 60.0
 #: Summary readers run until the load ends, and never more than this many reads each.
-SUMMARY_READS = 200
+SUMMARY_READS = 100
 
 
 @pytest.fixture(scope="module")
