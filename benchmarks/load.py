@@ -7,7 +7,8 @@ its tokens recorded per call) from a process of its own (an asyncio httpx pool o
 mode with the exporter. Two phases in one run: quiet; then while a real Prometheus scrapes
 the exporter every second and two clients read ``/prometheus/metrics/summary`` back to
 back. After each phase the exporter's and Prometheus' totals are checked against what was
-sent (any difference is printed as LOST).
+sent (any difference is printed as LOST). Then one connection sending back to back, with
+the workers' socket declared as TCP (``app.cli.declared_tcp``) and as uvicorn binds it.
 
     .venv/bin/python benchmarks/load.py               # about a minute
 """
@@ -96,6 +97,26 @@ def main() -> None:
                 print(f"counted: {sent:,} calls sent, exporter and Prometheus agree exactly"
                       if not lost and not quiet.failed and not busy.failed
                       else f"LOST {lost}, failed {quiet.failed} {busy.failed}")
+            finally:
+                gateway.stop()
+    one_connection(args.workers)
+
+
+def one_connection(workers: int, requests: int = 300) -> None:
+    """Latency of one kept-alive connection: TCP_NODELAY on the workers' connections or not."""
+    print()
+    print(f"one connection, {requests} calls, {workers} workers")
+    print(f"{'workers socket':34} {'sent':>8} {'req/s':>8} {'x ours':>7} {'p50 ms':>8} {'p99 ms':>8} {'x ours':>7}")
+    ours = None
+    for name, declare in (("declared TCP (gateway-metrics)", True), ("as uvicorn binds it", False)):
+        with tempfile.TemporaryDirectory() as tmp_name:
+            gateway = Gateway(Path(tmp_name), workers=workers, declare_tcp=declare)
+            try:
+                gateway.wait_ready()
+                run_load(gateway.url, 50, 1)  # warm up
+                result = run_load(gateway.url, requests, 1)
+                print(row(name, result, ours, ""))
+                ours = ours or result
             finally:
                 gateway.stop()
 

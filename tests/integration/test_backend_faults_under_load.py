@@ -75,6 +75,14 @@ class Readers:
             thread.join(30)
 
 
+def kinds(readings: list[Reading]) -> set[str]:
+    return set().union(*(r.kinds for r in readings))
+
+
+def messages(readings: list[Reading]) -> set[str]:
+    return set().union(*(r.messages for r in readings))
+
+
 def healthy(reading: Reading) -> bool:
     return reading.source == "prometheus" and not reading.stale and not reading.kinds
 
@@ -132,6 +140,6 @@ def test_freeze_resume_kill_restart_under_summary_load(stack: tuple[ServiceProce
     # ("Service Unavailable") while it replays its TSDB, before it is ready.
     before, after = [r for r in readings if r.started < killed_at], [r for r in readings if r.started >= killed_at]
     expected = {"timeout", "unreachable", "fallback"}
-    assert set().union(*(r.kinds for r in before)) <= expected, set().union(*(r.messages for r in before))
-    assert set().union(*(r.kinds for r in after)) <= expected | {"http_error"}, set().union(*(r.messages for r in after))
+    assert kinds(before) <= expected, messages(before)
+    assert kinds(after) <= expected | {"http_error"}, messages(after)
     print(f"{len(readings)} summaries, slowest {slowest:.2f} s")

@@ -79,7 +79,8 @@ def test_every_call_is_counted_exactly_by_the_exporter_and_prometheus(stack: tup
                 if done.is_set():
                     return
                 response = client.get(gateway.url + "/prometheus/metrics/summary")
-                answers.append((response.status_code, response.json().get("source", "") if response.status_code == 200 else ""))
+                source = response.json()["source"] if response.status_code == 200 else ""
+                answers.append((response.status_code, source))
 
     readers = [threading.Thread(target=read_summaries) for _ in range(2)]
     for reader in readers:

@@ -58,8 +58,9 @@ def gateway_app():  # noqa: ANN201 - the uvicorn factory
     return app
 
 
-def serve(workers: int, port: int, metrics_port: int) -> None:
-    """What ``gateway-metrics --workers N`` does, for ``gateway_app``."""
+def serve(workers: int, port: int, metrics_port: int, declare_tcp: bool = True) -> None:
+    """What ``gateway-metrics --workers N`` does, for ``gateway_app`` (``declare_tcp=False``:
+    uvicorn's own socket, without TCP_NODELAY on its connections, for comparison)."""
     import uvicorn
     from uvicorn.supervisors import Multiprocess
 
@@ -72,7 +73,8 @@ def serve(workers: int, port: int, metrics_port: int) -> None:
         config = uvicorn.Config("tests.support.load:gateway_app", factory=True, host=LOOPBACK, port=port,
                                 workers=workers, log_level="warning", access_log=False,
                                 timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
-        Multiprocess(config, sockets=[declared_tcp(config.bind_socket())]).run()
+        sock = config.bind_socket()
+        Multiprocess(config, sockets=[declared_tcp(sock) if declare_tcp else sock]).run()
     finally:
         scraper.terminate()
         scraper.wait()
@@ -82,7 +84,7 @@ class Gateway:
     """``gateway_app`` under uvicorn with ``workers`` processes and the exporter."""
 
     def __init__(self, tmp_dir: Path, workers: int = 2, env: dict[str, str] | None = None,
-                 metrics_port: int | None = None) -> None:
+                 metrics_port: int | None = None, declare_tcp: bool = True) -> None:
         self.directory = tmp_dir / "multiproc"
         self.port, self.metrics_port = free_port(), metrics_port or free_port()
         self.url = f"http://{LOOPBACK}:{self.port}"
@@ -93,7 +95,8 @@ class Gateway:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "tests.support.load", "serve", "--workers", str(workers),
-                 "--port", str(self.port), "--metrics-port", str(self.metrics_port)],
+                 "--port", str(self.port), "--metrics-port", str(self.metrics_port),
+                 *([] if declare_tcp else ["--uvicorn-socket"])],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=full_env, cwd=ROOT,
             )
 
@@ -194,11 +197,12 @@ def main() -> None:
     server.add_argument("--workers", type=int, default=2)
     server.add_argument("--port", type=int, required=True)
     server.add_argument("--metrics-port", type=int, required=True)
+    server.add_argument("--uvicorn-socket", action="store_true", help="the socket as uvicorn binds it")
     args = parser.parse_args()
     if args.command == "load":
         print(json.dumps(asyncio.run(_load(args.url, args.requests, args.concurrency, args.time_limit))))
     else:
-        serve(args.workers, args.port, args.metrics_port)
+        serve(args.workers, args.port, args.metrics_port, declare_tcp=not args.uvicorn_socket)
 
 
 if __name__ == "__main__":
