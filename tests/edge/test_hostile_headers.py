@@ -13,7 +13,9 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import socket
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +24,7 @@ from fastapi.testclient import TestClient
 from app import access_log
 from app.main import create_app
 from app.settings import Settings
+from tests.support.servers import start_service
 
 # --- request ids --------------------------------------------------------------------------
 
@@ -186,3 +189,58 @@ def test_a_non_ascii_key_is_matched_on_its_utf8_bytes(key: str) -> None:
     client = TestClient(create_app(Settings(api_key=key, access_log=False)))
     assert client.get("/metrics", headers={"Authorization": f"Bearer {key}".encode()}).status_code == 200
     assert client.get("/metrics", headers={"Authorization": f"Bearer {key}x".encode()}).status_code == 401
+
+
+# --- the same through a real server ---------------------------------------------------------
+
+
+def _raw_get(address: str, path: str, header: bytes) -> bytes:
+    """The whole response to a GET carrying ``header`` as sent, byte for byte (an HTTP
+    client library would refuse or re-encode most of these values)."""
+    host, port = address.rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: edge\r\n" + header
+                     + b"\r\nConnection: close\r\n\r\n")
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    return data
+
+
+def test_hostile_headers_through_the_console_script(tmp_path: Path) -> None:
+    """The server in front (uvicorn and its HTTP parser) passes them on: still a 401 or a
+    fresh id, and its log (access log and errors) holds neither the key nor a raw id."""
+    service = start_service(tmp_path, env={"GATEWAY_METRICS_API_KEY": KEY, "GATEWAY_METRICS_ACCESS_LOG": "true"},
+                            recipe=False)
+    rejected = 0
+    try:
+        for authorization in HOSTILE_AUTHORIZATION:
+            header = b"" if authorization is None else b"Authorization: " + authorization
+            response = _raw_get(service.address, "/metrics", header)
+            # A NUL or another byte HTTP forbids in a field value: the HTTP parser answers
+            # 400 before the app sees the request. Every other value reaches the app: 401.
+            if response.startswith(b"HTTP/1.1 400 "):
+                rejected += 1
+                assert any(byte < 0x20 and byte != 0x09 for byte in authorization or b""), response
+            else:
+                assert response.startswith(b"HTTP/1.1 401 "), (authorization[:24] if authorization else None, response)
+                assert b'www-authenticate: bearer realm="gateway-metrics"' in response.lower()
+            assert not any(fragment.encode() in response for fragment in _key_fragments(KEY))
+        # Header values with CR/LF cannot be sent (they end the header); the others can.
+        sent_ids = [value for value in HOSTILE_IDS if b"\n" not in value and b"\r" not in value and b"\x00" not in value]
+        for request_id in sent_ids:
+            head = _raw_get(service.address, "/health", b"X-Request-ID: " + request_id).partition(b"\r\n\r\n")[0]
+            assert head.startswith(b"HTTP/1.1 200 "), (request_id[:24], head)
+            returned = [line for line in head.split(b"\r\n") if line.lower().startswith(b"x-request-id:")]
+            assert len(returned) == 1 and returned[0].split(b":", 1)[1].strip().isalnum(), returned
+    finally:
+        service.stop()  # the access log's last lines are written at exit
+    log = service.log_path.read_text(encoding="latin-1")
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    # Every request the app saw, plus the /health polls of the start.
+    assert len(lines) >= len(HOSTILE_AUTHORIZATION) - rejected + len(sent_ids) + 1
+    for fragment in _key_fragments(KEY):
+        assert fragment not in log, fragment
+    for request_id in sent_ids:
+        assert request_id.decode("latin-1") not in log
+    assert all(line["request_id"].isalnum() for line in lines)
