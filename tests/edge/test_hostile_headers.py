@@ -194,6 +194,10 @@ def test_a_non_ascii_key_is_matched_on_its_utf8_bytes(key: str) -> None:
 # --- the same through a real server ---------------------------------------------------------
 
 
+#: h11's default limit on an incomplete request head (uvicorn without httptools).
+H11_MAX_HEADER = 16 * 1024
+
+
 def _raw_get(address: str, path: str, header: bytes) -> bytes:
     """The whole response to a GET carrying ``header`` as sent, byte for byte (an HTTP
     client library would refuse or re-encode most of these values)."""
@@ -217,11 +221,13 @@ def test_hostile_headers_through_the_console_script(tmp_path: Path) -> None:
         for authorization in HOSTILE_AUTHORIZATION:
             header = b"" if authorization is None else b"Authorization: " + authorization
             response = _raw_get(service.address, "/metrics", header)
-            # A NUL or another byte HTTP forbids in a field value: the HTTP parser answers
-            # 400 before the app sees the request. Every other value reaches the app: 401.
+            # The HTTP parser may answer 400 before the app sees the request: to a byte HTTP
+            # forbids in a field value (NUL), and to a header over h11's 16 KB limit when it
+            # arrives in more than one read. Every other value reaches the app: 401.
             if response.startswith(b"HTTP/1.1 400 "):
                 rejected += 1
-                assert any(byte < 0x20 and byte != 0x09 for byte in authorization or b""), response
+                forbidden = any(byte < 0x20 and byte != 0x09 for byte in authorization or b"")
+                assert forbidden or len(authorization or b"") > H11_MAX_HEADER, response
             else:
                 assert response.startswith(b"HTTP/1.1 401 "), (authorization[:24] if authorization else None, response)
                 assert b'www-authenticate: bearer realm="gateway-metrics"' in response.lower()
