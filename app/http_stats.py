@@ -79,6 +79,18 @@ class _FileSeries:
         self.buckets = duration._buckets
 
 
+def _remember(cache: dict[Any, Any], key: tuple[Any, Any, Any], series: Any, overflowed: list[str]) -> None:
+    """Cache a raw key's series, unless a label of it overflowed (such keys are cleaned on
+    every call, so every folded sample is counted), and count the overflowed labels."""
+    if not overflowed and len(cache) < _MAX_RAW_KEYS:
+        try:
+            cache[key] = series
+        except TypeError:  # unhashable raw value: cleaned every time
+            pass
+    for name in overflowed:
+        METRICS["gatewayz_label_overflow_total"].child(_REQUESTS.name, name).inc()
+
+
 class HttpStats:
     """The two HTTP families of the catalogue, with the catalogue's label caps."""
 
@@ -161,13 +173,7 @@ class HttpStats:
         series = _FileSeries(self._requests.labels(*labels), self._duration.labels(labels[0], labels[1]))
         with self._lock:
             self._file_labels.add((labels[0], labels[1], labels[2]))
-            if not overflowed and len(self._file_series) < _MAX_RAW_KEYS:
-                try:
-                    self._file_series[key] = series
-                except TypeError:  # unhashable raw value: cleaned every time
-                    pass
-        for name in overflowed:
-            METRICS["gatewayz_label_overflow_total"].child(_REQUESTS.name, name).inc()
+            _remember(self._file_series, key, series, overflowed)
         return series
 
     def _labels_of(self, key: tuple[Any, Any, Any]) -> tuple[list[str], list[str]]:
@@ -184,13 +190,7 @@ class HttpStats:
         series = shard.by_labels.get(label_key)
         if series is None:
             series = shard.by_labels[label_key] = [0.0] * (len(BUCKETS) + 2)
-        if not overflowed and len(shard.by_raw) < _MAX_RAW_KEYS:
-            try:
-                shard.by_raw[key] = series
-            except TypeError:  # unhashable raw value: cleaned every time
-                pass
-        for name in overflowed:
-            METRICS["gatewayz_label_overflow_total"].child(_REQUESTS.name, name).inc()
+        _remember(shard.by_raw, key, series, overflowed)
         return series
 
     def totals(self) -> dict[LabelKey, list[float]]:
