@@ -291,6 +291,12 @@ class MetricsServer:
                 process.kill()
                 process.wait(STOP_TIMEOUT_S)
 
+    def restart(self, timeout: float = START_TIMEOUT_S) -> None:
+        """Start again on the same port and data directory (after a crash or stop())."""
+        self.stop()
+        if not self._launch(timeout):
+            raise ServerError(f"{self.kind}: port {self.port} was taken meanwhile\n{self.log_tail()}")
+
     def close(self) -> None:
         self.stop()
         self._http.close()
