@@ -9,7 +9,8 @@ Cost. A ``logging`` record per request costs about 12 us inside the gateway's ev
 request. So, like nginx's ``access_log ... buffer= flush=``, the middleware only keeps the
 raw fields of a request (a tuple append); lines are formatted and handed to the logger
 together, as one record of up to ``max_lines`` lines, when that many have gathered or
-``max_delay_s`` after the oldest one (a timer on the event loop), and at exit. Each line
+``max_delay_s`` after the oldest one (a timer on the event loop), and when the log is
+garbage collected or the process exits. Each line
 is a complete JSON object, so a handler writing ``%(message)s`` to a file or stdout, and
 any line-oriented shipper reading it, see exactly one line per request.
 """
@@ -17,7 +18,6 @@ any line-oriented shipper reading it, see exactly one line per request.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import logging
 import sys
 import threading
@@ -96,6 +96,10 @@ class AccessLog:
         self._timer: asyncio.TimerHandle | None = None
         self._lock = threading.Lock()
         _LOGS.add(self)
+        # The app (and this log) is usually dropped before exit, when the server returns:
+        # its pending lines are written then, or at exit if it lives until then. The
+        # finalizer holds the list, not the log, so the log can still be collected.
+        weakref.finalize(self, _write_pending, self.logger, self._pending, self._lock)
 
     def enabled(self) -> bool:
         return self.logger.isEnabledFor(logging.INFO)
@@ -119,21 +123,24 @@ class AccessLog:
 
     def flush(self) -> None:
         with self._lock:
-            pending, self._pending = self._pending, []
             timer, self._timer = self._timer, None
         if timer is not None:
             timer.cancel()
-        if pending:
-            self.logger.info("\n".join([access_line(fields) for fields in pending]))
+        _write_pending(self.logger, self._pending, self._lock)
+
+
+def _write_pending(logger: logging.Logger, pending: list[AccessFields], lock: threading.Lock) -> None:
+    with lock:
+        batch = pending[:]
+        pending.clear()  # the same list: the finalizer of its log holds it
+    if batch:
+        logger.info("\n".join([access_line(fields) for fields in batch]))
 
 
 _LOGS: weakref.WeakSet[AccessLog] = weakref.WeakSet()
 
 
 def flush_access_logs() -> None:
-    """Write every pending line now (shutdown, tests)."""
+    """Write every pending line now (tests; exit and collection write them by themselves)."""
     for log in list(_LOGS):
         log.flush()
-
-
-atexit.register(flush_access_logs)

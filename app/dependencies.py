@@ -27,9 +27,14 @@ async def require_api_key(request: Request, settings: SettingsDep) -> None:
     expected = settings.bearer_token
     if expected is None:
         return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    # compare_digest keeps the comparison time independent of where the tokens differ.
-    if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), expected):
+    # The header's raw bytes (Starlette decodes them as latin-1, losslessly): a non-ASCII
+    # key then matches byte for byte, and bytes.strip() trims ASCII whitespace only, never
+    # a byte of a UTF-8 character (0xA0 is one).
+    raw = request.headers.get("authorization", "").encode("latin-1")
+    scheme, _, token = raw.partition(b" ")
+    # compare_digest on two bytes objects: its time does not depend on where the tokens
+    # differ, and it cannot raise (it refuses non-ASCII str).
+    if scheme.lower() != b"bearer" or not hmac.compare_digest(token.strip(), expected):
         raise HTTPException(
             status_code=status.HTTP_401_UNAUTHORIZED,
             detail="missing or invalid bearer token",

@@ -95,7 +95,10 @@ class MetricsMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
-            await self.app(scope, receive, send)
+            if scope["type"] == "lifespan" and self.access_log is not None:
+                await self.app(scope, receive, self._flush_at_shutdown(send))
+            else:
+                await self.app(scope, receive, send)
             return
 
         started = perf_counter()
@@ -152,6 +155,21 @@ class MetricsMiddleware:
             access_log = self.access_log
             if access_log is not None and access_log.enabled():
                 access_log.add(_access_fields(scope, request_id, method, route, response, duration))
+
+
+    def _flush_at_shutdown(self, send: Send) -> Send:
+        """``send`` of the lifespan, writing the pending access lines once the app has shut
+        down: uvicorn re-raises the SIGTERM it caught after that, and the process then
+        ends without running exit handlers, so a later flush would never happen."""
+        access_log = self.access_log
+        assert access_log is not None
+
+        async def send_flushing(message: Message) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                access_log.flush()
+            await send(message)
+
+        return send_flushing
 
 
 async def _answer_unhandled(scope: Scope, receive: Receive, send: Send, exc: Exception) -> None:

@@ -148,8 +148,9 @@ class Settings(BaseSettings):
         """The token the metrics routes require, or None when they are open."""
         if self.api_key is None:
             return None
-        token = self.api_key.get_secret_value().strip()
-        return token.encode() if token else None
+        # Trimmed of ASCII whitespace only, as the header's token is (app.dependencies).
+        token = self.api_key.get_secret_value().encode().strip()
+        return token or None
 
 
 @lru_cache(maxsize=1)

@@ -8,6 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.exposition import accepts_gzip
+from app.recording import record_cache_hit, set_queue_size
 
 
 @pytest.mark.parametrize(
@@ -46,6 +47,9 @@ def test_prometheus_scrape_accept_header_gets_openmetrics(client: TestClient) ->
 
 
 def test_name_filter_restricts_families(client: TestClient) -> None:
+    # A labelled family is only exposed once it has a series: record one of each.
+    record_cache_hit("name-filter-test")
+    set_queue_size("name-filter-test", 3)
     response = client.get("/metrics", params={"name[]": ["cache_hits_total", "queue_size"]})
     types = [line for line in response.text.splitlines() if line.startswith("# TYPE")]
     assert sorted(types) == ["# TYPE cache_hits_total counter", "# TYPE queue_size gauge"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import random
@@ -222,6 +223,24 @@ def test_access_logger_below_info_builds_nothing(access_lines: list[str], monkey
         logger.setLevel(level)
     access_log.flush_access_logs()
     assert access_lines == []
+
+
+def test_pending_access_lines_are_written_at_shutdown(access_lines: list[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # uvicorn ends the process with the SIGTERM it caught once the lifespan has shut down:
+    # exit handlers never run, so the lifespan's end is the last chance to write them.
+    monkeypatch.setattr(access_log.AccessLog.__init__, "__defaults__", (None, 64, 3600.0))
+    with TestClient(gateway_app(access_log=True)) as client:
+        client.get("/v1/keys/k")
+        assert access_lines == []  # an hour's delay: still pending
+    assert len(access_lines) == 1 and json.loads(access_lines[0])["route"] == "/v1/keys/{key_id}"
+
+
+def test_a_dropped_access_log_writes_its_pending_lines(access_lines: list[str]) -> None:
+    log = access_log.AccessLog(max_delay_s=3600.0)
+    log.add((1.0, "r", "GET", "/", "/", 200, 0.001, None, None, None, 0))
+    del log
+    gc.collect()
+    assert len(access_lines) == 1
 
 
 def test_access_lines_leave_in_batches_and_on_a_timer(access_lines: list[str]) -> None:

@@ -19,6 +19,8 @@ from tests.support.servers import MetricsServer, ServiceProcess, start_prometheu
 
 WINDOW_S = 30
 TOLERANCE = 0.05
+#: Requests/s below which the demo traffic is not flowing (it is configured for 200).
+MIN_RATE = 20
 JOB = "gateway-metrics"
 
 
@@ -72,12 +74,17 @@ def close(remote: float | None, local: float | None) -> bool:
 
 def test_request_rates_agree(steady: tuple) -> None:
     remote, local = _both(steady[1])
-    # Every demo request is an HTTP request (200/s), plus a scrape a second.
-    assert remote["performance"]["requests_per_second"] == pytest.approx(201, rel=0.1)
-    assert close(remote["performance"]["requests_per_second"], local["performance"]["requests_per_second"])
+    # The demo asks for 200 calls/s, but a loaded machine serves fewer: what the test is
+    # about is that both sources measure the same traffic, whatever rate it reached. The
+    # floor only says the demo traffic is there (a scrape a second alone gives 1/s), so the
+    # comparison is not between two near-zero rates.
+    remote_rate = remote["performance"]["requests_per_second"]
+    local_rate = local["performance"]["requests_per_second"]
+    assert remote_rate > MIN_RATE and local_rate > MIN_RATE, (remote_rate, local_rate)
+    assert close(remote_rate, local_rate)
     remote_total = sum(p["requests_per_second"] or 0 for p in remote["providers"]["providers"])
     local_total = sum(p["requests_per_second"] or 0 for p in local["providers"]["providers"])
-    assert close(remote_total, local_total)
+    assert remote_total > 0 and close(remote_total, local_total)
 
 
 def test_percentiles_and_ratios_agree(steady: tuple) -> None:
