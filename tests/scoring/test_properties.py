@@ -8,7 +8,7 @@ import math
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from app.scoring import HealthTracker, apdex, health_score
+from app.scoring import HealthTracker, Permit, apdex, health_score
 
 from tests.scoring.fake_clock import FakeClock
 
@@ -117,7 +117,7 @@ def test_choose_answers_only_with_its_candidates(calls: list[tuple], candidates:
     assert len(choice.order) == len(set(candidates))
 
 
-# --- half-open: never more than half_open_trials trial calls at once -------------------------
+# --- half-open: never more than trials_at_once trial calls at once, each call with its permit ---
 
 step = st.one_of(
     st.tuples(st.just("allow"), st.just(0), st.just(0.0)),
@@ -136,11 +136,13 @@ def test_half_open_never_lets_more_than_the_trial_calls_through_at_once(
 ) -> None:
     clock = FakeClock()
     tracker = HealthTracker(clock=clock, wall_clock=clock.wall)
-    limit = tracker.config.half_open_trials
-    outstanding: list[tuple[int, bool]] = []  # (half-open episode, allowed as a trial call)
+    limit = tracker.config.trials_at_once
+    # (half-open episode, allowed as a trial call, the call's own permit)
+    outstanding: list[tuple[int, bool, Permit]] = []
     for _ in range(calls_in_flight):  # calls that began while the circuit was closed
-        assert tracker.allow("p")
-        outstanding.append((0, False))
+        permit = tracker.allow("p")
+        assert permit
+        outstanding.append((0, False, permit))
     for _ in range(tracker.config.consecutive_failures):  # every call asks allow() first
         assert tracker.allow("p")
         tracker.record("p", duration_s=0.1, status_code=500)
@@ -148,11 +150,12 @@ def test_half_open_never_lets_more_than_the_trial_calls_through_at_once(
 
     for action, status_code, amount in steps:
         if action == "allow":
-            if tracker.allow("p"):
-                outstanding.append((episode, circuit == "half_open"))
+            permit = tracker.allow("p")
+            if permit:
+                outstanding.append((episode, circuit == "half_open", permit))
         elif action == "finish" and outstanding:
-            outstanding.pop(int(amount) % len(outstanding))
-            tracker.record("p", duration_s=0.1, status_code=status_code, retry_after_s=1)
+            *_, permit = outstanding.pop(int(amount) % len(outstanding))
+            tracker.record("p", duration_s=0.1, status_code=status_code, retry_after_s=1, permit=permit)
         elif action == "advance":
             clock.advance(amount)
         now = tracker.status("p").circuit
@@ -160,4 +163,4 @@ def test_half_open_never_lets_more_than_the_trial_calls_through_at_once(
             episode += 1  # trial permits belong to one half-open period
         circuit = now
         if circuit == "half_open":
-            assert sum(1 for era, trial in outstanding if trial and era == episode) <= limit
+            assert sum(1 for era, trial, _ in outstanding if trial and era == episode) <= limit
