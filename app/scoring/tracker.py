@@ -182,9 +182,7 @@ class HealthTracker:
         with self._lock:
             state = self._provider(provider)
             state.in_flight += 1
-            permit, moves = state.breaker.allow(provider, now)
-            if permit:
-                state.last_granted = now
+            permit, moves = self._grant(state, provider, now)
         if moves:
             self._notify(provider, moves)
         return permit
@@ -338,12 +336,19 @@ class HealthTracker:
             state = self._providers.get(provider)
             if state is None:  # never seen: closed, and no state until a call is recorded
                 return Permit(provider, True, 0)
-            permit, moves = state.breaker.allow(provider, now)
-            if permit:
-                state.last_granted = now
+            permit, moves = self._grant(state, provider, now)
         if moves:
             self._notify(provider, moves)
         return permit
+
+    @staticmethod
+    def _grant(state: _Provider, provider: str, now: float) -> tuple[Permit, list[Transition]]:
+        """The breaker's permit for one call and its moves (lock held; moves are notified
+        after the lock is released)."""
+        permit, moves = state.breaker.allow(provider, now)
+        if permit:
+            state.last_granted = now
+        return permit, moves
 
     def status(self, provider: str) -> ProviderHealth:
         now = self.clock()
