@@ -102,6 +102,8 @@ _STATUS_BY_CODE = {code: status_label(classify(code, None, None), code) for code
 
 def inference_status(status_code: int | None = None, error: BaseException | str | None = None) -> str:
     """The ``status`` label of an upstream call: success or its error category."""
+    if status_code is None and error is None:  # a success that set no status: most calls
+        return "success"
     if type(status_code) is not int:
         status_code = http_status(status_code)
     if status_code is None and error is not None:
@@ -130,23 +132,6 @@ def _status_code_of(error: BaseException | str) -> int | None:
 def _status_of_error(error: BaseException | str) -> str:
     """The label of an exception or error kind: the tracker's class of it (app.scoring.classify)."""
     return status_label(classify(None, error, None), None, error)
-
-
-def _tracker_record(provider: str, permit: Permit | None, **outcome: Any) -> None:
-    """Feed the app's provider health tracker; its failures never reach the caller.
-
-    Without the call's permit one is asked for now: in half-open the outcome then counts
-    only when a trial permit is free, never in place of a trial still in flight."""
-    try:
-        tracker = get_tracker()
-        if permit is None:
-            permit = tracker.allow(provider)
-        zone = tracker.record(provider, permit=permit, **outcome)
-    except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
-        reject("health_tracker", "tracker_error")
-        return
-    if zone is not None:
-        _apdex.child(provider, zone).inc()
 
 
 def _count_transition(provider: str, from_state: str, to_state: str, reason: str) -> None:
@@ -179,23 +164,52 @@ def record_upstream_call(
     """
     duration = _amount(duration_s, "track_model_inference")
     ttft = None if ttft_s is None else _amount(ttft_s, "record_time_to_first_token")
-    status = inference_status(status_code, error)
-    _requests.child(provider, model, status).inc()
+    _record_call(provider, model, _provider_response.label_value("provider", provider), duration,
+                 status_code, error, ttft, headers, error_code, permit)
+
+
+def _record_call(
+    provider: Any,
+    model: Any,
+    name: str,
+    duration: float | None,
+    status_code: int | None,
+    error: BaseException | str | None,
+    ttft: float | None,
+    headers: Mapping[str, str] | None,
+    error_code: str | None,
+    permit: Permit | None,
+) -> None:
+    """``record_upstream_call`` once its numbers are checked (None: dropped) and ``name``,
+    the provider as its labels record it, is known: one call deep, as it runs per call."""
+    _requests.child(provider, model, inference_status(status_code, error)).inc()
     if duration is not None:
         _inference_duration.child(provider, model).observe(duration)
         _provider_response.child(provider).observe(duration)
     if ttft is not None:
         _ttft.child(provider, model).observe(ttft)
-    _tracker_record(
-        _provider_response.label_value("provider", provider),
-        permit,
-        duration_s=duration if duration is not None else 0.0,
-        status_code=status_code,
-        error=error,
-        ttft_s=ttft,
-        headers=headers,
-        error_code=error_code,
-    )
+    # Feed the health tracker; its failures never reach the caller. Without the call's
+    # permit one is asked for now: in half-open the outcome then counts only when a trial
+    # permit is free, never in place of a trial still in flight.
+    try:
+        tracker = get_tracker()
+        if permit is None:
+            permit = tracker.allow(name)
+        zone = tracker.record(
+            name,
+            duration_s=duration if duration is not None else 0.0,
+            status_code=status_code,
+            error=error,
+            ttft_s=ttft,
+            headers=headers,
+            error_code=error_code,
+            permit=permit,
+        )
+    except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
+        reject("health_tracker", "tracker_error")
+        return
+    if zone is not None:
+        _apdex.child(name, zone).inc()
 
 
 class _Timed(ABC):
@@ -238,15 +252,16 @@ class InferenceCall(_Timed):
     for a provider's answer, ``call.fail(...)`` for a failure that raised nothing.
     """
 
-    __slots__ = ("provider", "model", "permit", "ttft_s", "status_code", "error", "error_code", "headers")
+    __slots__ = ("provider", "model", "name", "permit", "ttft_s", "status_code", "error", "error_code", "headers")
 
     def __init__(self, provider: Any, model: Any, permit: Permit | None = None) -> None:
         self.provider = provider
         self.model = model
         self.started = 0.0
+        # The provider as its labels (and the tracker) know it, cleaned once per call.
+        self.name = name = _provider_response.label_value("provider", provider)
         self.permit = permit
         try:  # the call's load counts for choose() until record() ends it
-            name = _provider_response.label_value("provider", provider)
             if permit is None:  # ask for the call's permit as it begins; record() returns it
                 self.permit = get_tracker().begin(name)
             else:
@@ -278,22 +293,17 @@ class InferenceCall(_Timed):
             self.headers = headers
 
     def finish(self, duration: float, exc: BaseException | None) -> None:
+        # ``duration`` is perf_counter's own difference: finite and never negative.
         error = self.error
         if exc is not None and error is None:
             error = exc
             if self.ttft_s is not None and self.status_code is None:
                 error = "stream_broken"  # it failed after streaming had started
-        record_upstream_call(
-            self.provider,
-            self.model,
-            duration_s=duration,
-            status_code=self.status_code,
-            error=error,
-            ttft_s=self.ttft_s,
-            headers=self.headers,
-            error_code=self.error_code,
-            permit=self.permit,
-        )
+        ttft = self.ttft_s
+        if ttft is not None:  # set by first_token(), or by the caller: checked
+            ttft = _amount(ttft, "record_time_to_first_token")
+        _record_call(self.provider, self.model, self.name, duration, self.status_code, error, ttft,
+                     self.headers, self.error_code, self.permit)
 
 
 def track_model_inference(provider: Any, model: Any, *, permit: Permit | None = None) -> InferenceCall:

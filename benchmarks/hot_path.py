@@ -8,6 +8,7 @@ Part 2 times each recording helper against the raw prometheus_client calls
 (``labels(...).inc()`` / ``.observe()``) that record the same samples.
 
     .venv/bin/python benchmarks/hot_path.py            # scripts/setup.sh test,bench first
+    .venv/bin/python benchmarks/hot_path.py --helpers  # part 2 alone
 
 Part 3 runs part 1's gateway-metrics variants again in a process of its own in
 multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set, as each of several workers runs):
@@ -180,16 +181,35 @@ def helper_pairs() -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
     ]
 
 
-def best_of(func: Callable[[], None], number: int, repeat: int) -> float:
-    return min(timeit.repeat(func, number=number, repeat=repeat)) / number
+def best_of_pair(helper: Callable[[], None], raw: Callable[[], None], number: int,
+                 repeat: int) -> tuple[float, float]:
+    """Seconds per call of ``helper`` and ``raw``, best of ``repeat`` runs taken in turn,
+    so a load that comes and goes on a shared machine weighs on both alike."""
+    helper_runs, raw_runs = [], []
+    for _ in range(repeat):
+        helper_runs.append(timeit.timeit(helper, number=number))
+        raw_runs.append(timeit.timeit(raw, number=number))
+    return min(helper_runs) / number, min(raw_runs) / number
+
+
+def measure_helpers(repeat: int) -> None:
+    print(f"{'helper':46} {'helper us':>10} {'raw us':>8} {'x raw':>7}")
+    for name, helper, raw in helper_pairs():
+        helper_s, raw_s = best_of_pair(helper, raw, 20_000, repeat)
+        print(f"{name:46} {helper_s * 1e6:10.2f} {raw_s * 1e6:8.2f} {helper_s / raw_s:7.2f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--requests", type=int, default=2000, help="requests per variant per round")
+    parser.add_argument("--helpers", action="store_true", help="run part 2 (the helpers) alone")
+    parser.add_argument("--repeat", type=int, default=9, help="part 2: runs of 20,000 calls per helper")
     args = parser.parse_args()
     set_tracker(HealthTracker())
+    if args.helpers:
+        measure_helpers(args.repeat)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         log_path = os.path.join(tmp, "access.log")
@@ -207,11 +227,7 @@ def main() -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
     print()
-    print(f"{'helper':46} {'helper us':>10} {'raw us':>8} {'x raw':>7}")
-    for name, helper, raw in helper_pairs():
-        helper_s = best_of(helper, 20_000, 5)
-        raw_s = best_of(raw, 20_000, 5)
-        print(f"{name:46} {helper_s * 1e6:10.2f} {raw_s * 1e6:8.2f} {helper_s / raw_s:7.2f}")
+    measure_helpers(args.repeat)
     print()
     print("Multiprocess mode (PROMETHEUS_MULTIPROC_DIR set, as in each of several workers):")
     with tempfile.TemporaryDirectory() as directory:
