@@ -294,9 +294,10 @@ class HealthTracker:
             return 0.0
         return state.ewma_s * math.exp(-max(0.0, now - state.ewma_at) / self.config.ewma_tau_s)
 
-    def record_probe(self, provider: str, ok: bool) -> None:
-        """An active probe's outcome: feeds availability; a success ends a quota lockout
-        and moves an open circuit to half-open, so trial calls can take it back early."""
+    def record_probe(self, provider: str, ok: bool, sent_at: float | None = None) -> None:
+        """An active probe's outcome (``sent_at``: when it was sent, on this tracker's
+        clock): feeds availability; a success ends a quota lockout and moves an open
+        circuit to half-open, so trial calls can take it back early."""
         now = self.clock()
         moves: list[Transition] = []
         with self._lock:
@@ -304,7 +305,7 @@ class HealthTracker:
             state.window.add_probe(now, ok)
             if ok:
                 state.quota_until = -math.inf
-                moves = state.breaker.probe_succeeded(now)
+                moves = state.breaker.probe_succeeded(now, sent_at)
             self._prune(state, now)
         self._notify(provider, moves)
 
@@ -335,7 +336,7 @@ class HealthTracker:
         with self._lock:
             state = self._providers.get(provider)
             if state is None:  # never seen: closed, and no state until a call is recorded
-                return Permit(provider, True, 0)
+                return Permit(provider, True, 0, now)
             permit, moves = self._grant(state, provider, now)
         if moves:
             self._notify(provider, moves)
@@ -365,7 +366,7 @@ class HealthTracker:
             if state is None:
                 return Circuit.CLOSED
             breaker = state.breaker
-            if breaker.state is Circuit.OPEN and now >= breaker.since + breaker.cooldown_s:
+            if breaker.state is Circuit.OPEN and now >= breaker.next_trial_at:
                 return Circuit.HALF_OPEN
             return breaker.state
 
@@ -391,7 +392,7 @@ class HealthTracker:
         config = self.config
         window = state.window
         breaker = state.breaker
-        if breaker.state is Circuit.OPEN and now >= breaker.since + breaker.cooldown_s:
+        if breaker.state is Circuit.OPEN and now >= breaker.next_trial_at:
             circuit = Circuit.HALF_OPEN  # as allow() will find it
         else:
             circuit = breaker.state
@@ -412,7 +413,7 @@ class HealthTracker:
         reasons: list[str] = []
         if circuit is Circuit.OPEN:
             reasons.append(f"circuit open since {self._at(now, breaker.since)} after {breaker.open_reason}; "
-                           f"next trial call at {self._at(now, breaker.since + breaker.cooldown_s)} "
+                           f"next trial call at {self._at(now, breaker.next_trial_at)} "
                            f"(cooldown {breaker.cooldown_s:g} s)")
         elif circuit is Circuit.HALF_OPEN:
             out = breaker.trials_out(now)
@@ -499,7 +500,7 @@ class HealthTracker:
                 self._prune(state, now)
                 health = self._health(name, state, now)
                 breaker = state.breaker
-                open_until = breaker.since + breaker.cooldown_s if breaker.state is Circuit.OPEN else -math.inf
+                open_until = breaker.next_trial_at if breaker.state is Circuit.OPEN else -math.inf
                 blocked_until = max(state.throttled_until, state.quota_until, open_until)
                 if blocked_until > now or not breaker.would_allow(now):
                     excluded.append(((blocked_until, -health.score, index), name))
