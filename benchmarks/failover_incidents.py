@@ -290,7 +290,7 @@ class OursWithProbes(Ours):
         super().__init__(seed, scenario)
         self.scenario = scenario
         self.rng = random.Random(seed + 2)
-        self.probes: list[tuple[float, int, str, bool]] = []  # (ends, seq, provider, ok)
+        self.probes: list[tuple[float, int, str, bool, float]] = []  # (ends, seq, provider, ok, sent)
         self.last_probe: dict[str, float | None] = dict.fromkeys(PROVIDERS, -math.inf)  # None: one out
         self.seq = itertools.count()
         self.probes_sent = 0
@@ -310,12 +310,12 @@ class OursWithProbes(Ours):
                 answer = respond(self.scenario, name, at, self.rng.random(), self.rng.random())
                 self.last_probe[name] = None  # one probe of a provider at a time
                 heapq.heappush(self.probes, (at + min(answer.duration_s, PROBE_TIMEOUT_S), next(self.seq),
-                                             name, answer.ok))
+                                             name, answer.ok, at))
                 self.probes_sent += 1
             else:
-                ended, _, name, ok = heapq.heappop(self.probes)
+                ended, _, name, ok, sent = heapq.heappop(self.probes)
                 self.clock.now = ended
-                self.tracker.record_probe(name, ok)
+                self.tracker.record_probe(name, ok, sent)
                 self.last_probe[name] = ended
 
     def pick(self, candidates: tuple[str, ...], now: float) -> str:

@@ -16,6 +16,7 @@ back is presumed lost after ``trial_timeout_s``.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -36,13 +37,14 @@ class Permit:
     for the period it was admitted in, and only once.
     """
 
-    __slots__ = ("provider", "granted", "period", "trial", "deadline", "returned", "void")
+    __slots__ = ("provider", "granted", "period", "issued", "trial", "deadline", "returned", "void")
 
-    def __init__(self, provider: str, granted: bool, period: int, trial: bool = False,
+    def __init__(self, provider: str, granted: bool, period: int, issued: float, trial: bool = False,
                  deadline: float = 0.0) -> None:
         self.provider = provider
         self.granted = granted
         self.period = period  # the breaker's state period it was handed out in
+        self.issued = issued  # when the call was admitted (the tracker's clock)
         self.trial = trial  # a half-open trial call
         self.deadline = deadline  # trial permits only: presumed lost after this
         self.returned = False  # handed back to record(): a second return is a duplicate
@@ -72,9 +74,11 @@ class Breaker:
     #: Counts every change of state: a permit is good only for the period it came from.
     period: int = 0
     cooldown_s: float = 0.0  # of the current (or last) open period
-    trips: int = 0  # opens since the circuit was last closed for good
-    failed_trials: int = 0  # trial calls failed in a row since the circuit last closed
+    next_trial_at: float = 0.0  # open: when the cooldown is over and a trial call may go
+    trips: int = 0  # opens since the circuit last stayed closed through its probation
+    closed_at: float = -math.inf  # when the circuit last closed after half-open
     consecutive: int = 0  # failures in a row
+    last_failure_issued: float = -math.inf  # when the run's latest failed call was admitted
     #: Trial permits handed out in this half-open period and not yet back (a few at most).
     trials: deque[Permit] = field(default_factory=deque)
     trials_passed: int = 0
@@ -90,20 +94,20 @@ class Breaker:
         while fewer than ``trials_at_once`` are out, denied otherwise."""
         moves = self._maybe_half_open(now)
         if self.state is Circuit.CLOSED:
-            return Permit(provider, True, self.period), moves
+            return Permit(provider, True, self.period, now), moves
         if self.state is Circuit.HALF_OPEN:
             self._expire_trials(now)
             if len(self.trials) < self.config.trials_at_once:
-                permit = Permit(provider, True, self.period, True, now + self.config.trial_timeout_s)
+                permit = Permit(provider, True, self.period, now, True, now + self.config.trial_timeout_s)
                 self.trials.append(permit)
                 return permit, moves
-        return Permit(provider, False, self.period), moves
+        return Permit(provider, False, self.period, now), moves
 
     def would_allow(self, now: float) -> bool:
         """``allow`` without taking a permit or changing state (for ranking)."""
         if self.state is Circuit.CLOSED:
             return True
-        if self.state is Circuit.OPEN and now < self.since + self.cooldown_s:
+        if self.state is Circuit.OPEN and now < self.next_trial_at:
             return False
         if self.state is Circuit.OPEN:
             return True  # cooldown over: allow() will find it half-open with no trial out
@@ -166,30 +170,55 @@ class Breaker:
             if permit is None:
                 self._take_trial(None)
             if failed:
-                self.failed_trials += 1
-                return [*moves, self._trip(now, f"a trial call failed ({what})")]
+                # The next trial is due a cooldown after this one was sent, not after its
+                # failure showed: a trial that timed out has cost its wait already.
+                sent = permit.issued if permit is not None else now
+                return [*moves, self._trip(now, f"a trial call failed ({what})", sent)]
             self.trials_passed += 1
             if self.trials_passed >= self.config.half_open_trials:
                 moves.append(self._close(now))
             return moves
-        self.consecutive = self.consecutive + 1 if failed else 0
+        issued = permit.issued if permit is not None else now
+        if failed:
+            self.consecutive += 1
+            self.last_failure_issued = max(self.last_failure_issued, issued)
+        elif issued >= self.last_failure_issued:
+            # Only a call sent after the run's latest failed one ends the run: a long call
+            # admitted earlier that succeeds now says nothing of the provider since.
+            self.consecutive = 0
         recent = self.recent
         recent.append((now, failed))
         self.recent_failures += failed
         while recent and now - recent[0][0] > self.config.window_s:
             self.recent_failures -= recent.popleft()[1]
-        if self.consecutive >= self.config.consecutive_failures:
+        if self.consecutive >= self._failures_to_trip(now):
             return [*moves, self._trip(now, f"{self.consecutive} consecutive failures (last: {what})")]
         if len(recent) >= self.config.min_calls and self.recent_failures / len(recent) >= self.config.failure_rate:
             return [*moves, self._trip(now, f"{self.recent_failures} of the last {len(recent)} calls failed")]
         return moves
 
-    def probe_succeeded(self, now: float) -> list[Transition]:
-        """An active probe reached the provider: an open circuit goes half-open at once
-        and lets its trial calls decide (Envoy's successful_active_health_check_uneject_host)."""
-        if self.state is Circuit.OPEN and now < self.since + self.cooldown_s:
+    def on_probation(self, now: float) -> bool:
+        """Closed again less than ``probation_s`` ago: a relapse trips it sooner."""
+        return now - self.closed_at < self.config.probation_s
+
+    def _failures_to_trip(self, now: float) -> int:
+        if self.on_probation(now):
+            return min(self.config.probation_failures, self.config.consecutive_failures)
+        return self.config.consecutive_failures
+
+    def probe_succeeded(self, now: float, sent: float | None = None) -> list[Transition]:
+        """An active probe sent at ``sent`` reached the provider: an open circuit goes
+        half-open at once and lets its trial calls decide (Envoy's
+        successful_active_health_check_uneject_host). In half-open, trial calls sent before
+        the probe are overtaken by it: they no longer hold the door, and a late failure of
+        theirs (a timeout sent while the provider was still down) cannot reopen it."""
+        if self.state is Circuit.OPEN and now < self.next_trial_at:
             self._enter(Circuit.HALF_OPEN, now)
             return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, "a probe succeeded")]
+        if self.state is Circuit.HALF_OPEN:
+            sent = now if sent is None else sent
+            while self.trials and self.trials[0].issued < sent:  # handed out in time order
+                self.trials.popleft().void = True
         return []
 
     # --- moves ----------------------------------------------------------------------------
@@ -204,29 +233,34 @@ class Breaker:
         self.trials.clear()
         self.trials_passed = 0
         self.consecutive = 0
+        self.last_failure_issued = -math.inf
         self.recent.clear()
         self.recent_failures = 0
 
     def _maybe_half_open(self, now: float) -> list[Transition]:
-        if self.state is Circuit.OPEN and now >= self.since + self.cooldown_s:
+        if self.state is Circuit.OPEN and now >= self.next_trial_at:
             self._enter(Circuit.HALF_OPEN, now)
             return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, f"cooldown of {self.cooldown_s:g} s over")]
         return []
 
     def _close(self, now: float) -> Transition:
         self._enter(Circuit.CLOSED, now)
-        self.trips = self.failed_trials = 0
+        self.closed_at = now  # on probation: the backoff is kept until it has passed
         return Transition(Circuit.HALF_OPEN, Circuit.CLOSED, f"{self.config.half_open_trials} trial calls passed")
 
-    def _trip(self, now: float, reason: str) -> Transition:
+    def _trip(self, now: float, reason: str, sent: float | None = None) -> Transition:
         before = self.state
+        if before is Circuit.CLOSED and not self.on_probation(now):
+            self.trips = 0  # it stayed up through its probation: a new incident
         # Doubling from the last cooldown, capped at every step: no power, nothing to
-        # overflow however long the provider stays down.
+        # overflow however long the provider stays down. A relapse on probation picks up
+        # where the last incident left off, so a flapping provider stays out longer.
         if self.trips == 0:
             self.cooldown_s = self.config.open_cooldown_s
         else:
             self.cooldown_s = min(self.cooldown_s * 2.0, self.config.max_cooldown_s)
         self.trips += 1
         self._enter(Circuit.OPEN, now)
+        self.next_trial_at = max(now, (now if sent is None else sent) + self.cooldown_s)
         self.open_reason = reason
         return Transition(before, Circuit.OPEN, reason)

@@ -39,12 +39,13 @@ class ProbeRunner:
         self._task: asyncio.Task[None] | None = None
 
     async def probe(self, provider: str, client: httpx.AsyncClient) -> bool:
+        sent_at = self.tracker.clock()
         try:
             response = await client.get(self.urls[provider], timeout=self.timeout_s)
             ok = response.status_code < 500 and response.status_code != 429
         except httpx.HTTPError:
             ok = False
-        self.tracker.record_probe(provider, ok)
+        self.tracker.record_probe(provider, ok, sent_at)
         return ok
 
     async def probe_all(self, client: httpx.AsyncClient) -> dict[str, bool]:

@@ -186,7 +186,7 @@ class HealthTracker:
             breaker = state.breaker
             if breaker.state is _CLOSED:  # the common case, without _grant's calls
                 state.last_granted = now
-                return Permit(provider, True, breaker.period)
+                return Permit(provider, True, breaker.period, now)
             permit, moves = self._grant(state, provider, now)
         if moves:
             self._notify(provider, moves)
@@ -299,9 +299,10 @@ class HealthTracker:
             return 0.0
         return state.ewma_s * math.exp(-max(0.0, now - state.ewma_at) / self.config.ewma_tau_s)
 
-    def record_probe(self, provider: str, ok: bool) -> None:
-        """An active probe's outcome: feeds availability; a success ends a quota lockout
-        and moves an open circuit to half-open, so trial calls can take it back early."""
+    def record_probe(self, provider: str, ok: bool, sent_at: float | None = None) -> None:
+        """An active probe's outcome (``sent_at``: when it was sent, on this tracker's
+        clock): feeds availability; a success ends a quota lockout and moves an open
+        circuit to half-open, so trial calls can take it back early."""
         now = self.clock()
         moves: list[Transition] = []
         with self._lock:
@@ -309,7 +310,7 @@ class HealthTracker:
             state.window.add_probe(now, ok)
             if ok:
                 state.quota_until = -math.inf
-                moves = state.breaker.probe_succeeded(now)
+                moves = state.breaker.probe_succeeded(now, sent_at)
             self._prune(state, now)
         self._notify(provider, moves)
 
@@ -340,11 +341,11 @@ class HealthTracker:
         with self._lock:
             state = self._providers.get(provider)
             if state is None:  # never seen: closed, and no state until a call is recorded
-                return Permit(provider, True, 0)
+                return Permit(provider, True, 0, now)
             breaker = state.breaker
             if breaker.state is _CLOSED:  # the common case, without _grant's calls
                 state.last_granted = now
-                return Permit(provider, True, breaker.period)
+                return Permit(provider, True, breaker.period, now)
             permit, moves = self._grant(state, provider, now)
         if moves:
             self._notify(provider, moves)
@@ -376,7 +377,7 @@ class HealthTracker:
             if state is None:
                 return Circuit.CLOSED
             breaker = state.breaker
-            if breaker.state is Circuit.OPEN and now >= breaker.since + breaker.cooldown_s:
+            if breaker.state is Circuit.OPEN and now >= breaker.next_trial_at:
                 return Circuit.HALF_OPEN
             return breaker.state
 
@@ -402,7 +403,7 @@ class HealthTracker:
         config = self.config
         window = state.window
         breaker = state.breaker
-        if breaker.state is Circuit.OPEN and now >= breaker.since + breaker.cooldown_s:
+        if breaker.state is Circuit.OPEN and now >= breaker.next_trial_at:
             circuit = Circuit.HALF_OPEN  # as allow() will find it
         else:
             circuit = breaker.state
@@ -423,7 +424,7 @@ class HealthTracker:
         reasons: list[str] = []
         if circuit is Circuit.OPEN:
             reasons.append(f"circuit open since {self._at(now, breaker.since)} after {breaker.open_reason}; "
-                           f"next trial call at {self._at(now, breaker.since + breaker.cooldown_s)} "
+                           f"next trial call at {self._at(now, breaker.next_trial_at)} "
                            f"(cooldown {breaker.cooldown_s:g} s)")
         elif circuit is Circuit.HALF_OPEN:
             out = breaker.trials_out(now)
@@ -510,7 +511,7 @@ class HealthTracker:
                 self._prune(state, now)
                 health = self._health(name, state, now)
                 breaker = state.breaker
-                open_until = breaker.since + breaker.cooldown_s if breaker.state is Circuit.OPEN else -math.inf
+                open_until = breaker.next_trial_at if breaker.state is Circuit.OPEN else -math.inf
                 blocked_until = max(state.throttled_until, state.quota_until, open_until)
                 if blocked_until > now or not breaker.would_allow(now):
                     excluded.append(((blocked_until, -health.score, index), name))

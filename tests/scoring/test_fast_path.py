@@ -25,7 +25,7 @@ class ThroughTheBreaker(HealthTracker):
         with self._lock:
             state = self._providers.get(provider)
             if state is None:
-                return Permit(provider, True, 0)
+                return Permit(provider, True, 0, now)
             permit, moves = self._grant(state, provider, now)
         self._notify(provider, moves)
         return permit
@@ -50,7 +50,8 @@ step = st.one_of(
 
 
 def _shape(permit: Permit) -> tuple[object, ...]:
-    return (permit.provider, permit.granted, permit.period, permit.trial, permit.deadline, permit.void)
+    return (permit.provider, permit.granted, permit.period, permit.issued, permit.trial, permit.deadline,
+            permit.void)
 
 
 @settings(max_examples=300, deadline=None)
@@ -95,6 +96,7 @@ def test_a_closed_circuits_permit_is_good_for_its_period_only(clock: FakeClock) 
     for _ in range(tracker.config.half_open_trials):
         tracker.record("p", duration_s=0.1, permit=tracker.begin("p"))
 
+    clock.advance(tracker.config.probation_s)  # off probation: it takes a full run to trip
     again = tracker.begin("p")
     assert again and not again.trial and again.period == 3  # closed -> open -> half-open -> closed
     assert tracker.allow("p").period == 3
@@ -103,8 +105,10 @@ def test_a_closed_circuits_permit_is_good_for_its_period_only(clock: FakeClock) 
     assert tracker.status("p").circuit == "closed"
     assert tracker.status("p").in_flight == 1  # ``again`` still runs
     tracker.record("p", duration_s=0.1, status_code=500, permit=again)  # a call of this period counts:
-    for _ in range(tracker.config.consecutive_failures - 1):  # with it, these trip the circuit
+    for _ in range(tracker.config.consecutive_failures - 2):
         tracker.record("p", duration_s=0.1, status_code=500, permit=tracker.begin("p"))
+    assert tracker.status("p").circuit == "closed"
+    tracker.record("p", duration_s=0.1, status_code=500, permit=tracker.begin("p"))  # with it, a full run
     assert tracker.status("p").circuit == "open"
     assert tracker.status("p").in_flight == 0
 

@@ -326,18 +326,94 @@ def test_half_open_lets_one_trial_call_through_at_a_time(tracker: HealthTracker,
     assert tracker.choose(["a", "b"]).provider == "b"
 
 
-def test_closing_resets_the_cooldown_to_5s(tracker: HealthTracker, clock: FakeClock) -> None:
-    open_circuit(tracker, "a")
-    trial_fails(tracker, clock, "a", after_s=5.0)  # next cooldown 10 s
+def close_after_a_failed_trial(tracker: HealthTracker, clock: FakeClock, provider: str) -> None:
+    """Open, fail one trial (next cooldown 10 s), then pass three trials: closed."""
+    open_circuit(tracker, provider)
+    trial_fails(tracker, clock, provider, after_s=5.0)
     clock.advance(10.0)
     for _ in range(3):
-        assert tracker.allow("a")
-        succeed(tracker, "a")
-    assert tracker.status("a").circuit == "closed"
+        assert tracker.allow(provider)
+        succeed(tracker, provider)
+    assert tracker.status(provider).circuit == "closed"
 
-    open_circuit(tracker, "a")
+
+def test_a_relapse_on_probation_trips_on_two_failures_and_keeps_the_backoff(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    close_after_a_failed_trial(tracker, clock, "a")
+    clock.advance(tracker.config.probation_s - 1.0)
+
+    fail(tracker, "a", 2)
+
+    assert tracker.status("a").circuit == "open"
+    assert wait_for_trial(tracker, "a", clock) == 10.0  # doubling goes on from 10 s, capped
+
+
+def test_after_its_probation_a_provider_trips_as_a_fresh_one(tracker: HealthTracker, clock: FakeClock) -> None:
+    close_after_a_failed_trial(tracker, clock, "a")
+    clock.advance(tracker.config.probation_s)
+
+    fail(tracker, "a", 4)
+    assert tracker.status("a").circuit == "closed"
+    fail(tracker, "a")
 
     assert wait_for_trial(tracker, "a", clock) == 5.0
+
+
+def test_a_success_of_a_call_sent_before_a_failed_one_does_not_end_the_run(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    # Long calls admitted while the provider was fine end after newer calls have failed.
+    long_calls = [tracker.allow("a") for _ in range(5)]
+    clock.advance(1.0)
+    for permit in long_calls[:4]:
+        tracker.record("a", duration_s=0.2, status_code=503, permit=tracker.allow("a"))
+        tracker.record("a", duration_s=20.0, permit=permit)  # an older call ends well
+    assert tracker.status("a").circuit == "closed"
+
+    tracker.record("a", duration_s=0.2, status_code=503, permit=tracker.allow("a"))
+
+    assert tracker.status("a").circuit == "open"
+
+
+def test_a_success_of_a_call_sent_after_the_failures_ends_the_run(tracker: HealthTracker, clock: FakeClock) -> None:
+    for _ in range(4):
+        tracker.record("a", duration_s=0.2, status_code=503, permit=tracker.allow("a"))
+    tracker.record("a", duration_s=0.5, permit=tracker.allow("a"))
+    tracker.record("a", duration_s=0.2, status_code=503, permit=tracker.allow("a"))
+
+    assert tracker.status("a").circuit == "closed"
+
+
+def test_the_next_trial_is_due_a_cooldown_after_the_failed_one_was_sent(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    open_circuit(tracker, "a")
+    clock.advance(5.0)
+    trial = tracker.allow("a")
+    assert trial.trial
+    clock.advance(10.0)  # the trial times out after 10 s: its whole cooldown has passed
+    tracker.record("a", duration_s=10.0, error="timeout", permit=trial)
+
+    assert tracker.status("a").circuit == "half_open"
+    assert tracker.allow("a").trial
+
+
+def test_a_successful_probe_overtakes_a_trial_call_still_out(tracker: HealthTracker, clock: FakeClock) -> None:
+    open_circuit(tracker, "a")
+    clock.advance(5.0)
+    slow_trial = tracker.allow("a")  # sent while the provider was still down
+    assert not tracker.allow("a")
+    clock.advance(2.0)
+    sent = clock.now
+    clock.advance(0.5)
+
+    tracker.record_probe("a", ok=True, sent_at=sent)
+
+    assert tracker.allow("a").trial  # the door is free again
+    clock.advance(7.5)
+    tracker.record("a", duration_s=10.0, error="timeout", permit=slow_trial)
+    assert tracker.status("a").circuit == "half_open"  # its late failure reopens nothing
 
 
 @pytest.mark.parametrize(("status_code", "error_code"), [(429, None), (401, None), (404, None)],
