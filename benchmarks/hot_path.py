@@ -5,7 +5,9 @@ under each instrumentation, interleaving the variants round by round so they sha
 machine's state, and prints the median cost per request and its ratio to the bare route.
 
 Part 2 times each recording helper against the raw prometheus_client calls
-(``labels(...).inc()`` / ``.observe()``) that record the same samples.
+(``labels(...).inc()`` / ``.observe()``) that record the same samples, each pair in turn,
+then the health tracker's share of the upstream-call helpers (``begin``, ``allow``,
+``record``), which the raw calls do not do.
 
     .venv/bin/python benchmarks/hot_path.py            # scripts/setup.sh test,bench first
     .venv/bin/python benchmarks/hot_path.py --helpers  # part 2 alone
@@ -197,6 +199,23 @@ def measure_helpers(repeat: int) -> None:
     for name, helper, raw in helper_pairs():
         helper_s, raw_s = best_of_pair(helper, raw, 20_000, repeat)
         print(f"{name:46} {helper_s * 1e6:10.2f} {raw_s * 1e6:8.2f} {helper_s / raw_s:7.2f}")
+    measure_tracker(repeat)
+
+
+def measure_tracker(repeat: int) -> None:
+    """The health tracker's share of the upstream-call helpers (the raw calls track no health)."""
+    tracker = HealthTracker()
+    tracker.record("openai", duration_s=0.8)  # a provider with state, as after its first call
+
+    def one_call() -> None:
+        tracker.record("openai", duration_s=0.8, permit=tracker.begin("openai"))
+
+    begin_s, call_s = best_of_pair(lambda: tracker.begin("openai"), one_call, 20_000, repeat)
+    allow_s, _ = best_of_pair(lambda: tracker.allow("openai"), one_call, 20_000, repeat)
+    print("of which health tracking (closed circuit):")
+    print(f"  {'tracker.begin (permit, call in flight)':44} {begin_s * 1e6:10.2f}")
+    print(f"  {'tracker.allow (permit)':44} {allow_s * 1e6:10.2f}")
+    print(f"  {'tracker.record (outcome, its permit back)':44} {(call_s - begin_s) * 1e6:10.2f}")
 
 
 def main() -> None:
