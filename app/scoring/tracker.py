@@ -355,8 +355,9 @@ class HealthTracker:
     def _grant(state: _Provider, provider: str, now: float) -> tuple[Permit, list[Transition]]:
         """The breaker's permit for one call and its moves (lock held; moves are notified
         after the lock is released). ``allow`` and ``begin`` grant a closed circuit's permit
-        inline, as ``Breaker.allow`` would (a closed circuit has no move to make): on the
-        hot path each call costs about as much as all of that."""
+        inline, as ``Breaker.allow`` would (a closed circuit has no move to make): this
+        step's calls cost as much as the rest of ``begin`` (tests/scoring/test_fast_path.py
+        holds the two paths to the same permits)."""
         permit, moves = state.breaker.allow(provider, now)
         if permit:
             state.last_granted = now
