@@ -178,6 +178,11 @@ class Breaker:
             if self.trials_passed >= self.config.half_open_trials:
                 moves.append(self._close(now))
             return moves
+        if failed and self.on_probation(now):
+            # Just back and failing again: one trial call at a time decides, at once,
+            # whether this is noise or a relapse (a failed trial reopens it).
+            self._enter(Circuit.HALF_OPEN, now)
+            return [*moves, Transition(Circuit.CLOSED, Circuit.HALF_OPEN, f"a failure on probation ({what})")]
         issued = permit.issued if permit is not None else now
         if failed:
             self.consecutive += 1
@@ -191,20 +196,15 @@ class Breaker:
         self.recent_failures += failed
         while recent and now - recent[0][0] > self.config.window_s:
             self.recent_failures -= recent.popleft()[1]
-        if self.consecutive >= self._failures_to_trip(now):
+        if self.consecutive >= self.config.consecutive_failures:
             return [*moves, self._trip(now, f"{self.consecutive} consecutive failures (last: {what})")]
         if len(recent) >= self.config.min_calls and self.recent_failures / len(recent) >= self.config.failure_rate:
             return [*moves, self._trip(now, f"{self.recent_failures} of the last {len(recent)} calls failed")]
         return moves
 
     def on_probation(self, now: float) -> bool:
-        """Closed again less than ``probation_s`` ago: a relapse trips it sooner."""
-        return now - self.closed_at < self.config.probation_s
-
-    def _failures_to_trip(self, now: float) -> int:
-        if self.on_probation(now):
-            return min(self.config.probation_failures, self.config.consecutive_failures)
-        return self.config.consecutive_failures
+        """Closed again less than ``probation_s`` ago: a failure sends it back to half-open."""
+        return self.state is Circuit.CLOSED and now - self.closed_at < self.config.probation_s
 
     def probe_succeeded(self, now: float, sent: float | None = None) -> list[Transition]:
         """An active probe sent at ``sent`` reached the provider: an open circuit goes

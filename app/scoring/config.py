@@ -44,16 +44,14 @@ class HealthConfig(BaseModel):
     #: row is a recovery, not luck (resilience4j lets 10 through; a few keep a thundering
     #: herd off a provider that is just back).
     half_open_trials: int = Field(3, ge=1)
-    #: A circuit closed after half-open is on probation for this long: ``probation_failures``
-    #: failures in a row reopen it, and its cooldown goes on doubling from where it was
-    #: instead of starting afresh. A provider that flaps is caught by its second failure
-    #: and kept out longer each time, as Envoy's ejection multiplier only comes down while
-    #: a host stays healthy. A minute: the sliding window, so the failures that opened it
-    #: have left the score by the time it is judged afresh.
+    #: A circuit closed after half-open is on probation for this long: a failure sends it
+    #: back to half-open, where one trial call decides at once between noise and relapse,
+    #: and the cooldown of a relapse goes on doubling from where it was instead of
+    #: starting afresh. A flapping provider is caught by its first failure and kept out
+    #: longer each time, as Envoy's ejection multiplier only comes down while a host stays
+    #: healthy. A minute: the sliding window, so the failures that opened the circuit have
+    #: left the score by the time the provider is judged afresh.
     probation_s: float = Field(60.0, ge=0)
-    #: Two, not one: a lone failure in a minute of successes is the background noise every
-    #: provider has (0.2% of calls here), two in a row on a provider just back is a relapse.
-    probation_failures: int = Field(2, ge=1)
     #: Trial calls in flight at once in half-open: one, so a provider still down costs one
     #: failed call per cooldown, never a burst.
     trials_at_once: int = Field(1, ge=1)

@@ -4,10 +4,12 @@ tracker's availability, and a success ends a quota lockout.
 A probe succeeds on any answer below 500 other than 429: the provider is reachable and
 serving (a 401 on an unauthenticated health URL still proves that).
 
-A provider whose circuit is not closed is probed every ``unhealthy_interval_s`` (1 s)
-instead of every ``interval_s`` (15 s), like Envoy's ``unhealthy_interval``: a probe costs
-no user call, and a success moves the circuit to half-open at once, so a recovered provider
-is taken back within about a second plus one trial call.
+A provider whose circuit is not closed, or whose score ranks it out, is probed every
+``unhealthy_interval_s`` (1 s) instead of every ``interval_s`` (15 s), like Envoy's
+``unhealthy_interval``: a probe costs no user call, and a success moves the circuit to
+half-open at once, so a recovered provider is taken back within about a second plus one
+trial call. Probes are paced from when they are sent: one that waits for its timeout
+does not hold back the next.
 """
 
 from __future__ import annotations
@@ -54,20 +56,30 @@ class ProbeRunner:
         return dict(zip(names, results))
 
     def next_wait_s(self, provider: str) -> float:
-        """Seconds until the provider's next probe: sooner while its circuit is not closed."""
-        if self.tracker.circuit(provider) == "closed":
-            return self.interval_s
-        return self.unhealthy_interval_s
+        """Seconds until the provider's next probe: sooner while its circuit is not closed
+        or its score ranks it out (Envoy's unhealthy_interval)."""
+        return self.unhealthy_interval_s if self.tracker.needs_watching(provider) else self.interval_s
 
     async def _probe_loop(self, provider: str, client: httpx.AsyncClient) -> None:
+        # Each probe runs as a task of its own and the next is due an interval after this
+        # one was sent, answered or not: a probe that hangs until its timeout (5 s) while a
+        # provider is out must not keep the recovery from being seen for that long.
+        running: set[asyncio.Task[bool]] = set()
         waited = self.interval_s  # probe at once on start
-        while True:
-            if waited >= self.next_wait_s(provider):
-                await self.probe(provider, client)
-                waited = 0.0
-            # Wake at the short interval, so a circuit that opens meanwhile is probed soon.
-            await asyncio.sleep(self.unhealthy_interval_s)
-            waited += self.unhealthy_interval_s
+        try:
+            while True:
+                if waited >= self.next_wait_s(provider):
+                    task = asyncio.get_running_loop().create_task(self.probe(provider, client))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                    waited = 0.0
+                # Wake at the short interval, so a circuit that opens meanwhile is probed soon.
+                await asyncio.sleep(self.unhealthy_interval_s)
+                waited += self.unhealthy_interval_s
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def run(self) -> None:
         client = self._client or httpx.AsyncClient()

@@ -131,6 +131,9 @@ class _Provider:
     quota_reason: str = ""
     in_flight: int = 0
     last_granted: float = -math.inf  # when a call last went (allow, start) or ended
+    #: Send times of the latest probes in an unbroken run of successes (the last two).
+    probes_passed: deque[float] = field(default_factory=lambda: deque(maxlen=2))
+    last_probe: float = -math.inf  # when a probe last ended
     ewma_s: float | None = None
     ewma_at: float = 0.0
 
@@ -308,6 +311,11 @@ class HealthTracker:
         with self._lock:
             state = self._provider(provider)
             state.window.add_probe(now, ok)
+            state.last_probe = now
+            if ok:
+                state.probes_passed.append(now if sent_at is None else sent_at)
+            else:
+                state.probes_passed.clear()
             if ok:
                 state.quota_until = -math.inf
                 moves = state.breaker.probe_succeeded(now, sent_at)
@@ -487,14 +495,39 @@ class HealthTracker:
     def _at(self, now: float, at: float) -> str:
         return self._wall(now, at).strftime("%H:%M:%S")
 
+    def _retrial_due(self, state: _Provider, now: float) -> bool:
+        """Whether a provider ranked out by its score is due one call to test it again.
+
+        Probed: once two probes in a row sent since its last call have passed (Envoy's and
+        HAProxy's healthy threshold of 2), at most once per ``open_cooldown_s``. Not probed
+        (no probe within ``max_cooldown_s``): once per ``max_cooldown_s``."""
+        waited = now - state.last_granted
+        if now - state.last_probe < self.config.max_cooldown_s:
+            passed = state.probes_passed
+            return (waited >= self.config.open_cooldown_s and len(passed) == passed.maxlen
+                    and passed[0] >= state.last_granted)
+        return waited >= self.config.max_cooldown_s
+
+    def needs_watching(self, provider: str) -> bool:
+        """Whether probes should come at the short interval: the circuit is not closed, or
+        the provider is ranked out by its score (degraded or unavailable)."""
+        now = self.clock()
+        with self._lock:
+            state = self._providers.get(provider)
+            if state is None:
+                return False
+            self._prune(state, now)
+            health = self._health(provider, state, now)
+        return health.circuit is not Circuit.CLOSED or health.state in (State.DEGRADED, State.UNAVAILABLE)
+
     def choose(self, candidates: Iterable[str]) -> Choice:
         """The provider to call and the failover order after it.
 
         Ranks by score (scores within ``tie_band`` are equals), skipping open circuits
         and throttled or quota-exhausted providers; a half-open provider with a trial
-        permit free goes first, so recovery is noticed; so does, once per
-        ``max_cooldown_s``, a provider ranked below the best whose score no call has
-        tested for that long (without calls a score can never recover). Equals are ordered by load: the
+        permit free goes first, so recovery is noticed; so does a provider ranked below
+        the best when a call to test it again is due (``_retrial_due``: without calls a
+        score can never recover). Equals are ordered by load: the
         peak-EWMA of time to first token times the calls in flight plus one (Finagle's
         and Linkerd's balancer cost). When every candidate is excluded it still returns
         the one that comes back soonest, with ``panic=True``.
@@ -517,7 +550,7 @@ class HealthTracker:
                 if blocked_until > now or not breaker.would_allow(now):
                     excluded.append(((blocked_until, -health.score, index), name))
                     continue
-                idle = now - state.last_granted >= self.config.max_cooldown_s
+                idle = self._retrial_due(state, now)
                 trial_first = 0.0 if health.circuit is Circuit.HALF_OPEN else 1.0 if not idle else 0.9
                 cost = self._ewma_now(state, now) * (state.in_flight + 1)
                 eligible.append((trial_first, health.score, cost, index, name))

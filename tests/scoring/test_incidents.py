@@ -337,13 +337,34 @@ def close_after_a_failed_trial(tracker: HealthTracker, clock: FakeClock, provide
     assert tracker.status(provider).circuit == "closed"
 
 
-def test_a_relapse_on_probation_trips_on_two_failures_and_keeps_the_backoff(
-    tracker: HealthTracker, clock: FakeClock
+def test_a_failure_on_probation_sends_the_circuit_back_to_half_open(
+    tracker: HealthTracker, clock: FakeClock, moves: list[Move]
 ) -> None:
     close_after_a_failed_trial(tracker, clock, "a")
     clock.advance(tracker.config.probation_s - 1.0)
 
-    fail(tracker, "a", 2)
+    fail(tracker, "a")
+
+    assert tracker.status("a").circuit == "half_open"
+    assert moves[-1] == ("a", "closed", "half_open", "a failure on probation (failure 500)")
+    assert tracker.allow("a").trial  # one trial decides at once
+
+
+def test_noise_on_probation_costs_three_trials(tracker: HealthTracker, clock: FakeClock) -> None:
+    close_after_a_failed_trial(tracker, clock, "a")
+    fail(tracker, "a")
+    for _ in range(3):
+        assert tracker.allow("a")
+        succeed(tracker, "a")
+    assert tracker.status("a").circuit == "closed"
+
+
+def test_a_relapse_on_probation_keeps_the_backoff(tracker: HealthTracker, clock: FakeClock) -> None:
+    close_after_a_failed_trial(tracker, clock, "a")
+    clock.advance(tracker.config.probation_s - 1.0)
+    fail(tracker, "a")
+
+    trial_fails(tracker, clock, "a", after_s=0.0)
 
     assert tracker.status("a").circuit == "open"
     assert wait_for_trial(tracker, "a", clock) == 10.0  # doubling goes on from 10 s, capped
@@ -640,3 +661,40 @@ def test_a_provider_ranked_out_by_its_score_is_retried_once_per_max_cooldown(
     assert tracker.allow("a")
 
     assert tracker.choose(["a", "b"]).provider == "b"  # one call, then back to its rank
+
+
+def rank_a_out(tracker: HealthTracker) -> None:
+    succeed(tracker, "a", 6)
+    fail(tracker, "a", 4)
+    succeed(tracker, "b", 10)
+    assert tracker.choose(["a", "b"]).provider == "b"
+
+
+def test_a_probed_provider_ranked_out_is_retried_after_two_probes_in_a_row_pass(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    rank_a_out(tracker)
+    assert tracker.needs_watching("a") and not tracker.needs_watching("b")
+    clock.advance(tracker.config.open_cooldown_s)
+    tracker.record_probe("a", ok=True, sent_at=clock.now - 0.5)
+    assert tracker.choose(["a", "b"]).provider == "b"  # one probe is not enough
+
+    clock.advance(1.0)
+    tracker.record_probe("a", ok=True, sent_at=clock.now - 0.5)
+
+    assert tracker.choose(["a", "b"]).provider == "a"
+    tracker.start("a")
+    assert tracker.choose(["a", "b"]).provider == "b"  # one call, then the probes start over
+
+
+def test_a_probed_provider_whose_probes_fail_is_not_retried_by_the_timer(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    rank_a_out(tracker)
+    for _ in range(int(tracker.config.max_cooldown_s) + 5):
+        clock.advance(1.0)
+        tracker.record_probe("a", ok=False)
+        assert tracker.choose(["a", "b"]).provider == "b"
+    tracker.record_probe("a", ok=True)
+    tracker.record_probe("a", ok=True)
+    assert tracker.choose(["a", "b"]).provider == "a"

@@ -136,3 +136,33 @@ def test_a_successful_probe_ends_an_open_circuits_cooldown(tracker: HealthTracke
 
     assert tracker.circuit("p") == "half_open"
     assert tracker.allow("p")
+
+
+def test_a_probe_waiting_for_its_timeout_does_not_hold_back_the_next(tracker: HealthTracker) -> None:
+    for _ in range(5):
+        tracker.record("p", duration_s=0.1, status_code=503)
+    runner = ProbeRunner(tracker, {"p": UP}, interval_s=10.0, unhealthy_interval_s=0.02, timeout_s=5.0)
+    answers = 0
+
+    async def hang_then_answer(request: httpx.Request) -> httpx.Response:
+        nonlocal answers
+        answers += 1
+        if answers == 1:  # the provider was still down when this one went: it hangs
+            await asyncio.sleep(5.0)
+        return httpx.Response(200)
+
+    async def run_briefly() -> None:
+        task = asyncio.get_running_loop().create_task(runner.run())
+        for _ in range(100):  # bounded: at most 2 s
+            await asyncio.sleep(0.02)
+            if tracker.circuit("p") == "half_open":
+                break
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    with respx.mock() as router:
+        router.get(UP).mock(side_effect=hang_then_answer)
+        asyncio.run(run_briefly())
+
+    assert answers >= 2
+    assert tracker.circuit("p") == "half_open"  # the second probe ended the cooldown
