@@ -440,6 +440,10 @@ class HealthTracker:
             reasons.append(f"circuit half-open: {out} trial call{'' if out == 1 else 's'} in flight, "
                            f"{breaker.trials_passed if breaker.state is Circuit.HALF_OPEN else 0} of "
                            f"{config.half_open_trials} passed")
+        elif breaker.on_probation(now):
+            reasons.append(f"circuit closed at {self._at(now, breaker.closed_at)}, on probation until "
+                           f"{self._at(now, breaker.closed_at + config.probation_s)}: a failure sends it "
+                           "back to half-open")
         if quota:
             reasons.append(f"{state.quota_reason}: out until {self._at(now, state.quota_until)} "
                            "or a successful probe")

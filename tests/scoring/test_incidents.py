@@ -313,7 +313,10 @@ def test_recovery_through_half_open_back_to_closed(tracker: HealthTracker, clock
     health = tracker.status("a")
     assert health.circuit == "closed"
     assert tracker.allow("a")
-    assert not any(reason.startswith("circuit") for reason in health.reasons)
+    assert health.reasons[0] == ("circuit closed at 22:13:25, on probation until 22:14:25: "
+                                 "a failure sends it back to half-open")
+    clock.advance(tracker.config.probation_s)
+    assert not any(reason.startswith("circuit") for reason in tracker.status("a").reasons)
 
 
 def test_half_open_lets_one_trial_call_through_at_a_time(tracker: HealthTracker, clock: FakeClock) -> None:
