@@ -94,6 +94,8 @@ class ProviderHealthCollector(_ComputedCollector):
     ``gatewayz_label_overflow_total``, not exported."""
 
     _overflow_counted = 0
+    #: Providers whose transition counters exist at 0 (process-wide, like the counters).
+    _transitions_started: set[str] = set()
 
     families = (
         "gatewayz_provider_health_score",
@@ -113,6 +115,8 @@ class ProviderHealthCollector(_ComputedCollector):
             self._overflow_counted = beyond
         for health in healths:
             labels = [health.provider]
+            if health.provider not in self._transitions_started:
+                self._start_transitions(health.provider)
             gauges["gatewayz_provider_health_score"].add_metric(labels, health.score)
             gauges["provider_availability"].add_metric(labels, health.availability)
             gauges["provider_error_rate"].add_metric(labels, health.error_rate)
@@ -120,6 +124,15 @@ class ProviderHealthCollector(_ComputedCollector):
                 labels, CIRCUIT_STATE_VALUES[str(health.circuit)]
             )
         yield from gauges.values()
+
+    @classmethod
+    def _start_transitions(cls, provider: str) -> None:
+        # The transition counters exist at 0 from the provider's first scrape, so the first
+        # trip is an increase: a counter series born at 1 is invisible to increase().
+        transitions = METRICS["gatewayz_provider_circuit_transitions_total"]
+        for state in CIRCUIT_STATE_VALUES:
+            transitions.child(provider, state)
+        cls._transitions_started.add(provider)
 
 
 def register_collectors() -> None:

@@ -11,6 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.main import create_app
 from app.scoring import HealthTracker, get_tracker, set_tracker
 from app.settings import Settings
+from app.registry import METRICS
 from tests.conftest import sample
 from tests.scoring.fake_clock import FakeClock
 
@@ -70,3 +71,13 @@ def test_recorded_providers_beyond_the_cap_are_counted_not_exported(
 
     assert first == second == {name: {f"provider-{index:02d}" for index in range(10)} for name in GAUGES}
     assert sample("gatewayz_label_overflow_total", labels) == before + 15
+
+
+def test_a_providers_transition_counters_exist_at_zero_before_its_first_trip(client: TestClient) -> None:
+    get_tracker().record("fresh-provider", duration_s=0.3)
+
+    client.get("/metrics")
+
+    for state in ("closed", "open", "half_open"):
+        labels = {"provider": "fresh-provider", "to_state": state}
+        assert METRICS.all_registry.get_sample_value("gatewayz_provider_circuit_transitions_total", labels) == 0.0
