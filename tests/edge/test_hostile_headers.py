@@ -203,11 +203,16 @@ def _raw_get(address: str, path: str, header: bytes) -> bytes:
     client library would refuse or re-encode most of these values)."""
     host, port = address.rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: edge\r\n" + header
-                     + b"\r\nConnection: close\r\n\r\n")
         data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        try:
+            sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: edge\r\n" + header
+                         + b"\r\nConnection: close\r\n\r\n")
+            while chunk := sock.recv(65536):
+                data += chunk
+        except (ConnectionResetError, BrokenPipeError):
+            # A server that rejects a request before reading all of it closes with bytes
+            # still unread, and the kernel answers with a reset, which may overtake its 400.
+            pass
     return data
 
 
@@ -224,7 +229,7 @@ def test_hostile_headers_through_the_console_script(tmp_path: Path) -> None:
             # The HTTP parser may answer 400 before the app sees the request: to a byte HTTP
             # forbids in a field value (NUL), and to a header over h11's 16 KB limit when it
             # arrives in more than one read. Every other value reaches the app: 401.
-            if response.startswith(b"HTTP/1.1 400 "):
+            if response.startswith(b"HTTP/1.1 400 ") or response == b"":  # b"": reset before its 400
                 rejected += 1
                 forbidden = any(byte < 0x20 and byte != 0x09 for byte in authorization or b"")
                 assert forbidden or len(authorization or b"") > H11_MAX_HEADER, response
