@@ -30,6 +30,11 @@ class Circuit(StrEnum):
     HALF_OPEN = "half_open"
 
 
+# Module-level names for the states the hot path tests on every call: an enum member
+# looked up on its class costs about 0.1 us on Python 3.11, a global a fraction of that.
+_CLOSED, _OPEN, _HALF_OPEN = Circuit.CLOSED, Circuit.OPEN, Circuit.HALF_OPEN
+
+
 class Permit:
     """A call's ticket from ``HealthTracker.allow``: truthy when the call may go.
 
@@ -68,7 +73,7 @@ class Transition:
 @dataclass(slots=True)
 class Breaker:
     config: HealthConfig
-    state: Circuit = Circuit.CLOSED
+    state: Circuit = _CLOSED
     since: float = 0.0  # when the current state began
     half_open_since: float = 0.0  # when the last half-open period began
     #: Counts every change of state: a permit is good only for the period it came from.
@@ -93,9 +98,9 @@ class Breaker:
         """A permit for one call now: granted while closed, a trial permit in half-open
         while fewer than ``trials_at_once`` are out, denied otherwise."""
         moves = self._maybe_half_open(now)
-        if self.state is Circuit.CLOSED:
+        if self.state is _CLOSED:
             return Permit(provider, True, self.period, now), moves
-        if self.state is Circuit.HALF_OPEN:
+        if self.state is _HALF_OPEN:
             self._expire_trials(now)
             if len(self.trials) < self.config.trials_at_once:
                 permit = Permit(provider, True, self.period, now, True, now + self.config.trial_timeout_s)
@@ -105,17 +110,17 @@ class Breaker:
 
     def would_allow(self, now: float) -> bool:
         """``allow`` without taking a permit or changing state (for ranking)."""
-        if self.state is Circuit.CLOSED:
+        if self.state is _CLOSED:
             return True
-        if self.state is Circuit.OPEN and now < self.next_trial_at:
+        if self.state is _OPEN and now < self.next_trial_at:
             return False
-        if self.state is Circuit.OPEN:
+        if self.state is _OPEN:
             return True  # cooldown over: allow() will find it half-open with no trial out
         return sum(1 for permit in self.trials if permit.deadline > now) < self.config.trials_at_once
 
     def trials_out(self, now: float) -> int:
         """Trial permits out and not yet presumed lost."""
-        if self.state is not Circuit.HALF_OPEN:
+        if self.state is not _HALF_OPEN:
             return 0
         return sum(1 for permit in self.trials if permit.deadline > now)
 
@@ -143,21 +148,21 @@ class Breaker:
     def _counts(self, permit: Permit | None) -> bool:
         """Whether an outcome is news for the breaker now (and spends its permit)."""
         if permit is None:
-            return self.state is not Circuit.OPEN
+            return self.state is not _OPEN
         if permit.returned:
             return False  # counted already
         permit.returned = True
         if permit.void or not permit.granted:
             return False  # presumed lost, its period over, or a call that went without one
         if permit.trial:
-            return self.state is Circuit.HALF_OPEN and self._take_trial(permit)
-        return self.state is Circuit.CLOSED and permit.period == self.period
+            return self.state is _HALF_OPEN and self._take_trial(permit)
+        return self.state is _CLOSED and permit.period == self.period
 
     def release(self, now: float, permit: Permit | None) -> list[Transition]:
         """A call that is no verdict (429, 401/403, 404, cancelled) ended: its trial permit,
         if it had one, comes back for another call."""
         moves = self._maybe_half_open(now)
-        if self._counts(permit) and permit is None and self.state is Circuit.HALF_OPEN:
+        if self._counts(permit) and permit is None and self.state is _HALF_OPEN:
             self._take_trial(None)
         return moves
 
@@ -166,7 +171,7 @@ class Breaker:
         moves = self._maybe_half_open(now)
         if not self._counts(permit):
             return moves  # admitted in an earlier period, or already counted
-        if self.state is Circuit.HALF_OPEN:
+        if self.state is _HALF_OPEN:
             if permit is None:
                 self._take_trial(None)
             if failed:
@@ -181,8 +186,8 @@ class Breaker:
         if failed and self.on_probation(now):
             # Just back and failing again: one trial call at a time decides, at once,
             # whether this is noise or a relapse (a failed trial reopens it).
-            self._enter(Circuit.HALF_OPEN, now)
-            return [*moves, Transition(Circuit.CLOSED, Circuit.HALF_OPEN, f"a failure on probation ({what})")]
+            self._enter(_HALF_OPEN, now)
+            return [*moves, Transition(_CLOSED, _HALF_OPEN, f"a failure on probation ({what})")]
         issued = permit.issued if permit is not None else now
         if failed:
             self.consecutive += 1
@@ -204,7 +209,7 @@ class Breaker:
 
     def on_probation(self, now: float) -> bool:
         """Closed again less than ``probation_s`` ago: a failure sends it back to half-open."""
-        return self.state is Circuit.CLOSED and now - self.closed_at < self.config.probation_s
+        return self.state is _CLOSED and now - self.closed_at < self.config.probation_s
 
     def probe_succeeded(self, now: float, sent: float | None = None) -> list[Transition]:
         """An active probe sent at ``sent`` reached the provider: an open circuit goes
@@ -212,10 +217,10 @@ class Breaker:
         successful_active_health_check_uneject_host). In half-open, trial calls sent before
         the probe are overtaken by it: they no longer hold the door, and a late failure of
         theirs (a timeout sent while the provider was still down) cannot reopen it."""
-        if self.state is Circuit.OPEN and now < self.next_trial_at:
-            self._enter(Circuit.HALF_OPEN, now)
-            return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, "a probe succeeded")]
-        if self.state is Circuit.HALF_OPEN:
+        if self.state is _OPEN and now < self.next_trial_at:
+            self._enter(_HALF_OPEN, now)
+            return [Transition(_OPEN, _HALF_OPEN, "a probe succeeded")]
+        if self.state is _HALF_OPEN:
             sent = now if sent is None else sent
             while self.trials and self.trials[0].issued < sent:  # handed out in time order
                 self.trials.popleft().void = True
@@ -224,7 +229,7 @@ class Breaker:
     # --- moves ----------------------------------------------------------------------------
 
     def _enter(self, state: Circuit, now: float) -> None:
-        if state is Circuit.HALF_OPEN:
+        if state is _HALF_OPEN:
             self.half_open_since = now
         self.state, self.since = state, now
         self.period += 1
@@ -238,19 +243,19 @@ class Breaker:
         self.recent_failures = 0
 
     def _maybe_half_open(self, now: float) -> list[Transition]:
-        if self.state is Circuit.OPEN and now >= self.next_trial_at:
-            self._enter(Circuit.HALF_OPEN, now)
-            return [Transition(Circuit.OPEN, Circuit.HALF_OPEN, f"cooldown of {self.cooldown_s:g} s over")]
+        if self.state is _OPEN and now >= self.next_trial_at:
+            self._enter(_HALF_OPEN, now)
+            return [Transition(_OPEN, _HALF_OPEN, f"cooldown of {self.cooldown_s:g} s over")]
         return []
 
     def _close(self, now: float) -> Transition:
-        self._enter(Circuit.CLOSED, now)
+        self._enter(_CLOSED, now)
         self.closed_at = now  # on probation: the backoff is kept until it has passed
-        return Transition(Circuit.HALF_OPEN, Circuit.CLOSED, f"{self.config.half_open_trials} trial calls passed")
+        return Transition(_HALF_OPEN, _CLOSED, f"{self.config.half_open_trials} trial calls passed")
 
     def _trip(self, now: float, reason: str, sent: float | None = None) -> Transition:
         before = self.state
-        if before is Circuit.CLOSED and not self.on_probation(now):
+        if before is _CLOSED and not self.on_probation(now):
             self.trips = 0  # it stayed up through its probation: a new incident
         # Doubling from the last cooldown, capped at every step: no power, nothing to
         # overflow however long the provider stays down. A relapse on probation picks up
@@ -260,7 +265,7 @@ class Breaker:
         else:
             self.cooldown_s = min(self.cooldown_s * 2.0, self.config.max_cooldown_s)
         self.trips += 1
-        self._enter(Circuit.OPEN, now)
+        self._enter(_OPEN, now)
         self.next_trial_at = max(now, (now if sent is None else sent) + self.cooldown_s)
         self.open_reason = reason
-        return Transition(before, Circuit.OPEN, reason)
+        return Transition(before, _OPEN, reason)
