@@ -127,8 +127,9 @@ class ProviderHealthCollector(_ComputedCollector):
 
     @classmethod
     def _start_transitions(cls, provider: str) -> None:
-        # The transition counters exist at 0 from the provider's first scrape, so the first
-        # trip is an increase: a counter series born at 1 is invisible to increase().
+        # The transition counters exist at 0 from the provider's first scrape on (they show
+        # from the next one: the counter family is written before this collector runs), so
+        # its first trip is an increase: a counter series born at 1 is invisible to increase().
         transitions = METRICS["gatewayz_provider_circuit_transitions_total"]
         for state in CIRCUIT_STATE_VALUES:
             transitions.child(provider, state)
