@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.deploy.sources import DEPLOY, PROMETHEUS_DIR, rules
+from tests.deploy.test_prometheus_rules import run_promtool
 from tests.support.servers import (
     LOOPBACK,
     START_TIMEOUT_S,
@@ -110,6 +111,20 @@ def _alertnames(matcher: str, alerts: dict[str, Any]) -> list[str]:
 def test_compose_discovery_file_lists_the_compose_alertmanager() -> None:
     (group,) = yaml.safe_load(DISCOVERY.read_text())
     assert group == {"targets": ["alertmanager:9093"]}
+
+
+def test_prometheus_config_as_compose_mounts_it_passes_promtool(tmp_path: Path) -> None:
+    """promtool reads the discovery files of alertmanagers/ too: the compose one must pass."""
+    etc = tmp_path / "prometheus"
+    shutil.copytree(PROMETHEUS_DIR, etc)
+    shutil.rmtree(etc / "alertmanagers")
+    shutil.copytree(DISCOVERY.parent, etc / "alertmanagers")
+    bad = etc / "alertmanagers" / "typo.yml"
+    bad.write_text("- target: [alertmanager:9093]\n")
+    assert run_promtool("check", "config", etc / "prometheus.yml").returncode != 0  # it does read them
+    bad.unlink()
+    result = run_promtool("check", "config", etc / "prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 # --- live delivery --------------------------------------------------------------------
