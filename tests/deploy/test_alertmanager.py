@@ -86,6 +86,20 @@ def test_an_alert_without_a_known_severity_still_reaches_the_default_receiver(se
     assert routed_receiver(labels) == DEFAULT_RECEIVER
 
 
+def test_example_receivers_fit_the_shipped_routes(tmp_path: Path) -> None:
+    """deploy/alertmanager/examples/receivers.yml (PagerDuty, mail, Slack) pasted over the
+    shipped receivers gives a valid config in which each severity still finds its receiver."""
+    config = yaml.safe_load(CONFIG.read_text())
+    examples = {r["name"]: r for r in yaml.safe_load((ALERTMANAGER_DIR / "examples" / "receivers.yml").read_text())
+                ["receivers"]}
+    assert set(examples) == set(RECEIVER_OF_SEVERITY.values())
+    config["receivers"] = [examples.get(receiver["name"], receiver) for receiver in config["receivers"]]
+    pasted = tmp_path / "alertmanager.yml"
+    pasted.write_text(yaml.safe_dump(config))
+    result = amtool("check-config", str(pasted))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_inhibition_rules_name_shipped_alerts_and_only_mute_lesser_ones() -> None:
     """A renamed alert would silently stop inhibiting; a page must never mute a page."""
     alerts = shipped_alerts()
