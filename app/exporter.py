@@ -16,9 +16,14 @@ by ``deploy/gunicorn.conf.py``; by hand::
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Sequence
 
 from app import multiprocess
@@ -28,15 +33,58 @@ from app import multiprocess
 NICENESS = 10
 
 
-def command(host: str, port: int, log_level: str = "warning") -> list[str]:
+#: How often the exporter checks that the supervisor that started it is still there.
+PARENT_CHECK_S = 1.0
+
+
+def command(host: str, port: int, log_level: str = "warning", *, parent_pid: int | None = None,
+            wait_for_port_s: float = 0.0) -> list[str]:
     """The command line that starts the exporter (for supervisors and gunicorn hooks)."""
-    return [sys.executable, "-m", "app.exporter", "--host", host, "--port", str(port),
-            "--log-level", log_level]
+    argv = [sys.executable, "-m", "app.exporter", "--host", host, "--port", str(port), "--log-level", log_level]
+    if parent_pid is not None:
+        argv += ["--parent-pid", str(parent_pid)]
+    if wait_for_port_s:
+        argv += ["--wait-for-port", f"{wait_for_port_s:g}"]
+    return argv
 
 
-def start(host: str, port: int, log_level: str = "warning") -> subprocess.Popen[bytes]:
-    """Start the exporter as a child process; PROMETHEUS_MULTIPROC_DIR must be set."""
-    return subprocess.Popen(command(host, port, log_level))
+def start(host: str, port: int, log_level: str = "warning", *, wait_for_port_s: float = 0.0
+          ) -> subprocess.Popen[bytes]:
+    """Start the exporter as a child process that ends with this one (even when this one
+    is killed with SIGKILL); PROMETHEUS_MULTIPROC_DIR must be set."""
+    return subprocess.Popen(command(host, port, log_level, parent_pid=os.getpid(),
+                                    wait_for_port_s=wait_for_port_s))
+
+
+def bind(host: str, port: int, wait_s: float = 0.0) -> socket.socket:
+    """The listening socket, waiting up to ``wait_s`` while another process holds the port
+    (the exporter of a gunicorn master being replaced, which leaves when its master does)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    deadline = time.monotonic() + wait_s
+    while True:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            sock.close()
+            if error.errno != errno.EADDRINUSE or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.2)
+            continue
+        return sock
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Stop (SIGTERM, a graceful shutdown) once ``parent_pid`` is no longer the parent: a
+    supervisor killed with SIGKILL cannot stop its exporter, which would hold the port."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -45,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--parent-pid", type=int,
+                        help="stop when this process (the supervisor that started it) is gone")
+    parser.add_argument("--wait-for-port", type=float, default=0.0, metavar="SECONDS",
+                        help="wait this long for the port while another process holds it")
     args = parser.parse_args(argv)
     if multiprocess.DIRECTORY is None:
         parser.exit(2, f"the exporter reads the workers' files: set {multiprocess.ENV_VAR}\n")
@@ -56,13 +108,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     from app.settings import get_settings
 
     register_collectors()
+    sock = bind(args.host, args.port, args.wait_for_port)
+    if args.parent_pid is not None:
+        exit_with_parent(args.parent_pid)
     # Scrapes are background work: when the cores are all busy, the gateway's requests go
     # first (a scrape may take longer; Prometheus waits up to its scrape_timeout).
     os.nice(NICENESS)
     # workers=1: uvicorn would otherwise read WEB_CONCURRENCY, which gunicorn's deployments
     # set for the gateway's workers, and refuse to start.
-    uvicorn.run(metrics_only_app(get_settings()), host=args.host, port=args.port, workers=1,
-                log_level=args.log_level, access_log=False, lifespan="off")
+    config = uvicorn.Config(metrics_only_app(get_settings()), workers=1, log_level=args.log_level,
+                            access_log=False, lifespan="off")
+    uvicorn.Server(config).run(sockets=[sock])
 
 
 if __name__ == "__main__":

@@ -9,9 +9,16 @@ GATEWAY_METRICS_METRICS_PORT, PROMETHEUS_MULTIPROC_DIR.
 The master owns PROMETHEUS_MULTIPROC_DIR: it empties it before any worker starts, starts
 the exporter (``app.exporter``: scrapes of every worker, on GATEWAY_METRICS_METRICS_PORT,
 default 8001) and marks each worker that exits dead, as client_python documents. Workers
-never touch the directory's other files. Point Prometheus at the exporter's port.
+never touch the directory's other files. Point Prometheus at the exporter's port. The
+exporter stops with the master, even one killed with SIGKILL.
+
+Upgrading in place (USR2, then QUIT to the old master once the new one serves): the new
+master keeps the directory, whose files still belong to the old master's workers and hold
+counts the totals must keep, and its exporter takes the port over when the old master's
+exporter leaves with it.
 """
 
+import math
 import os
 
 # Set before any worker imports prometheus_client (workers are forked after this file is
@@ -32,9 +39,13 @@ def on_starting(server):
     from app import exporter
     from app.multiprocess import prepare_directory
 
-    prepare_directory(multiproc_dir)
+    # gunicorn sets GUNICORN_PID in a master started by USR2: the old one still runs.
+    replacing = "GUNICORN_PID" in os.environ
+    if not replacing:
+        prepare_directory(multiproc_dir)
     host = bind.rsplit(":", 1)[0] or "0.0.0.0"
-    _exporter = exporter.start(host, int(os.environ.get("GATEWAY_METRICS_METRICS_PORT", "8001")))
+    _exporter = exporter.start(host, int(os.environ.get("GATEWAY_METRICS_METRICS_PORT", "8001")),
+                               wait_for_port_s=math.inf if replacing else 0.0)
 
 
 def child_exit(server, worker):

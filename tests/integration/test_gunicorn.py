@@ -3,11 +3,13 @@ uvicorn workers in multiprocess mode.
 
 The master empties the directory, starts the exporter and marks dead workers; the totals
 are exact before and after a worker is killed with SIGKILL and replaced; SIGTERM to the
-master takes the exporter down too.
+master takes the exporter down too, and so does SIGKILL; an upgrade in place (USR2, then
+TERM to the old master) keeps every count and the exporter's port.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from collections.abc import Iterator
@@ -16,15 +18,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support.servers import LOOPBACK
-from tests.support.workers import ROOT, STALE_FILE, Workers, check_totals_survive_a_killed_worker
+from tests.support.servers import LOOPBACK, poll
+from tests.support.workers import ROOT, STALE_FILE, Workers, check_totals_survive_a_killed_worker, health_requests
 
 CONFIG = ROOT / "deploy" / "gunicorn.conf.py"
 
 
 def gunicorn(port: int, metrics_port: int) -> tuple[list[str], dict[str, str]]:
     # No control socket: its default path in $HOME is shared by every gunicorn of the machine.
-    return ([sys.executable, "-m", "gunicorn", "-c", str(CONFIG), "--no-control-socket",
+    # The console script, as deployments run it: an upgrade (USR2) re-executes the master's
+    # argv, and `python -m gunicorn` would come back as gunicorn/__main__.py, whose folder
+    # (gunicorn/http) then shadows the standard library's http.
+    return ([str(Path(sys.executable).parent / "gunicorn"), "-c", str(CONFIG), "--no-control-socket",
              "--log-level", "warning", "app.main:app"],
             {"GUNICORN_BIND": f"{LOOPBACK}:{port}", "WEB_CONCURRENCY": "2",
              "GATEWAY_METRICS_METRICS_PORT": str(metrics_port)})
@@ -63,3 +68,71 @@ def test_sigterm_to_the_master_stops_the_exporter(workers: Workers) -> None:
     assert not Path(f"/proc/{exporter}").exists(), "the exporter outlived the master"
     with pytest.raises(httpx.ConnectError):
         httpx.get(workers.exporter_url + "/metrics", timeout=5.0, trust_env=False)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1].startswith("Z")  # a zombie is gone
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def _children(pid: int) -> set[int]:
+    found: set[int] = set()
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.update(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def _refused(url: str) -> bool:
+    try:
+        httpx.get(url, timeout=2.0, trust_env=False)
+    except httpx.ConnectError:
+        return True
+    return False
+
+
+def test_sigkill_to_the_master_stops_the_exporter(tmp_path: Path) -> None:
+    workers = Workers(tmp_path, gunicorn)
+    try:
+        workers.wait_ready()
+        exporter = workers.exporter_pid()
+        workers.process.kill()
+        workers.process.wait()
+        poll(lambda: _gone(exporter), 15.0, "the exporter to follow its master")
+        assert _refused(workers.exporter_url + "/metrics")
+    finally:
+        for pid in workers.worker_processes() if workers.process.poll() is None else set():
+            os.kill(pid, signal.SIGKILL)
+        workers.stop()
+
+
+def test_an_upgrade_in_place_keeps_the_counts_and_the_exporter_port(tmp_path: Path) -> None:
+    workers = Workers(tmp_path, gunicorn)
+    new_master = None
+    try:
+        workers.wait_ready()
+        workers.send(10)
+        before = health_requests(workers.http.get(workers.exporter_url + "/metrics").text)
+        assert before >= 10
+        old_children = set(workers.children())
+
+        workers.process.send_signal(signal.SIGUSR2)  # the new master is the old one's child
+        new_master = poll(lambda: next((pid for pid in set(workers.children()) - old_children
+                                        if any(b"app.exporter" in Path(f"/proc/{child}/cmdline").read_bytes()
+                                               for child in _children(pid))), None),
+                          60.0, "the new master and its exporter")
+        assert health_requests(workers.http.get(workers.exporter_url + "/metrics").text) >= before  # kept
+        workers.process.send_signal(signal.SIGTERM)  # the old master goes, with its workers and exporter
+        workers.process.wait(30)
+
+        poll(lambda: workers.http.get(workers.url + "/health").status_code == 200, 30.0, "the new workers")
+        workers.send(10)
+        # The new master's exporter took the port over, and no count of the old workers is lost.
+        poll(lambda: health_requests(workers.http.get(workers.exporter_url + "/metrics").text) >= before + 10,
+             30.0, "the new exporter with every count")
+    finally:
+        if new_master is not None and not _gone(new_master):
+            os.kill(new_master, signal.SIGTERM)
+            poll(lambda: _gone(new_master), 30.0, "the new master to stop")
+        workers.stop()
