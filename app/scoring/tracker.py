@@ -199,10 +199,6 @@ class HealthTracker:
         with self._lock:
             state = self._providers.get(provider) or self._provider(provider)
             state.in_flight += 1
-            breaker = state.breaker
-            if breaker.state is _CLOSED:  # the common case, without _grant's calls
-                state.last_granted = now
-                return Permit(provider, True, breaker.period, now)
             permit, moves = self._grant(state, provider, now)
         if moves:
             self._notify(provider, moves)
@@ -359,10 +355,6 @@ class HealthTracker:
             state = self._providers.get(provider)
             if state is None:  # never seen: closed, and no state until a call is recorded
                 return Permit(provider, True, 0, now)
-            breaker = state.breaker
-            if breaker.state is _CLOSED:  # the common case, without _grant's calls
-                state.last_granted = now
-                return Permit(provider, True, breaker.period, now)
             permit, moves = self._grant(state, provider, now)
         if moves:
             self._notify(provider, moves)
@@ -371,11 +363,15 @@ class HealthTracker:
     @staticmethod
     def _grant(state: _Provider, provider: str, now: float) -> tuple[Permit, list[Transition]]:
         """The breaker's permit for one call and its moves (lock held; moves are notified
-        after the lock is released). ``allow`` and ``begin`` grant a closed circuit's permit
-        inline, as ``Breaker.allow`` would (a closed circuit has no move to make): this
-        step's calls cost as much as the rest of ``begin`` (tests/scoring/test_fast_path.py
-        holds the two paths to the same permits)."""
-        permit, moves = state.breaker.allow(provider, now)
+        after the lock is released). A closed circuit's permit is granted here, as
+        ``Breaker.allow`` would (a closed circuit has no move to make): the breaker's calls
+        cost as much as the rest of ``begin`` (tests/scoring/test_fast_path.py holds the
+        two paths to the same permits)."""
+        breaker = state.breaker
+        if breaker.state is _CLOSED:  # the common case
+            state.last_granted = now
+            return Permit(provider, True, breaker.period, now), []
+        permit, moves = breaker.allow(provider, now)
         if permit:
             state.last_granted = now
         return permit, moves

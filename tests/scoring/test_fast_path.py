@@ -1,4 +1,4 @@
-"""``allow`` and ``begin`` grant a closed circuit's permit inline, without the breaker's
+"""``allow`` and ``begin`` grant a closed circuit's permit without the breaker's
 calls: the permits, the states and the load they leave must be the breaker's own, and the
 calls in flight exact however threads interleave."""
 
