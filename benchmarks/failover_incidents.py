@@ -254,7 +254,8 @@ class Ours:
         self.clock = SimClock()
         self.moves: list[tuple[float, str, str, str, str]] = []
         self.circuit = dict.fromkeys(PROVIDERS, "closed")
-        self.tracker = HealthTracker(clock=self.clock, wall_clock=self.clock.wall, on_transition=self._moved)
+        self.tracker = HealthTracker(clock=self.clock, wall_clock=self.clock.wall)
+        self.tracker.add_listener(self._moved)
         self.panics = 0
         self.last_permit: Permit | None = None
 
@@ -564,7 +565,7 @@ def run_incident(scenario: Scenario, seed: int, calls: list[tuple[float, float, 
     print(f"|{'-' * (width + 2)}|" + "|".join("-" * (cell + 1) + ":" for cell in cells) + "|")
     for name, values in table.items():
         print(f"| {name:<{width}} | " + " | ".join(f"{show(value):>{cells[i]}}" for i, (value, (_, _, show, _)) in
-                                                   enumerate(zip(values, cols))) + " |")
+                                                   enumerate(zip(values, cols, strict=True))) + " |")
 
     baselines = [name for name in table if name not in (Ours.name, OursWithProbes.name)]
     ok = True
@@ -607,8 +608,8 @@ def run_seeds(seeds: list[int], incidents: list[str], down_start: float) -> None
             cols = columns(scenario, len(calls))
             table, _, _ = measure(scenario, seed, calls)
             for name, values in table.items():
-                figures = [figure(value) for value, (_, _, _, figure) in zip(values, cols)]
-                sums[name] = [a + b for a, b in zip(sums.get(name, [0.0] * len(cols)), figures)]
+                figures = [figure(value) for value, (_, _, _, figure) in zip(values, cols, strict=True)]
+                sums[name] = [a + b for a, b in zip(sums.get(name, [0.0] * len(cols)), figures, strict=True)]
             for variant, found in missed.items():
                 if lost := misses(table, cols, variant):
                     found.append(f"seed {seed}: {', '.join(lost)}")
@@ -619,7 +620,8 @@ def run_seeds(seeds: list[int], incidents: list[str], down_start: float) -> None
         for name, total in sums.items():
             means = [value / len(seeds) for value in total]
             cells = [f"{100 * v:.2f}%" if title in ("down share", "slow share", "failed") else
-                     f"{v:.1f}" if title == "into cooldown" else f"{v:.2f} s" for title, v in zip(titles, means)]
+                     f"{v:.1f}" if title == "into cooldown" else f"{v:.2f} s"
+                     for title, v in zip(titles, means, strict=True)]
             print(f"| {name} | " + " | ".join(cells) + " |")
         print()
         for variant, found in missed.items():

@@ -25,10 +25,6 @@ class Outcome(StrEnum):
     QUOTA = "quota"  # 429 with quota or credit exhausted: out for longer
     CANCELLED = "cancelled"  # our side gave up (client gone, task cancelled): no verdict
 
-    @property
-    def is_error(self) -> bool:
-        return self in ERRORS
-
 
 #: The numerator of every error rate the service shows.
 ERRORS = frozenset({Outcome.FAILURE, Outcome.UNREACHED})
@@ -39,7 +35,6 @@ THROTTLES = frozenset({Outcome.THROTTLED, Outcome.QUOTA})
 #: or should have. Throttles are cooldowns, 401/403/404 are tracked apart with their own
 #: reasons, and a cancelled call has no verdict.
 SCORED = frozenset({Outcome.SUCCESS, Outcome.CLIENT_ERROR, Outcome.FAILURE, Outcome.UNREACHED})
-NOT_SCORED = frozenset(Outcome) - SCORED
 
 #: The inference ``status`` label each outcome records as (SPEC section 2: the error
 #: categories of reference/002, plus timeout and unknown). An unreached call that timed

@@ -10,11 +10,16 @@ A provider whose circuit is not closed, or whose score ranks it out, is probed e
 half-open at once, so a recovered provider is taken back within about a second plus one
 trial call. Probes are paced from when they are sent: one that waits for its timeout
 does not hold back the next.
+
+Between :meth:`ProbeRunner.start` and :meth:`ProbeRunner.stop` the probes run on an event
+loop of their own, in a daemon thread: they belong to no app's loop, so they outlive none
+and die with none (several apps may share the tracker they feed).
 """
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Mapping
 
 import httpx
@@ -38,6 +43,8 @@ class ProbeRunner:
         self.unhealthy_interval_s = min(unhealthy_interval_s, interval_s)
         self.timeout_s = timeout_s
         self._client = client
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def probe(self, provider: str, client: httpx.AsyncClient) -> bool:
@@ -49,11 +56,6 @@ class ProbeRunner:
             ok = False
         self.tracker.record_probe(provider, ok, sent_at)
         return ok
-
-    async def probe_all(self, client: httpx.AsyncClient) -> dict[str, bool]:
-        names = list(self.urls)
-        results = await asyncio.gather(*(self.probe(name, client) for name in names))
-        return dict(zip(names, results))
 
     def next_wait_s(self, provider: str) -> float:
         """Seconds until the provider's next probe: sooner while its circuit is not closed
@@ -90,11 +92,31 @@ class ProbeRunner:
                 await client.aclose()
 
     def start(self) -> None:
-        if self._task is None and self.urls:
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="provider-probes")
+        """Probe in the background until :meth:`stop` (nothing to do without URLs)."""
+        if self._thread is not None or not self.urls:
+            return
+        started = threading.Event()
+        self._thread = threading.Thread(target=self._serve, args=(started,), name="provider-probes", daemon=True)
+        self._thread.start()
+        started.wait()
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-            self._task = None
+    def _serve(self, started: threading.Event) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        try:
+            self._task = loop.create_task(self.run())
+            started.set()
+            loop.run_until_complete(asyncio.gather(self._task, return_exceptions=True))
+        finally:
+            loop.close()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop probing; waits up to ``timeout_s`` for probes in flight to be cancelled."""
+        thread, loop, task = self._thread, self._loop, self._task
+        if thread is None or loop is None or task is None:
+            return
+        try:
+            loop.call_soon_threadsafe(task.cancel)
+        except RuntimeError:  # the loop has already ended
+            pass
+        thread.join(timeout_s)
+        self._thread = self._loop = self._task = None

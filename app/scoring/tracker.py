@@ -63,14 +63,6 @@ class Choice:
 #: Called on every breaker move: provider, from state, to state, reason.
 TransitionHook = Callable[[str, str, str, str], None]
 
-_listeners: list[TransitionHook] = []
-
-
-def add_transition_listener(hook: TransitionHook) -> None:
-    """Have ``hook`` called on every breaker move of every tracker (the metrics use it)."""
-    if hook not in _listeners:
-        _listeners.append(hook)
-
 
 @dataclass(slots=True)
 class _Call:
@@ -138,8 +130,8 @@ class _Provider:
     ewma_at: float = 0.0
 
 
-# Module-level names for the members record() tests on every call: an enum member looked
-# up on its class costs about 0.1 us on Python 3.11, a global a fraction of that.
+# Module-level names for the members record() tests on every call: a global is read in
+# one step, an enum member through its class in two.
 _SCORED, _ERRORS = SCORED, ERRORS
 _UNREACHED, _THROTTLED, _QUOTA = Outcome.UNREACHED, Outcome.THROTTLED, Outcome.QUOTA
 _CREDENTIAL, _NOT_FOUND = Outcome.CREDENTIAL, Outcome.NOT_FOUND
@@ -163,14 +155,30 @@ class HealthTracker:
         config: HealthConfig | None = None,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
-        on_transition: TransitionHook | None = None,
     ) -> None:
         self.config = config or HealthConfig()
         self.clock = clock
         self.wall_clock = wall_clock
-        self.on_transition = on_transition
         self._providers: dict[str, _Provider] = {}
         self._lock = threading.Lock()
+        #: Replaced, never changed in place: _notify reads it without the lock.
+        self._listeners: tuple[TransitionHook, ...] = ()
+
+    # --- its listeners ------------------------------------------------------------------
+
+    def add_listener(self, hook: TransitionHook) -> None:
+        """Have ``hook(provider, from_state, to_state, reason)`` called on every breaker
+        move of this tracker, in order, once the move is made and the tracker's lock
+        released (a hook may read the tracker). A hook that raises is skipped: metrics must
+        not break routing. Adding a hook twice adds it once."""
+        with self._lock:
+            if hook not in self._listeners:
+                self._listeners = (*self._listeners, hook)
+
+    def remove_listener(self, hook: TransitionHook) -> None:
+        """Stop calling ``hook``; a hook never added is ignored."""
+        with self._lock:
+            self._listeners = tuple(listener for listener in self._listeners if listener != hook)
 
     # --- feeding it ---------------------------------------------------------------------
 
@@ -335,9 +343,10 @@ class HealthTracker:
                 times.popleft()
 
     def _notify(self, provider: str, moves: list[Transition]) -> None:
+        """Hand ``moves`` to the listeners; called after the lock is released."""
         if not moves:
             return
-        hooks = [*_listeners, self.on_transition] if self.on_transition is not None else _listeners
+        hooks = self._listeners
         for move in moves:
             for hook in hooks:
                 try:
@@ -383,18 +392,6 @@ class HealthTracker:
             self._prune(state, now)
             return self._health(provider, state, now)
 
-    def circuit(self, provider: str) -> Circuit:
-        """The provider's circuit as ``allow`` would find it now (closed when never seen)."""
-        now = self.clock()
-        with self._lock:
-            state = self._providers.get(provider)
-            if state is None:
-                return Circuit.CLOSED
-            breaker = state.breaker
-            if breaker.state is Circuit.OPEN and now >= breaker.next_trial_at:
-                return Circuit.HALF_OPEN
-            return breaker.state
-
     def exported(self, limit: int) -> tuple[list[ProviderHealth], int]:
         """The health of the first ``limit`` providers recorded (by name), and how many
         more there are: the provider gauges export only these, like a label cap."""
@@ -417,10 +414,7 @@ class HealthTracker:
         config = self.config
         window = state.window
         breaker = state.breaker
-        if breaker.state is Circuit.OPEN and now >= breaker.next_trial_at:
-            circuit = Circuit.HALF_OPEN  # as allow() will find it
-        else:
-            circuit = breaker.state
+        circuit = breaker.effective_state(now)
         total, probes = len(window.calls), len(window.probes)
         failed, slow = window.failed, window.slow
         reached = window.reached + window.probes_ok
@@ -443,8 +437,7 @@ class HealthTracker:
         elif circuit is Circuit.HALF_OPEN:
             out = breaker.trials_out(now)
             reasons.append(f"circuit half-open: {out} trial call{'' if out == 1 else 's'} in flight, "
-                           f"{breaker.trials_passed if breaker.state is Circuit.HALF_OPEN else 0} of "
-                           f"{config.half_open_trials} passed")
+                           f"{breaker.trials_passed} of {config.half_open_trials} passed")
         elif breaker.on_probation(now):
             reasons.append(f"circuit closed at {self._at(now, breaker.closed_at)}, on probation until "
                            f"{self._at(now, breaker.closed_at + config.probation_s)}: a failure sends it "
@@ -554,7 +547,7 @@ class HealthTracker:
                 self._prune(state, now)
                 health = self._health(name, state, now)
                 breaker = state.breaker
-                open_until = breaker.next_trial_at if breaker.state is Circuit.OPEN else -math.inf
+                open_until = breaker.next_trial_at if health.circuit is Circuit.OPEN else -math.inf
                 blocked_until = max(state.throttled_until, state.quota_until, open_until)
                 if blocked_until > now or not breaker.would_allow(now):
                     excluded.append(((blocked_until, -health.score, index), name))

@@ -7,37 +7,44 @@ from __future__ import annotations
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from app import metrics
-from app.scoring import HealthTracker, Permit, get_tracker, set_tracker
+from app.scoring import HealthTracker, Permit
+from app.telemetry import Telemetry
 from tests.scoring.fake_clock import FakeClock
 
 
 class ThroughTheBreaker(HealthTracker):
-    """The oracle: every permit from ``Breaker.allow``, as before the inline fast path."""
+    """The oracle, for one thread: every permit from the provider's ``Breaker.allow``
+    itself, its moves handed to ``moved`` here; none of the tracker's own steps."""
+
+    def __init__(self, moved: Callable[..., None], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.moved = moved
+        self.add_listener(moved)  # the moves record() makes
 
     def allow(self, provider: str) -> Permit:
         now = self.clock()
-        with self._lock:
-            state = self._providers.get(provider)
-            if state is None:
-                return Permit(provider, True, 0, now)
-            permit, moves = self._grant(state, provider, now)
-        self._notify(provider, moves)
+        state = self._providers.get(provider)
+        if state is None:  # never seen: closed, and no state until a call is recorded
+            return Permit(provider, True, 0, now)
+        permit, moves = state.breaker.allow(provider, now)
+        if permit:
+            state.last_granted = now
+        for move in moves:
+            self.moved(provider, move.from_state.value, move.to_state.value, move.reason)
         return permit
 
     def begin(self, provider: str) -> Permit:
-        now = self.clock()
-        with self._lock:
-            state = self._provider(provider)
-            state.in_flight += 1
-            permit, moves = self._grant(state, provider, now)
-        self._notify(provider, moves)
-        return permit
+        if provider in self._providers:
+            self._providers[provider].in_flight += 1
+        else:
+            self.start(provider)  # a new provider, closed: its first call in flight
+        return self.allow(provider)
 
 
 step = st.one_of(
@@ -63,13 +70,13 @@ def _shape(permit: Permit) -> tuple[object, ...]:
 def test_the_fast_path_grants_what_the_breaker_grants(steps: list[tuple[str, int, float]]) -> None:
     clocks = FakeClock(), FakeClock()
     moves: tuple[list[tuple[str, ...]], list[tuple[str, ...]]] = ([], [])
-    fast = HealthTracker(clock=clocks[0], wall_clock=clocks[0].wall, on_transition=lambda *m: moves[0].append(m))
-    oracle = ThroughTheBreaker(clock=clocks[1], wall_clock=clocks[1].wall,
-                               on_transition=lambda *m: moves[1].append(m))
+    fast = HealthTracker(clock=clocks[0], wall_clock=clocks[0].wall)
+    fast.add_listener(lambda *m: moves[0].append(m))
+    oracle = ThroughTheBreaker(lambda *m: moves[1].append(m), clock=clocks[1], wall_clock=clocks[1].wall)
     out: tuple[list[Permit], list[Permit]] = ([], [])
 
     for action, status, amount in steps:
-        for tracker, clock, calls in zip((fast, oracle), clocks, out):
+        for tracker, clock, calls in zip((fast, oracle), clocks, out, strict=True):
             if action in ("allow", "begin"):
                 calls.append(getattr(tracker, action)("p"))
             elif action == "record" and calls:
@@ -178,18 +185,15 @@ def test_calls_in_flight_stay_exact_under_threads(fast_switching: None) -> None:
 
 
 def test_the_helper_leaves_no_call_in_flight_under_threads(fast_switching: None) -> None:
-    previous = get_tracker()
-    tracker = HealthTracker()
-    set_tracker(tracker)
-    try:
-        def calls() -> None:
-            for _ in range(CALLS // 4):
-                with metrics.track_model_inference("fast-path-threads", "m"):
-                    pass
+    telemetry = Telemetry()
+    tracker = telemetry.tracker
 
-        _run(calls)
-    finally:
-        set_tracker(previous)
+    def calls() -> None:
+        for _ in range(CALLS // 4):
+            with telemetry.track_model_inference("fast-path-threads", "m"):
+                pass
+
+    _run(calls)
     health = tracker.status("fast-path-threads")
     assert health.in_flight == 0
     assert health.calls == THREADS * CALLS // 4

@@ -21,7 +21,6 @@ from app.scoring import (
     health_score,
     parse_duration,
 )
-
 from tests.scoring.fake_clock import WALL_START, FakeClock  # noqa: F401
 
 

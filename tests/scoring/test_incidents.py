@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from app.scoring import HealthConfig, HealthTracker, State
-
 from tests.scoring.fake_clock import WALL_START, FakeClock  # noqa: F401
-
 
 Move = tuple[str, str, str, str]
 
@@ -19,8 +19,9 @@ def moves() -> list[Move]:
 
 @pytest.fixture
 def tracker(clock: FakeClock, moves: list[Move]) -> HealthTracker:
-    return HealthTracker(clock=clock, wall_clock=clock.wall,
-                         on_transition=lambda *move: moves.append(move))
+    tracker = HealthTracker(clock=clock, wall_clock=clock.wall)
+    tracker.add_listener(lambda *move: moves.append(move))
+    return tracker
 
 
 def fail(tracker: HealthTracker, provider: str, times: int = 1, status_code: int = 500) -> None:
@@ -561,10 +562,10 @@ def test_credential_errors_and_missing_models_do_not_lower_the_score(tracker: He
     assert "2 calls for a missing model (404); not counted against health" in health.reasons
 
 
-# --- the transition hook ------------------------------------------------------------------------
+# --- transition listeners ----------------------------------------------------------------------
 
 
-def test_on_transition_receives_every_move(tracker: HealthTracker, clock: FakeClock, moves: list[Move]) -> None:
+def test_a_listener_receives_every_move(tracker: HealthTracker, clock: FakeClock, moves: list[Move]) -> None:
     open_circuit(tracker, "a")
     trial_fails(tracker, clock, "a", after_s=5.0)
     clock.advance(10.0)
@@ -583,7 +584,7 @@ def test_on_transition_receives_every_move(tracker: HealthTracker, clock: FakeCl
     assert moves[-1][3] == "3 trial calls passed"
 
 
-def test_on_transition_sees_the_half_open_move_of_a_call_ending_after_the_cooldown(
+def test_a_listener_sees_the_half_open_move_of_a_call_ending_after_the_cooldown(
     tracker: HealthTracker, clock: FakeClock, moves: list[Move]
 ) -> None:
     open_circuit(tracker, "a")
@@ -595,15 +596,80 @@ def test_on_transition_sees_the_half_open_move_of_a_call_ending_after_the_cooldo
         ("closed", "open"), ("open", "half_open"), ("half_open", "open")]
 
 
-def test_a_failing_hook_does_not_break_recording(clock: FakeClock) -> None:
+def test_a_failing_listener_breaks_neither_recording_nor_the_listeners_after_it(
+    clock: FakeClock, moves: list[Move]
+) -> None:
     def hook(*_: str) -> None:
         raise RuntimeError("metrics are down")
 
-    tracker = HealthTracker(clock=clock, wall_clock=clock.wall, on_transition=hook)
+    tracker = HealthTracker(clock=clock, wall_clock=clock.wall)
+    tracker.add_listener(hook)
+    tracker.add_listener(lambda *move: moves.append(move))
 
     fail(tracker, "a", 5)
 
     assert tracker.status("a").circuit == "open"
+    assert [(before, after) for _, before, after, _ in moves] == [("closed", "open")]
+
+
+def test_a_listener_hears_only_its_own_tracker(clock: FakeClock) -> None:
+    mine, other = HealthTracker(clock=clock, wall_clock=clock.wall), HealthTracker(clock=clock, wall_clock=clock.wall)
+    heard: list[Move] = []
+    mine.add_listener(lambda *move: heard.append(move))
+
+    open_circuit(other, "a")
+    assert heard == []
+    open_circuit(mine, "a")
+    assert [(provider, after) for provider, _, after, _ in heard] == [("a", "open")]
+
+
+def test_a_listener_added_twice_is_called_once(tracker: HealthTracker) -> None:
+    heard: list[str] = []
+
+    def hook(provider: str, before: str, after: str, reason: str) -> None:
+        heard.append(after)
+
+    tracker.add_listener(hook)
+    tracker.add_listener(hook)
+    open_circuit(tracker, "a")
+
+    assert heard == ["open"]
+
+
+def test_a_removed_listener_is_called_no_more(tracker: HealthTracker, clock: FakeClock) -> None:
+    heard: list[str] = []
+
+    def hook(provider: str, before: str, after: str, reason: str) -> None:
+        heard.append(after)
+
+    tracker.add_listener(hook)
+    open_circuit(tracker, "a")
+    tracker.remove_listener(hook)
+    tracker.remove_listener(hook)  # gone already: nothing to do
+    clock.advance(5.0)
+    assert tracker.allow("a")  # open -> half-open
+
+    assert heard == ["open"]
+
+
+def test_a_listener_runs_outside_the_lock_so_it_may_read_the_tracker(clock: FakeClock) -> None:
+    tracker = HealthTracker(clock=clock, wall_clock=clock.wall)
+    seen: list[str] = []
+
+    def hook(provider: str, *_: str) -> None:
+        # Read from another thread, with a timeout: a hook called under the lock fails
+        # this test instead of hanging it.
+        reader = threading.Thread(target=lambda: seen.append(tracker.status(provider).circuit), daemon=True)
+        reader.start()
+        reader.join(timeout=5)
+
+    tracker.add_listener(hook)
+
+    open_circuit(tracker, "a")
+    clock.advance(5.0)
+    assert tracker.allow("a")
+
+    assert seen == ["open", "half_open"]
 
 
 def test_custom_breaker_settings_are_honoured(clock: FakeClock) -> None:

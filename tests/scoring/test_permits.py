@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from app import metrics
-from app.scoring import HealthConfig, HealthTracker, Permit, get_tracker, set_tracker
+from app.scoring import HealthConfig, HealthTracker, Permit
+from app.telemetry import Telemetry
 from tests.scoring.fake_clock import FakeClock
 
 
@@ -98,21 +96,23 @@ def test_a_trial_that_is_no_verdict_hands_its_permit_back(tracker: HealthTracker
 
 
 @pytest.fixture
-def app_tracker(clock: FakeClock) -> Iterator[HealthTracker]:
-    previous = get_tracker()
-    tracker = HealthTracker(clock=clock, wall_clock=clock.wall)
-    set_tracker(tracker)
-    try:
-        yield tracker
-    finally:
-        set_tracker(previous)
+def telemetry(clock: FakeClock) -> Telemetry:
+    """An app's telemetry, whose recording helpers feed a tracker on the fake clock."""
+    return Telemetry(tracker=HealthTracker(clock=clock, wall_clock=clock.wall))
 
 
-def test_track_model_inference_carries_the_permit_it_asked_for(app_tracker: HealthTracker, clock: FakeClock) -> None:
-    with metrics.track_model_inference("permit-a", "m") as stream:  # a long stream, admitted while closed
+@pytest.fixture
+def app_tracker(telemetry: Telemetry) -> HealthTracker:
+    return telemetry.tracker
+
+
+def test_track_model_inference_carries_the_permit_it_asked_for(
+    app_tracker: HealthTracker, telemetry: Telemetry, clock: FakeClock
+) -> None:
+    with telemetry.track_model_inference("permit-a", "m") as stream:  # a long stream, admitted while closed
         trip(app_tracker, "permit-a")
         clock.advance(app_tracker.config.open_cooldown_s)
-        with metrics.track_model_inference("permit-a", "m"):  # the trial call
+        with telemetry.track_model_inference("permit-a", "m"):  # the trial call
             assert not app_tracker.allow("permit-a")  # one trial at a time: it holds the permit
         stream.status_code = 500  # the old stream fails late: no trial, no reopening
 
@@ -121,28 +121,30 @@ def test_track_model_inference_carries_the_permit_it_asked_for(app_tracker: Heal
     assert health.reasons[0] == "circuit half-open: 0 trial calls in flight, 1 of 3 passed"
 
 
-def test_track_model_inference_hands_back_the_gateways_permit(app_tracker: HealthTracker, clock: FakeClock) -> None:
+def test_track_model_inference_hands_back_the_gateways_permit(
+    app_tracker: HealthTracker, telemetry: Telemetry, clock: FakeClock
+) -> None:
     trip(app_tracker, "permit-b")
     clock.advance(app_tracker.config.open_cooldown_s)
     permit = app_tracker.allow("permit-b")
 
-    with metrics.track_model_inference("permit-b", "m", permit=permit):
+    with telemetry.track_model_inference("permit-b", "m", permit=permit):
         pass
 
     assert app_tracker.status("permit-b").reasons[0] == "circuit half-open: 0 trial calls in flight, 1 of 3 passed"
 
 
 def test_record_upstream_call_never_takes_the_place_of_a_trial_in_flight(
-    app_tracker: HealthTracker, clock: FakeClock
+    app_tracker: HealthTracker, telemetry: Telemetry, clock: FakeClock
 ) -> None:
     trip(app_tracker, "permit-c")
     clock.advance(app_tracker.config.open_cooldown_s)
     trial = app_tracker.allow("permit-c")
 
-    metrics.record_upstream_call("permit-c", "m", duration_s=30.0, status_code=500)  # an old call ends
+    telemetry.record_upstream_call("permit-c", "m", duration_s=30.0, status_code=500)  # an old call ends
 
     assert app_tracker.status("permit-c").circuit == "half_open"
-    metrics.record_upstream_call("permit-c", "m", duration_s=0.3, status_code=200, permit=trial)
+    telemetry.record_upstream_call("permit-c", "m", duration_s=0.3, status_code=200, permit=trial)
     assert app_tracker.status("permit-c").reasons[0] == "circuit half-open: 0 trial calls in flight, 1 of 3 passed"
 
 
@@ -179,7 +181,8 @@ def test_trial_permits_out_never_exceed_the_limit_and_none_counts_twice(
     def moved(*_: str) -> None:
         current.clear()  # a new period: the trials of the last one are no longer trials
 
-    tracker = HealthTracker(config, clock=clock, wall_clock=clock.wall, on_transition=moved)
+    tracker = HealthTracker(config, clock=clock, wall_clock=clock.wall)
+    tracker.add_listener(moved)
     out: list[Permit] = [tracker.allow("p") for _ in range(3)]
     trip(tracker, "p")
     done: list[Permit] = []

@@ -9,9 +9,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from app.scoring import HealthTracker, Permit, apdex, health_score
-
 from tests.scoring.fake_clock import FakeClock
-
 
 unit = st.floats(min_value=0.0, max_value=1.0)
 anything = st.floats(allow_nan=False, allow_infinity=True)
