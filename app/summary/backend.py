@@ -21,29 +21,36 @@ Requests go through prometheus-api-client's ``PrometheusConnect``, around its tr
 - All calls share one ``requests.Session``, which is not documented as thread-safe: each
   worker thread gets its own client.
 - ``get_current_metric_value`` pastes label values into PromQL unescaped: never used;
-  build matchers with :func:`label_matcher`.
+  build matchers with :class:`app.summary.promql.Matcher`.
+
+Answers are kept (fresh for ``cache_ttl_s``, then as the last good answer for failures) in
+one store bounded in entries and in bytes (app.summary.caches), the bytes estimated once
+per answer from its samples (:func:`result_nbytes`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
+import sys
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, Self
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
-from cachetools import LRUCache, TTLCache
+from cachetools import LRUCache
 
 # The submodule, not the package: the package's lazy __getattr__ hides the types.
 from prometheus_api_client.prometheus_connect import PrometheusConnect
 from urllib3.util.retry import Retry
+
+from app.summary.caches import bounded, keep
 
 ErrorKind = Literal[
     "unreachable",  # no connection (refused, DNS, TLS, reset)
@@ -56,9 +63,13 @@ ErrorKind = Literal[
     "partial",  # an incomplete answer: warnings, isPartial, a cut body, missing fields
 ]
 
-#: Entries in the result cache and in the last-good store. The query catalogue is a few
-#: dozen texts per window; the bound only stops a flood of distinct windows growing memory.
+#: Answers kept (fresh ones and last good ones alike), and their bytes at most. A summary
+#: is six packed requests per window. The models pack of a fleet of 1,000 models is about
+#: 32,000 samples, some 16 MB parsed (about 490 bytes a sample), so 32 MiB holds every pack
+#: of the default window of such a fleet, and those of many windows of a smaller one;
+#: callers asking for distinct windows cannot grow the process past it.
 MAX_CACHED_QUERIES = 4096
+MAX_CACHED_BYTES = 32 * 2**20
 #: /ready must answer fast even when the backend hangs.
 PING_TIMEOUT_S = 1.0
 #: The backend is asked to give up a little before us, so its own timeout error (which
@@ -100,10 +111,6 @@ class QueryResult:
     warnings: tuple[str, ...] = ()
     stale: bool = False  # served from the last good answer after a failure
 
-    def grouped(self, by: Sequence[str]) -> dict[tuple[str, ...], float]:
-        """Values keyed by the values of the ``by`` labels (an absent label is "")."""
-        return {tuple(sample.labels.get(name, "") for name in by): sample.value for sample in self.samples}
-
     def value(self) -> float | None:
         """The value of a single-sample answer (a scalar, or ``sum(...)``); None if empty."""
         return self.samples[0].value if self.samples else None
@@ -135,40 +142,6 @@ class BackendFailure(Exception):
     def __init__(self, error: BackendError) -> None:
         super().__init__(error.message)
         self.error = error
-
-
-# --- PromQL text ----------------------------------------------------------------------
-
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
-# Backslash, quote and newline must be escaped in a PromQL string. Other control
-# characters are escaped so the query stays readable in logs, and U+FFFD because
-# Prometheus' lexer takes it for an invalid UTF-8 byte ("invalid UTF-8 rune", 2.42).
-_ESCAPES: dict[int, str] = {
-    **{code: f"\\u{code:04x}" for code in (*range(0x20), 0x7F, 0xFFFD)},
-    ord("\\"): "\\\\",
-    ord('"'): '\\"',
-    ord("\n"): "\\n",
-    ord("\r"): "\\r",
-    ord("\t"): "\\t",
-}
-
-
-def escape_label_value(value: str) -> str:
-    """``value`` as the inside of a double-quoted PromQL string, matching it exactly
-    (Prometheus and VictoriaMetrics). ValueError for text that is not valid Unicode."""
-    if _LONE_SURROGATE.search(value):
-        raise ValueError("a label value must be valid Unicode text (it holds a lone surrogate)")
-    return value.translate(_ESCAPES)
-
-
-def label_matcher(name: str, value: str, op: Literal["=", "!="] = "=") -> str:
-    """A PromQL label matcher, ``name="value"``, safe for any value."""
-    if not _LABEL_NAME.fullmatch(name):
-        raise ValueError(f"not a label name: {name!r}")
-    if op not in ("=", "!="):
-        raise ValueError(f"not an equality matcher: {op!r}")
-    return f'{name}{op}"{escape_label_value(value)}"'
 
 
 # --- reading the answer -----------------------------------------------------------------
@@ -329,13 +302,41 @@ class _Connection(PrometheusConnect):
 Outcome = QueryResult | BackendError
 
 
+# --- the store of answers ------------------------------------------------------------
+
+#: What a sample costs beside its label values: its tuple, its float, a str's header per label.
+_SAMPLE_BYTES = sys.getsizeof(Sample({}, 0.0)) + sys.getsizeof(0.0)
+_STR_BYTES = sys.getsizeof("")
+
+
+def result_nbytes(result: QueryResult) -> int:
+    """An estimate of the memory ``result`` holds, in one pass over its samples: tuples,
+    floats, label dicts and label values (ASCII: a byte a character). Label names are not
+    counted: json.loads shares one str per distinct key of an answer."""
+    total = sys.getsizeof(result.samples)
+    for labels, _ in result.samples:
+        total += _SAMPLE_BYTES + sys.getsizeof(labels) + len(labels) * _STR_BYTES + sum(map(len, labels.values()))
+    return total
+
+
+class _Kept(NamedTuple):
+    """A good answer as the store keeps it: served as fresh until ``fresh_until`` (on the
+    backend's clock), and as the last good answer after a failure, whatever its age."""
+
+    result: QueryResult
+    fresh_until: float
+    nbytes: int
+
+
 class PrometheusBackend:
     """Instant queries against one Prometheus-compatible backend.
 
     ``deadline_s`` bounds a whole :meth:`query_many` batch; answers are reused for
     ``cache_ttl_s`` (measured on ``clock``, which tests may replace); after a failure the
-    last good answer of that query is served, marked stale. ``finite_only``: an answer
-    holding NaN or an infinity is garbage (for queries that cannot produce one). Thread-safe.
+    last good answer of that query is served, marked stale. Both come from one store of
+    at most ``max_cache_bytes``: an answer bigger than that is served and not kept.
+    ``finite_only``: an answer holding NaN or an infinity is garbage (for queries that
+    cannot produce one). Thread-safe.
     """
 
     def __init__(
@@ -351,6 +352,7 @@ class PrometheusBackend:
         ping_timeout_s: float = PING_TIMEOUT_S,
         clock: Callable[[], float] = time.monotonic,
         finite_only: bool = False,
+        max_cache_bytes: int = MAX_CACHED_BYTES,
     ) -> None:
         if not url.startswith(("http://", "https://")):
             raise ValueError(f"the backend URL must be http:// or https://, not {url!r}")
@@ -374,11 +376,10 @@ class PrometheusBackend:
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="promql")
         self._local = threading.local()
         self._connections: list[_Connection] = []
-        self._lock = threading.Lock()  # guards the two caches, _inflight and _connections
-        self._cache: TTLCache[str, QueryResult] | None = (
-            TTLCache(MAX_CACHED_QUERIES, cache_ttl_s, timer=clock) if cache_ttl_s > 0 else None
-        )
-        self._last_good: LRUCache[str, QueryResult] = LRUCache(MAX_CACHED_QUERIES)
+        self._clock = clock
+        self._lock = threading.Lock()  # guards _kept, _inflight and _connections
+        self._kept: LRUCache[str, _Kept] = bounded(LRUCache, max_entries=MAX_CACHED_QUERIES,
+                                                   max_bytes=max_cache_bytes, nbytes=attrgetter("nbytes"))
         self._inflight: dict[str, tuple[Future[Outcome], float]] = {}  # text -> (request, its deadline)
 
     # --- queries ----------------------------------------------------------------------
@@ -403,15 +404,19 @@ class PrometheusBackend:
                 "timeout", f"no answer within the {deadline_s:g} s deadline")
         return self._assemble(queries, outcomes)
 
-    def query(self, name: str, text: str) -> BatchResult:
-        """One named query, as a batch of one."""
-        return self.query_many({name: text})
+    @property
+    def cached_bytes(self) -> int:
+        """The bytes the kept answers are charged, at most ``max_cache_bytes``."""
+        with self._lock:
+            return int(self._kept.currsize)
 
     def _cached(self, text: str) -> QueryResult | None:
-        if self._cache is None:
+        """The answer to ``text`` if it is fresh."""
+        if self.cache_ttl_s <= 0:
             return None
         with self._lock:
-            return self._cache.get(text)
+            kept = self._kept.get(text)
+        return kept.result if kept is not None and self._clock() < kept.fresh_until else None
 
     def _submit(self, text: str, deadline: float) -> Future[Outcome]:
         # Concurrent batches asking for the same text share one request, unless that
@@ -436,10 +441,9 @@ class PrometheusBackend:
             return BackendError("timeout", "not started before the deadline (all workers busy)")
         outcome = self._fetch(text, remaining)
         if isinstance(outcome, QueryResult):
+            kept = _Kept(outcome, self._clock() + self.cache_ttl_s, result_nbytes(outcome) + sys.getsizeof(text))
             with self._lock:
-                if self._cache is not None:
-                    self._cache[text] = outcome
-                self._last_good[text] = outcome
+                keep(self._kept, text, kept)
         return outcome
 
     def _assemble(self, queries: Mapping[str, str], outcomes: Mapping[str, Outcome]) -> BatchResult:
@@ -450,10 +454,10 @@ class PrometheusBackend:
             if isinstance(outcome, BackendError):
                 errors.append(replace(outcome, query=name))
                 with self._lock:
-                    last = self._last_good.get(text)
+                    last = self._kept.get(text)
                 if last is None:
                     continue
-                outcome = replace(last, stale=True)
+                outcome = replace(last.result, stale=True)
             results[name] = outcome
             if outcome.warnings:
                 errors.append(BackendError("partial", "; ".join(outcome.warnings), name))

@@ -11,19 +11,21 @@ evaluated from this process's own registry snapshots in local mode
 and dashboards draw on this module too.
 
 Nothing from a request reaches PromQL as text: windows are integers, categories are an
-enum, and label values are escaped by :func:`app.summary.backend.escape_label_value`.
+enum, and label values are escaped by :func:`escape_label_value` (a :class:`Matcher`
+takes any value).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Literal
 
 from app.catalogue import FAMILIES, Category
+from app.registry import has_surrogates
 from app.scoring.outcome import CALLER_FAULTS, ERRORS, SCORED, THROTTLES, Outcome, status_labels
-from app.summary.backend import escape_label_value
 from app.summary.quantiles import Result
 
 #: The inference ``status`` values of each outcome class of app.scoring.outcome: every
@@ -42,13 +44,43 @@ class Kind(StrEnum):
 
 
 MatchOp = Literal["=", "!=", "=~", "!~"]
+_MATCH_OPS = frozenset(("=", "!=", "=~", "!~"))
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+# Backslash, quote and newline must be escaped in a PromQL string. Other control
+# characters are escaped so the query stays readable in logs, and U+FFFD because
+# Prometheus' lexer takes it for an invalid UTF-8 byte ("invalid UTF-8 rune", 2.42).
+_ESCAPES: dict[int, str] = {
+    **{code: f"\\u{code:04x}" for code in (*range(0x20), 0x7F, 0xFFFD)},
+    ord("\\"): "\\\\",
+    ord('"'): '\\"',
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+    ord("\t"): "\\t",
+}
+
+
+def escape_label_value(value: str) -> str:
+    """``value`` as the inside of a double-quoted PromQL string, matching it exactly
+    (Prometheus and VictoriaMetrics). ValueError for text that is not valid Unicode."""
+    if has_surrogates(value):
+        raise ValueError("a label value must be valid Unicode text (it holds a lone surrogate)")
+    return value.translate(_ESCAPES)
 
 
 @dataclass(frozen=True, slots=True)
 class Matcher:
+    """A label matcher, ``label="value"``: safe for any value (ValueError for a label
+    name or operator PromQL does not have)."""
+
     label: str
     op: MatchOp
     value: str
+
+    def __post_init__(self) -> None:
+        if not _LABEL_NAME.fullmatch(self.label):
+            raise ValueError(f"not a label name: {self.label!r}")
+        if self.op not in _MATCH_OPS:
+            raise ValueError(f"not a label matcher operator: {self.op!r}")
 
     def promql(self) -> str:
         return f'{self.label}{self.op}"{escape_label_value(self.value)}"'

@@ -55,12 +55,25 @@ def observations_by(
     return counts
 
 
-@functools.lru_cache(maxsize=1024)
+#: Longer ``le`` values are parsed each time rather than cached: every bound an exporter
+#: writes (``0.005``, ``2.5e+06``, ``+Inf``) is far shorter, and the 1,024 cached ones stay
+#: a few hundred kB whatever labels a backend sends.
+MAX_CACHED_BOUND_CHARS = 32
+
+
 def _bound(le: str) -> float | None:
+    """A bucket's upper bound; None when ``le`` is not a number."""
+    return _cached_bound(le) if len(le) <= MAX_CACHED_BOUND_CHARS else _parse_bound(le)
+
+
+def _parse_bound(le: str) -> float | None:
     try:
         return float(le)
     except (TypeError, ValueError):
         return None
+
+
+_cached_bound = functools.lru_cache(maxsize=1024)(_parse_bound)
 
 
 def histogram_quantile(q: float, buckets: dict[float, float]) -> float:

@@ -23,10 +23,9 @@ from app.summary.backend import (
     BatchResult,
     PrometheusBackend,
     QueryResult,
-    escape_label_value,
-    label_matcher,
     parse_response,
 )
+from app.summary.promql import Matcher
 
 #: Label values the probe app exports, one series each, valued by their index.
 LABEL_VALUES = (
@@ -70,7 +69,7 @@ def timed(backend: PrometheusBackend, queries: Mapping[str, str]) -> tuple[Batch
 
 
 def probe_query(value: str) -> str:
-    return f"{PROBE}{{{label_matcher('v', value)}}}"
+    return f"{PROBE}{{{Matcher('v', '=', value).promql()}}}"
 
 
 # --- real backends ----------------------------------------------------------------------
@@ -154,12 +153,6 @@ def test_nan_samples_are_dropped_and_infinities_kept(backend: PrometheusBackend)
     assert batch.errors == []
     assert batch.results["nan"].samples == ()  # VictoriaMetrics drops NaN itself; Prometheus sends it
     assert batch.results["inf"].value() == math.inf
-
-
-def test_grouped_values_by_labels(backend: PrometheusBackend) -> None:
-    result = backend.query_many({"q": f"count by (job) ({PROBE})"}).results["q"]
-    assert result.grouped(("job",)) == {("gateway-metrics",): len(LABEL_VALUES)}
-    assert result.grouped(("job", "absent")) == {("gateway-metrics", ""): len(LABEL_VALUES)}
 
 
 def test_invalid_promql_is_the_backends_rejection(backend: PrometheusBackend, server: MetricsServer) -> None:
@@ -395,23 +388,6 @@ def test_ping_of_a_garbage_backend_is_not_reachable(fake: FaultyBackend) -> None
     with PrometheusBackend(fake.url) as backend:
         state = backend.ping()
     assert not state.reachable and state.error is not None and state.error.kind == "garbage"
-
-
-# --- PromQL text ---------------------------------------------------------------------------
-
-
-def test_escaping_covers_backslash_quote_newline() -> None:
-    assert escape_label_value('a\\b"c\nd') == 'a\\\\b\\"c\\nd'
-
-
-def test_label_matcher_refuses_a_bad_label_name() -> None:
-    with pytest.raises(ValueError, match="label name"):
-        label_matcher('v"} or vector(1) or {x', "value")
-
-
-def test_text_that_is_not_unicode_is_refused() -> None:
-    with pytest.raises(ValueError, match="surrogate"):
-        escape_label_value("bad \udc80 byte")
 
 
 # --- any bytes: an answer or a BackendFailure, nothing else ------------------------------
