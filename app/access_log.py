@@ -4,14 +4,14 @@ Fields are those of the seed's access log (ts, request_id, method, route, raw_pa
 status, latency_ms, user_id, ip, user_agent, bytes). Nothing is built for a request
 unless the logger is enabled for INFO.
 
-Cost. A ``logging`` record per request costs about 12 us inside the gateway's event loop
-(caller lookup, LogRecord, handler lock, formatter), a third of the whole budget of a
-request. So, like nginx's ``access_log ... buffer= flush=``, the middleware only keeps the
-raw fields of a request (a tuple append); lines are formatted and handed to the logger
-together, as one record of up to ``max_lines`` lines, when that many have gathered or
-``max_delay_s`` after the oldest one (a timer on the event loop), and when the log is
-garbage collected or the process exits. Each line
-is a complete JSON object, so a handler writing ``%(message)s`` to a file or stdout, and
+Cost. A ``logging`` record per request, inside the gateway's event loop, pays a caller
+lookup, a LogRecord, the handler's lock and the formatter: several times what the rest of
+the middleware costs (``benchmarks/hot_path.py``). So, like nginx's ``access_log ...
+buffer= flush=``, the middleware only keeps the raw fields of a request (a tuple append);
+lines are formatted and handed to the logger together, as one record of up to
+``max_lines`` lines, when that many have gathered or ``max_delay_s`` after the oldest one
+(a timer on the event loop), and when the log is garbage collected or the process exits.
+Each line is a complete JSON object, so a handler writing ``%(message)s`` to a file or stdout, and
 any line-oriented shipper reading it, see exactly one line per request.
 """
 

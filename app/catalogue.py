@@ -85,6 +85,7 @@ TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 2
 DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 Kind = Literal["counter", "gauge", "histogram"]
+Source = Literal["recorded", "collected", "derived"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +96,12 @@ class Family:
     labels: tuple[Label, ...]
     categories: frozenset[Category]
     buckets: tuple[float, ...] = ()
-    #: Exposed by a collector of its own (app.collectors, app.http_stats) rather than a
-    #: prometheus_client metric object.
-    computed: bool = False
+    #: Where its values come from: "recorded" by the helpers into a prometheus_client
+    #: metric; "collected" at scrape time from the app's own state (app.collectors,
+    #: app.http_stats), which each of several workers publishes into its files; "derived"
+    #: at scrape time from other families, by whatever reads them (with several workers,
+    #: from their summed files).
+    source: Source = "recorded"
 
     @property
     def label_names(self) -> tuple[str, ...]:
@@ -127,9 +131,9 @@ def _family(
     labels: Iterable[Label],
     categories: Iterable[Category],
     buckets: tuple[float, ...] = (),
-    computed: bool = False,
+    source: Source = "recorded",
 ) -> Family:
-    return Family(name, kind, help, tuple(labels), frozenset(categories), buckets, computed)
+    return Family(name, kind, help, tuple(labels), frozenset(categories), buckets, source)
 
 
 _method = enum("method", HTTP_METHODS, fallback="OTHER")
@@ -141,12 +145,12 @@ FAMILIES: tuple[Family, ...] = (
     # system
     # The two per-request HTTP families are aggregated lock-free by app.http_stats.
     _family("http_requests_total", "counter", "HTTP requests by method, route template and status code.",
-            [_method, _endpoint, free("status_code")], [_S], computed=True),
+            [_method, _endpoint, free("status_code")], [_S], source="collected"),
     _family("http_request_duration_seconds", "histogram",
             "HTTP request duration in seconds, to the last byte of the response.",
-            [_method, _endpoint], [_S, _PE], HTTP_BUCKETS, computed=True),
+            [_method, _endpoint], [_S, _PE], HTTP_BUCKETS, source="collected"),
     _family("http_requests_in_flight", "gauge", "HTTP requests being served now.",
-            [_method, _endpoint], [_S], computed=True),
+            [_method, _endpoint], [_S], source="collected"),
     _family("http_exceptions_total", "counter", "Exceptions raised while serving HTTP requests.",
             [_method, _endpoint, free("exception_type")], [_S]),
     _family("active_connections", "gauge", "Open connections by kind (db, redis, provider).",
@@ -161,17 +165,17 @@ FAMILIES: tuple[Family, ...] = (
     # providers
     _family("provider_availability", "gauge",
             "Share of recent calls and probes that reached the provider (0 while its circuit is open).",
-            [_provider], [_PR], computed=True),
+            [_provider], [_PR], source="collected"),
     _family("provider_error_rate", "gauge", "Share of recent calls that failed (5xx, timeout, connection).",
-            [_provider], [_PR], computed=True),
+            [_provider], [_PR], source="collected"),
     _family("provider_response_time_seconds", "histogram", "Upstream provider response time in seconds.",
             [_provider], [_PR], INFERENCE_BUCKETS),
     _family("gatewayz_provider_health_score", "gauge",
             "Composite provider health: 0.4 availability + 0.3 (1 - error rate) + 0.3 Apdex.",
-            [_provider], [_PR], computed=True),
+            [_provider], [_PR], source="collected"),
     _family("gatewayz_provider_circuit_state", "gauge",
             "Provider circuit breaker state: 0 closed, 1 open, 2 half-open.",
-            [_provider], [_PR], computed=True),
+            [_provider], [_PR], source="collected"),
     _family("gatewayz_cost_by_provider", "gauge",
             "Cumulative upstream cost in USD by provider (only grows; use increase()).",
             [_provider], [_PR, _B]),
@@ -195,7 +199,7 @@ FAMILIES: tuple[Family, ...] = (
             "Time from the upstream request to the first streamed token, in seconds.",
             [_provider, _model], [_M, _PE], TTFT_BUCKETS),
     _family("gatewayz_token_efficiency", "gauge", "Output tokens per input token since start.",
-            [_provider, _model], [_M], computed=True),
+            [_provider, _model], [_M], source="derived"),
     # business
     _family("credits_used_total", "counter", "Credits consumed.", [_provider, _model], [_B]),
     _family("api_key_usage_total", "counter", "API key uses by outcome.", [free("status")], [_B]),
@@ -221,10 +225,15 @@ FAMILIES: tuple[Family, ...] = (
 
 FAMILIES_BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
 
+#: The multiprocess modes prometheus_client's Gauge accepts.
+MultiprocessMode = Literal[
+    "all", "liveall", "min", "livemin", "max", "livemax", "sum", "livesum", "mostrecent", "livemostrecent"
+]
+
 #: How each gauge's values from several worker processes combine into one
 #: (prometheus_client multiprocess modes; the README explains each choice). "live" modes
 #: drop a worker's value when it dies; the others keep its last value.
-MULTIPROCESS_MODES: dict[str, str] = {
+MULTIPROCESS_MODES: dict[str, MultiprocessMode] = {
     # Each worker serves its own requests and holds its own connections: the fleet's
     # figure is the sum over the workers alive now.
     "http_requests_in_flight": "livesum",
@@ -246,14 +255,5 @@ MULTIPROCESS_MODES: dict[str, str] = {
     "active_subscriptions": "mostrecent",
     "cache_size_bytes": "mostrecent",
     "current_rate_limit": "mostrecent",
-    # Not in the files: computed by the reader from the summed tokens_used_total.
-    "gatewayz_token_efficiency": "computed",
 }
-
-#: Collectors of the Python process itself (process_*, python_info, python_gc_*).
-RUNTIME_CATEGORY = Category.SYSTEM
-
-
-def families_in(category: Category) -> tuple[Family, ...]:
-    return tuple(family for family in FAMILIES if category in family.categories)
 

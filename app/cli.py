@@ -20,20 +20,13 @@ import tempfile
 from collections.abc import Sequence
 
 import uvicorn
-from fastapi import FastAPI
 from uvicorn.supervisors import Multiprocess
 
+from app import exporter, multiprocess
 from app.main import create_app
-from app.routers.metrics import router as metrics_router
+from app.routers.metrics import scrape_only_app
 from app.settings import Settings
-
-
-def metrics_only_app(settings: Settings) -> FastAPI:
-    """The internal scrape port: ``/metrics`` and the category endpoints, nothing public."""
-    internal = FastAPI(title="gateway-metrics (internal)", openapi_url=None, docs_url=None)
-    internal.state.settings = settings
-    internal.include_router(metrics_router)
-    return internal
+from app.telemetry import default
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -61,13 +54,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.workers is not None:
         serve_workers(settings, overrides, args.workers, args.log_level)
         return
+    telemetry = default(settings)
     servers = [
-        uvicorn.Server(uvicorn.Config(create_app(settings), host=settings.host, port=settings.port,
+        uvicorn.Server(uvicorn.Config(create_app(settings, telemetry), host=settings.host, port=settings.port,
                                       log_level=args.log_level, access_log=False))
     ]
     if settings.metrics_port is not None:
+        # The internal scrape port: /metrics and the category endpoints, nothing public.
         servers.append(uvicorn.Server(uvicorn.Config(
-            metrics_only_app(settings), host=settings.host, port=settings.metrics_port,
+            scrape_only_app(settings, telemetry.metrics), host=settings.host, port=settings.metrics_port,
             log_level=args.log_level, access_log=False, lifespan="off")))
     asyncio.run(_serve(servers))
 
@@ -77,8 +72,6 @@ WORKER_HEALTHCHECK_S = 30
 
 def serve_workers(settings: Settings, overrides: dict[str, object], workers: int, log_level: str) -> None:
     """N uvicorn workers writing to one multiprocess directory, and the exporter reading it."""
-    from app import exporter, multiprocess
-
     if workers < 1:
         raise SystemExit("--workers must be at least 1")
     path = os.environ.get(multiprocess.ENV_VAR) or tempfile.mkdtemp(prefix="gateway-metrics-")

@@ -1,17 +1,20 @@
 """Families computed at scrape time, so the request path pays nothing for them.
 
-* ``http_requests_in_flight``: counted from the requests the middleware is serving.
-* ``gatewayz_token_efficiency``: output per input token, from ``tokens_used_total``.
-* the provider health gauges: from the health tracker's snapshot.
+* collected from the app's own state (the catalogue's ``source="collected"``):
+  ``http_requests_in_flight`` from the requests the middleware is serving, the provider
+  health gauges from the health tracker's snapshot, the HTTP families from the HTTP stats;
+* derived from other families (``source="derived"``): ``gatewayz_token_efficiency``,
+  output per input token, from ``tokens_used_total``.
 
-Each is a prometheus_client custom collector registered once per process in the
-categories the catalogue gives its families.
+Each is a prometheus_client custom collector, registered by
+:func:`register_collectors` in the categories the catalogue gives its families, in the
+metric set of one ``app.telemetry.Telemetry``.
 
 With several workers (``PROMETHEUS_MULTIPROC_DIR``, see ``app.multiprocess``) the
 registries read every worker's files instead of this process's objects; the in-flight and
 provider gauges, which only this worker can compute, are published into its files every
-``PUBLISH_INTERVAL_S`` by :class:`GaugePublisher`, and token efficiency is computed from
-the summed token counters.
+second by :class:`GaugePublisher`, and token efficiency is derived from the summed token
+counters.
 """
 
 from __future__ import annotations
@@ -20,16 +23,20 @@ import logging
 import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from app import multiprocess
-from app.catalogue import CIRCUIT_STATE_VALUES, FAMILIES, FAMILIES_BY_NAME, MULTIPROCESS_MODES, Category, Family
-from app.http_stats import HTTP_STATS, DurationCollector, RequestsCollector
-from app.middleware import requests_in_flight
-from app.registry import METRICS, clean_label_value
+from app.catalogue import CIRCUIT_STATE_VALUES, FAMILIES, FAMILIES_BY_NAME, MULTIPROCESS_MODES, Family
+from app.http_stats import DurationCollector, HttpStats, RequestsCollector
+from app.registry import MetricSet, clean_label_value
+
+if TYPE_CHECKING:  # the exporter imports this module: it serves neither
+    from app.middleware import InFlight
+    from app.scoring import HealthTracker
 
 
 def _gauge(name: str) -> tuple[Family, GaugeMetricFamily]:
@@ -37,7 +44,7 @@ def _gauge(name: str) -> tuple[Family, GaugeMetricFamily]:
     return family, GaugeMetricFamily(name, family.help, labels=family.label_names)
 
 
-class _ComputedCollector(Collector):
+class ComputedCollector(Collector):
     #: The catalogue families this collector yields.
     families: tuple[str, ...] = ()
 
@@ -47,32 +54,36 @@ class _ComputedCollector(Collector):
             yield _gauge(name)[1]
 
 
-class InFlightCollector(_ComputedCollector):
+class InFlightCollector(ComputedCollector):
     families = ("http_requests_in_flight",)
+
+    def __init__(self, in_flight: InFlight, http_stats: HttpStats) -> None:
+        self.in_flight = in_flight
+        self.http_stats = http_stats
 
     def collect(self) -> Iterator[Metric]:
         family, gauge = _gauge("http_requests_in_flight")
         method_label = family.labels[0]
         tally = Tally(
-            (clean_label_value(method_label, method), HTTP_STATS.endpoint_label(route))
-            for method, route in requests_in_flight()
+            (clean_label_value(method_label, method), self.http_stats.endpoint_label(route))
+            for method, route in self.in_flight.requests()
         )
         # Routes that served requests before show 0 when idle, not "no data".
-        for method, route in HTTP_STATS.routes():
+        for method, route in self.http_stats.routes():
             tally.setdefault((method, route), 0)
         for (method, route), count in sorted(tally.items()):
             gauge.add_metric([method, route], count)
         yield gauge
 
 
-class TokenEfficiencyCollector(_ComputedCollector):
+class TokenEfficiencyCollector(ComputedCollector):
     """Output per input token, from ``tokens_used_total`` as ``source`` collects it (this
     process's counter by default; every worker's files with several workers)."""
 
     families = ("gatewayz_token_efficiency",)
 
-    def __init__(self, source: Callable[[], Iterable[Metric]] | None = None) -> None:
-        self.source = source or METRICS["tokens_used_total"].metric.collect
+    def __init__(self, source: Callable[[], Iterable[Metric]]) -> None:
+        self.source = source
 
     def collect(self) -> Iterator[Metric]:
         _, gauge = _gauge("gatewayz_token_efficiency")
@@ -88,14 +99,10 @@ class TokenEfficiencyCollector(_ComputedCollector):
         yield gauge
 
 
-class ProviderHealthCollector(_ComputedCollector):
+class ProviderHealthCollector(ComputedCollector):
     """The provider gauges, from the app's health tracker at scrape time: the first
     providers recorded up to the label cap; each one beyond it is counted once in
     ``gatewayz_label_overflow_total``, not exported."""
-
-    _overflow_counted = 0
-    #: Providers whose transition counters exist at 0 (process-wide, like the counters).
-    _transitions_started: set[str] = set()
 
     families = (
         "gatewayz_provider_health_score",
@@ -104,14 +111,18 @@ class ProviderHealthCollector(_ComputedCollector):
         "gatewayz_provider_circuit_state",
     )
 
-    def collect(self) -> Iterator[Metric]:
-        from app.scoring import get_tracker
+    def __init__(self, tracker: HealthTracker, metrics: MetricSet) -> None:
+        self.tracker = tracker
+        self.metrics = metrics
+        self._overflow_counted = 0
+        #: Providers whose transition counters exist at 0.
+        self._transitions_started: set[str] = set()
 
+    def collect(self) -> Iterator[Metric]:
         gauges = {name: _gauge(name)[1] for name in self.families}
-        healths, beyond = get_tracker().exported(METRICS["provider_response_time_seconds"].label_cap)
+        healths, beyond = self.tracker.exported(self.metrics["provider_response_time_seconds"].label_cap)
         if beyond > self._overflow_counted:
-            METRICS["gatewayz_label_overflow_total"].child(self.families[0], "provider").inc(
-                beyond - self._overflow_counted)
+            self.metrics.overflow.child(self.families[0], "provider").inc(beyond - self._overflow_counted)
             self._overflow_counted = beyond
         for health in healths:
             labels = [health.provider]
@@ -125,52 +136,48 @@ class ProviderHealthCollector(_ComputedCollector):
             )
         yield from gauges.values()
 
-    @classmethod
-    def _start_transitions(cls, provider: str) -> None:
+    def _start_transitions(self, provider: str) -> None:
         # The transition counters exist at 0 from the provider's first scrape on (they show
         # from the next one: the counter family is written before this collector runs), so
         # its first trip is an increase: a counter series born at 1 is invisible to increase().
-        transitions = METRICS["gatewayz_provider_circuit_transitions_total"]
+        transitions = self.metrics["gatewayz_provider_circuit_transitions_total"]
         for state in CIRCUIT_STATE_VALUES:
             transitions.child(provider, state)
-        cls._transitions_started.add(provider)
+        self._transitions_started.add(provider)
 
 
-def register_collectors() -> None:
-    """Register the computed families once per process (create_app may run many times)."""
-    global _registered
-    if _registered:
-        return
-    _registered = True
-    if multiprocess.DIRECTORY is not None:
-        _register_files_collectors(multiprocess.DIRECTORY)
-        return
-    METRICS.register(RequestsCollector(HTTP_STATS), FAMILIES_BY_NAME["http_requests_total"].categories)
-    METRICS.register(
-        DurationCollector(HTTP_STATS), FAMILIES_BY_NAME["http_request_duration_seconds"].categories
-    )
-    METRICS.register(InFlightCollector(), FAMILIES_BY_NAME["http_requests_in_flight"].categories)
-    METRICS.register(
-        TokenEfficiencyCollector(), FAMILIES_BY_NAME["gatewayz_token_efficiency"].categories
-    )
-    METRICS.register(
-        ProviderHealthCollector(), FAMILIES_BY_NAME["gatewayz_provider_health_score"].categories
-    )
+def register_collectors(
+    metrics: MetricSet, http_stats: HttpStats, tracker: HealthTracker, in_flight: InFlight
+) -> list[ComputedCollector]:
+    """Register the computed families in ``metrics``; returns the collectors this process
+    must publish into its files with several workers (:class:`GaugePublisher`)."""
+    published: list[ComputedCollector] = [
+        InFlightCollector(in_flight, http_stats),
+        ProviderHealthCollector(tracker, metrics),
+    ]
+    if metrics.in_files:
+        if multiprocess.DIRECTORY is None:
+            raise RuntimeError(f"the metrics write to multiprocess files but {multiprocess.ENV_VAR} is unset")
+        register_files_collectors(metrics, multiprocess.DIRECTORY)
+        return published
+    metrics.register(RequestsCollector(http_stats), FAMILIES_BY_NAME["http_requests_total"].categories)
+    metrics.register(DurationCollector(http_stats), FAMILIES_BY_NAME["http_request_duration_seconds"].categories)
+    metrics.register(TokenEfficiencyCollector(metrics["tokens_used_total"].metric.collect),
+                     FAMILIES_BY_NAME["gatewayz_token_efficiency"].categories)
+    for collector in published:
+        metrics.register(collector, FAMILIES_BY_NAME[collector.families[0]].categories)
+    return []
 
 
-#: Families this worker computes and publishes into its files (the reader sums them).
-PUBLISHED = (InFlightCollector, ProviderHealthCollector)
-
-
-def _register_files_collectors(path: str) -> None:
-    """Every registry reads every worker's files: /metrics, the categories and the local
-    summaries report all workers. One reader per family, so a category endpoint or a
-    snapshot of a few families reads only their entries."""
+def register_files_collectors(metrics: MetricSet, path: str) -> None:
+    """Every registry of ``metrics`` reads every worker's files: /metrics, the categories and
+    the local summaries report all workers. One reader per family, so a category endpoint or
+    a snapshot of a few families reads only their entries."""
     for family in FAMILIES:
-        if MULTIPROCESS_MODES.get(family.name) != "computed":
-            METRICS.register(multiprocess.FilesCollector(path, [(family.name, family.kind)]), family.categories)
+        if family.source != "derived":
+            metrics.register(multiprocess.FilesCollector(path, [(family.name, family.kind)]), family.categories)
     tokens = multiprocess.FilesCollector(path, [("tokens_used_total", "counter")])
-    METRICS.register(TokenEfficiencyCollector(tokens.collect),
+    metrics.register(TokenEfficiencyCollector(tokens.collect),
                      FAMILIES_BY_NAME["gatewayz_token_efficiency"].categories)
 
 
@@ -180,12 +187,12 @@ class GaugePublisher:
     another process sees each worker's in-flight requests and health view, at most one
     interval old."""
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, collectors: list[ComputedCollector], interval: float = 1.0) -> None:
         self.interval = interval
-        self._collectors = [collector_type() for collector_type in PUBLISHED]  # kept: they count overflow once
+        self._collectors = collectors
         self._gauges: dict[str, tuple[Gauge, tuple[str, ...]]] = {}
-        for collector_type in PUBLISHED:
-            for name in collector_type.families:
+        for collector in collectors:
+            for name in collector.families:
                 family = FAMILIES_BY_NAME[name]
                 gauge = Gauge(name, family.help, family.label_names, registry=None,
                               multiprocess_mode=MULTIPROCESS_MODES[name])
@@ -217,19 +224,9 @@ class GaugePublisher:
         while not self._stop.is_set():
             try:
                 self.publish()
-            except Exception:  # a bad moment must not end the publishing for good
+            except Exception:  # noqa: BLE001 - a bad moment must not end the publishing for good
                 _log.exception("publishing the computed gauges failed")
             self._stop.wait(self.interval)
 
 
 _log = logging.getLogger(__name__)
-_registered = False
-_publisher: GaugePublisher | None = None
-
-
-def gauge_publisher() -> GaugePublisher | None:
-    """The process's publisher with several workers (``None`` in single-process mode)."""
-    global _publisher
-    if _publisher is None and multiprocess.DIRECTORY is not None:
-        _publisher = GaugePublisher()
-    return _publisher

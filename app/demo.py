@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from app import metrics
+from app.recording import Recorder
 from app.scoring import Permit
 from app.settings import Settings
 
@@ -77,17 +77,20 @@ def flaky_phase(position: float) -> FlakyPhase:
 
 
 class DemoTraffic:
-    """Generates ``demo_rate`` upstream calls per second through the public helpers."""
+    """Generates ``demo_rate`` upstream calls per second through the recording helpers of
+    ``telemetry``."""
 
     TICK_S = 0.1
 
     def __init__(
         self,
         settings: Settings,
+        telemetry: Recorder,
         *,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
+        self.telemetry = telemetry
         self.rate = settings.demo_rate
         self.cycle_s = settings.demo_cycle_seconds
         self.clock = clock
@@ -115,12 +118,10 @@ class DemoTraffic:
 
     def one_call(self) -> None:
         """One client request: pick a model, let the health tracker route it, call."""
-        from app.scoring import get_tracker
-
         if self.rng.random() < JUNK_SHARE:
             self._junk_model_call()
             return
-        tracker = get_tracker()
+        tracker = self.telemetry.tracker
         model = self.rng.choice(MODELS)
         candidates = MODEL_PROVIDERS[model]  # in the operator's order of preference
         choice = tracker.choose(candidates)
@@ -128,19 +129,19 @@ class DemoTraffic:
             if permit := tracker.allow(provider):
                 break
         else:  # every circuit refused: the gateway answers 503 without calling upstream
-            metrics.record_routing_decision("panic")
-            metrics.record_http_request("POST", "/v1/chat/completions", 503, 0.001)
+            self.telemetry.record_routing_decision("panic")
+            self.telemetry.record_http_request("POST", "/v1/chat/completions", 503, 0.001)
             return
         primary = provider == candidates[0]
-        metrics.record_routing_decision("panic" if choice.panic else "primary" if primary else "failover")
+        self.telemetry.record_routing_decision("panic" if choice.panic else "primary" if primary else "failover")
         self._upstream_call(PROFILES[provider], model, permit)
 
     def _junk_model_call(self) -> None:
         """A misbehaving client asking for made-up models: the provider answers 404, and
         the label cap keeps the model label bounded (``"other"`` past the cap)."""
         junk = "junk-" + "".join(self.rng.choices("abcdefghijklmnopqrstuvwxyz0123456789", k=10))
-        metrics.record_upstream_call("openrouter", junk, duration_s=0.08, status_code=404)
-        metrics.record_http_request("POST", "/v1/chat/completions", 404, 0.085)
+        self.telemetry.record_upstream_call("openrouter", junk, duration_s=0.08, status_code=404)
+        self.telemetry.record_http_request("POST", "/v1/chat/completions", 404, 0.085)
 
     def _upstream_call(self, profile: ProviderProfile, model: str, permit: Permit) -> None:
         rng = self.rng
@@ -155,7 +156,7 @@ class DemoTraffic:
         duration = ttft + output_tokens / profile.tokens_per_s
         user = rng.choice(USERS)
         api_key = f"sk-demo-{user}"
-        metrics.record_api_key_usage(api_key, "attempt")
+        self.telemetry.record_api_key_usage(api_key, "attempt")
         roll = rng.random()
         status_code: int | None = None
         error: str | None = None
@@ -167,7 +168,7 @@ class DemoTraffic:
         elif roll < timeout_rate + error_rate + profile.rate_limit_rate:
             status_code, duration = 429, 0.05
             headers = {"retry-after": str(rng.choice((1, 2, 5)))}
-        metrics.record_upstream_call(
+        self.telemetry.record_upstream_call(
             profile.name,
             model,
             duration_s=duration,
@@ -180,36 +181,36 @@ class DemoTraffic:
         http_status = 200 if status_code is None and error is None else (status_code or 504)
         # An upstream timeout surfaces in the gateway as an exception its handler raises.
         exception = TimeoutError("upstream read timed out") if error == "timeout" else None
-        metrics.record_http_request("POST", "/v1/chat/completions", http_status, duration + 0.004, exception)
+        self.telemetry.record_http_request("POST", "/v1/chat/completions", http_status, duration + 0.004, exception)
         if status_code is None and error is None:
             if rng.random() < 0.002:  # a provider bug: a negative usage count, dropped and counted
                 input_tokens = -input_tokens
-            metrics.record_tokens_used(profile.name, model, input_tokens, output_tokens)
+            self.telemetry.record_tokens_used(profile.name, model, input_tokens, output_tokens)
             cost = (input_tokens + output_tokens) / 1000 * profile.usd_per_1k_tokens
-            metrics.record_provider_cost(profile.name, cost)
-            metrics.record_credits_used(profile.name, model, user, cost * 100, api_key=api_key)
-            metrics.record_api_key_usage(api_key, "success")
+            self.telemetry.record_provider_cost(profile.name, cost)
+            self.telemetry.record_credits_used(profile.name, model, user, cost * 100, api_key=api_key)
+            self.telemetry.record_api_key_usage(api_key, "success")
         else:
-            metrics.record_api_key_usage(api_key, "error")
+            self.telemetry.record_api_key_usage(api_key, "error")
         if rng.random() < 0.3:
-            metrics.record_cache_hit("responses")
+            self.telemetry.record_cache_hit("responses")
         else:
-            metrics.record_cache_miss("responses")
+            self.telemetry.record_cache_miss("responses")
         if rng.random() < 0.02:
-            metrics.record_rate_limited(rng.choice(("requests_per_minute", "tokens_per_minute")))
-        metrics.record_database_query("api_keys", "select", rng.lognormvariate(math.log(0.002), 0.6))
+            self.telemetry.record_rate_limited(rng.choice(("requests_per_minute", "tokens_per_minute")))
+        self.telemetry.record_database_query("api_keys", "select", rng.lognormvariate(math.log(0.002), 0.6))
 
     def _set_gauges(self) -> None:
         rng = self.rng
-        metrics.set_active_api_keys("active", 180 + rng.randint(0, 5))
-        metrics.set_active_api_keys("inactive", 42)
+        self.telemetry.set_active_api_keys("active", 180 + rng.randint(0, 5))
+        self.telemetry.set_active_api_keys("inactive", 42)
         for index, (plan, cycle) in enumerate(PLANS):
-            metrics.set_active_subscriptions(plan, cycle, 10 * (4 - index) + 5)
-        metrics.set_trial_active("active", 17)
-        metrics.set_user_credit_balance("pro", 125_000.0)
-        metrics.set_user_credit_balance("free", 3_400.0)
-        metrics.set_active_connections("db", 8 + rng.randint(0, 4))
-        metrics.set_active_connections("provider", 20 + rng.randint(0, 10))
-        metrics.set_queue_size("completions", rng.randint(0, 6))
-        metrics.set_cache_size("responses", 48 * 1024 * 1024)
-        metrics.set_rate_limit_remaining("requests_per_minute", rng.randint(500, 1000))
+            self.telemetry.set_active_subscriptions(plan, cycle, 10 * (4 - index) + 5)
+        self.telemetry.set_trial_active("active", 17)
+        self.telemetry.set_user_credit_balance("pro", 125_000.0)
+        self.telemetry.set_user_credit_balance("free", 3_400.0)
+        self.telemetry.set_active_connections("db", 8 + rng.randint(0, 4))
+        self.telemetry.set_active_connections("provider", 20 + rng.randint(0, 10))
+        self.telemetry.set_queue_size("completions", rng.randint(0, 6))
+        self.telemetry.set_cache_size("responses", 48 * 1024 * 1024)
+        self.telemetry.set_rate_limit_remaining("requests_per_minute", rng.randint(500, 1000))

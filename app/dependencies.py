@@ -7,11 +7,14 @@ thread pool, a hop that costs more than the check itself.
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
 
 from app.settings import Settings
+
+if TYPE_CHECKING:
+    from app.telemetry import Telemetry
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -20,6 +23,27 @@ async def get_app_settings(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_app_settings)]
+
+
+def telemetry_of(app: Any) -> Telemetry:
+    """The telemetry an app serves: ``app.state.telemetry`` (``create_app`` sets it), else
+    the process's default (a gateway that mounts the routers and records with ``app.metrics``)."""
+    telemetry: Telemetry | None = getattr(app.state, "telemetry", None)
+    if telemetry is None:
+        from app.telemetry import default  # the exporter serves scrapes without any telemetry
+
+        telemetry = default()
+    return telemetry
+
+
+async def get_telemetry(request: Request) -> Telemetry:
+    return telemetry_of(request.app)
+
+
+if TYPE_CHECKING:
+    TelemetryDep = Annotated[Telemetry, Depends(get_telemetry)]
+else:  # FastAPI validates nothing a dependency returns: the exporter need not import app.telemetry
+    TelemetryDep = Annotated[object, Depends(get_telemetry)]
 
 
 async def require_api_key(request: Request, settings: SettingsDep) -> None:

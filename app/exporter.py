@@ -28,7 +28,6 @@ from collections.abc import Sequence
 
 from app import multiprocess
 
-
 #: Added to the exporter's nice value: lower CPU priority than the workers.
 NICENESS = 10
 
@@ -103,11 +102,14 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     import uvicorn
 
-    from app.cli import metrics_only_app
-    from app.collectors import register_collectors
+    from app.collectors import register_files_collectors
+    from app.registry import MetricSet
+    from app.routers.metrics import scrape_only_app
     from app.settings import get_settings
 
-    register_collectors()
+    # What the exporter serves, and nothing more: a metric set that reads every worker's files.
+    metric_set = MetricSet(in_files=True)
+    register_files_collectors(metric_set, multiprocess.DIRECTORY)
     sock = bind(args.host, args.port, args.wait_for_port)
     if args.parent_pid is not None:
         exit_with_parent(args.parent_pid)
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     os.nice(NICENESS)
     # workers=1: uvicorn would otherwise read WEB_CONCURRENCY, which gunicorn's deployments
     # set for the gateway's workers, and refuse to start.
-    config = uvicorn.Config(metrics_only_app(get_settings()), workers=1, log_level=args.log_level,
+    config = uvicorn.Config(scrape_only_app(get_settings(), metric_set), workers=1, log_level=args.log_level,
                             access_log=False, lifespan="off")
     uvicorn.Server(config).run(sockets=[sock])
 

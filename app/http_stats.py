@@ -26,16 +26,24 @@ from typing import Any
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
 from app import multiprocess
 from app.catalogue import FAMILIES_BY_NAME, Label
-from app.registry import DEFAULT_SERIES_CAP, METRICS, LabelSets, LabelValues, clean_labels, label_sets_within
+from app.client_internals import bucket_cells, format_float, sum_cell, value_cell
+from app.registry import (
+    DEFAULT_SERIES_CAP,
+    BoundedMetric,
+    LabelSets,
+    LabelValues,
+    cacheable,
+    clean_labels,
+    label_sets_within,
+)
 
 _REQUESTS = FAMILIES_BY_NAME["http_requests_total"]
 _DURATION = FAMILIES_BY_NAME["http_request_duration_seconds"]
 BUCKETS = _DURATION.buckets
-_BUCKET_LABELS = [floatToGoString(bound) for bound in BUCKETS] + ["+Inf"]
+_BUCKET_LABELS = [format_float(bound) for bound in BUCKETS] + ["+Inf"]
 _MAX_RAW_KEYS = 20_000
 
 LabelKey = tuple[str, str, str]  # method, endpoint, status_code as recorded
@@ -74,33 +82,40 @@ class _FileSeries:
     __slots__ = ("count", "sum", "buckets")
 
     def __init__(self, requests: Any, duration: Any) -> None:
-        self.count = requests._value
-        self.sum = duration._sum
-        self.buckets = duration._buckets
+        self.count = value_cell(requests)
+        self.sum = sum_cell(duration)
+        self.buckets = bucket_cells(duration)
 
 
 def _remember(cache: dict[Any, Any], key: tuple[Any, Any, Any], series: Any, overflowed: list[str]) -> None:
     """Cache a raw key's series, unless a label of it overflowed (such keys are cleaned on
-    every call, so every folded sample is counted), and count the overflowed labels."""
-    if not overflowed and len(cache) < _MAX_RAW_KEYS:
+    every call, so every folded sample is counted) or it is too long to keep."""
+    if not overflowed and len(cache) < _MAX_RAW_KEYS and cacheable(key):
         try:
             cache[key] = series
         except TypeError:  # unhashable raw value: cleaned every time
             pass
-    for name in overflowed:
-        METRICS["gatewayz_label_overflow_total"].child(_REQUESTS.name, name).inc()
 
 
 class HttpStats:
     """The two HTTP families of the catalogue, with the catalogue's label caps."""
 
-    def __init__(self, label_cap: int = 500, in_files: bool | None = None) -> None:
+    def __init__(
+        self,
+        label_cap: int = 500,
+        series_cap: int = DEFAULT_SERIES_CAP,
+        *,
+        overflow: BoundedMetric | None = None,
+        in_files: bool | None = None,
+    ) -> None:
         labels: tuple[Label, ...] = _REQUESTS.labels  # method, endpoint, status_code
         self._values = [LabelValues(label, label_cap) for label in labels]
         # The series caps of both families: (method, endpoint, status_code) sets of the
         # counter, (method, endpoint) sets of the histogram.
-        self._request_sets = LabelSets(self._values, DEFAULT_SERIES_CAP)
-        self._route_sets = LabelSets(self._values[:2], label_sets_within(_DURATION, DEFAULT_SERIES_CAP))
+        self._request_sets = LabelSets(self._values, label_sets_within(_REQUESTS, series_cap))
+        self._route_sets = LabelSets(self._values[:2], label_sets_within(_DURATION, series_cap))
+        #: ``gatewayz_label_overflow_total`` of the metric set these stats are exposed with.
+        self._overflow = overflow
         self._lock = threading.Lock()  # slow path only: new shards
         self._local = threading.local()
         self._shards: list[_Shard] = []
@@ -113,14 +128,6 @@ class HttpStats:
             self._duration = Histogram(_DURATION.name, _DURATION.help, _DURATION.label_names,
                                        buckets=BUCKETS, registry=None)
             self.observe = self._observe_in_files  # type: ignore[method-assign]
-
-    def set_label_cap(self, label_cap: int) -> None:
-        for values in self._values:
-            values.cap = label_cap
-
-    def set_series_cap(self, series_cap: int) -> None:
-        self._request_sets.cap = label_sets_within(_REQUESTS, series_cap)
-        self._route_sets.cap = label_sets_within(_DURATION, series_cap)
 
     def endpoint_label(self, endpoint: Any) -> str:
         """What ``endpoint`` records as (``"other"`` past the cap)."""
@@ -182,7 +189,11 @@ class HttpStats:
         labels, overflowed = clean_labels(self._values, key)
         route, folded = self._route_sets.admit(labels[:2])
         labels, folded_sets = self._request_sets.admit(route + labels[2:])
-        return labels, overflowed + folded + folded_sets
+        overflowed += folded + folded_sets
+        if self._overflow is not None:
+            for name in overflowed:
+                self._overflow.child(_REQUESTS.name, name).inc()
+        return labels, overflowed
 
     def _new_series(self, shard: _Shard, key: tuple[Any, Any, Any]) -> list[float]:
         labels, overflowed = self._labels_of(key)
@@ -228,7 +239,7 @@ class HttpStats:
                 route[index] += value
         for route_key, series in sorted(by_route.items()):
             cumulative, buckets = 0.0, []
-            for bound, count in zip(_BUCKET_LABELS, series[1:]):
+            for bound, count in zip(_BUCKET_LABELS, series[1:], strict=True):
                 cumulative += count
                 buckets.append((bound, cumulative))
             yield route_key, buckets, series[0]
@@ -278,6 +289,3 @@ class DurationCollector(Collector):
             family.add_metric(list(labels), buckets, total)
         yield family
 
-
-#: The process's HTTP statistics (registered in METRICS by app.collectors).
-HTTP_STATS = HttpStats()

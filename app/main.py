@@ -1,84 +1,57 @@
-"""The application factory: ``create_app(settings)``; ``app`` is the default instance."""
+"""The application factory: ``create_app(settings, telemetry)``.
+
+``app.main:app`` (what ``uvicorn app.main:app`` serves) is the default instance, built on
+first access: importing this module builds nothing.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
 from app import __version__
-from app.collectors import gauge_publisher, register_collectors
-from app.http_stats import HTTP_STATS
 from app.middleware import MetricsMiddleware
-from app.registry import METRICS
 from app.routers import docs, health, metrics, provider_health, status, summary
-from app.scoring import HealthConfig, HealthTracker, ProbeRunner, get_tracker, set_tracker
 from app.settings import Settings, get_settings
-from app.summary.snapshots import Snapshots
 from app.summary.service import SummaryService, backend_from_settings
+from app.telemetry import Telemetry, default, health_config
 
-_snapshots: Snapshots | None = None
-
-
-def local_snapshots(interval: float, budget_mb: float = 64.0) -> Snapshots:
-    """The process's one history of its registry (every app of the process shares it)."""
-    global _snapshots
-    if _snapshots is None:
-        _snapshots = Snapshots(METRICS.all_registry, interval=interval, budget_bytes=int(budget_mb * 2**20))
-    return _snapshots
+_log = logging.getLogger("gateway_metrics")
 
 
-def configure_tracker(settings: Settings) -> None:
-    """Give the process's health tracker these settings' scoring config (a new tracker
-    only when the config differs, so apps sharing settings share their history)."""
-    config = HealthConfig(
-        weights=settings.health_weights, apdex_threshold_s=settings.apdex_threshold_seconds
-    )
-    if get_tracker().config != config:
-        set_tracker(HealthTracker(config))
-
-
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, telemetry: Telemetry | None = None) -> FastAPI:
     """Build the service; may run many times in one process (tests, two apps).
 
-    Every app of a process shares the process's metric registry, as every gateway worker
-    records into one registry; each app has its own settings.
+    The app serves and records into ``telemetry``, else the process's default one (which
+    ``app.metrics`` records into), made from ``settings`` if it does not exist yet. Apps
+    with their own ``Telemetry`` share nothing.
     """
     settings = settings or get_settings()
-    METRICS.set_label_cap(settings.label_cap)
-    HTTP_STATS.set_label_cap(settings.label_cap)
-    METRICS.set_series_cap(settings.series_cap)
-    HTTP_STATS.set_series_cap(settings.series_cap)
-    configure_tracker(settings)
-    register_collectors()
-    snapshots = local_snapshots(settings.snapshot_interval_seconds, settings.summary_history_mb)
-    summary_service = SummaryService(settings, snapshots, backend_from_settings(settings))
+    if telemetry is None:
+        telemetry = default(settings)
+        _warn_if_recorded_elsewhere(settings, telemetry)
+    summary_service = SummaryService(settings, telemetry.snapshots, backend_from_settings(settings),
+                                     tracker=telemetry.tracker, top_lists=telemetry.top_lists)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        snapshots.start()
-        publisher = gauge_publisher()
-        if publisher is not None:
-            publisher.start()
-        probes = ProbeRunner(get_tracker(), settings.probe_urls, settings.probe_interval_seconds,
-                             unhealthy_interval_s=settings.probe_unhealthy_interval_seconds)
-        probes.start()
+        telemetry.start()
         tasks: list[asyncio.Task[None]] = []
         if settings.demo:
             from app.demo import DemoTraffic
 
-            tasks.append(asyncio.create_task(DemoTraffic(settings).run(), name="demo-traffic"))
+            tasks.append(asyncio.create_task(DemoTraffic(settings, telemetry).run(), name="demo-traffic"))
         try:
             yield
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            await probes.stop()
-            if publisher is not None:
-                publisher.stop()
+            await asyncio.to_thread(telemetry.stop)
             summary_service.close()
 
     app = FastAPI(
@@ -88,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.telemetry = telemetry
     app.state.summary_service = summary_service
     app.include_router(health.router)
     app.include_router(metrics.router)
@@ -97,8 +71,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Last, so requests for the routes above are matched without walking past these.
     app.include_router(status.router)
     app.include_router(status.standalone_router)  # `/` -> the status page; not in embedded gateways
-    app.add_middleware(MetricsMiddleware, access_log=settings.access_log)
+    app.add_middleware(MetricsMiddleware, access_log=settings.access_log, telemetry=telemetry)
     return app
 
 
-app = create_app()
+def _warn_if_recorded_elsewhere(settings: Settings, telemetry: Telemetry) -> None:
+    """Say so when the default telemetry was made with other recording settings than the
+    app's: its caps and scoring, not the app's, apply."""
+    made = telemetry.settings
+    if (made.label_cap, made.series_cap, health_config(made)) != (
+        settings.label_cap, settings.series_cap, health_config(settings)
+    ):
+        _log.warning(
+            "the process's default telemetry was made with other caps or scoring settings than "
+            "this app's; they apply. Pass telemetry=Telemetry(settings) for an app of its own."
+        )
+
+
+def __getattr__(name: str) -> FastAPI:
+    if name == "app":
+        service = globals()["app"] = create_app()
+        return service
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

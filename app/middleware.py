@@ -11,13 +11,16 @@ Add it to any ASGI app::
 
     app.add_middleware(MetricsMiddleware)            # FastAPI / Starlette
     app = MetricsMiddleware(app, access_log=False)   # any ASGI app
+
+It records into the ``Telemetry`` it is given, else the one of the app it serves
+(``app.state.telemetry``, which ``create_app`` sets), else the process's default.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from time import perf_counter, time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.middleware.errors import ServerErrorMiddleware
 from starlette.requests import Request
@@ -25,22 +28,41 @@ from starlette.routing import Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.access_log import AccessFields, AccessLog
-from app.http_stats import HTTP_STATS
-from app.recording import record_http_exception
 from app.request_id import HEADER as REQUEST_ID_HEADER
 from app.request_id import new_request_id, safe_request_id
 
+if TYPE_CHECKING:
+    from app.telemetry import Telemetry
+
 UNMATCHED = "unmatched"
+#: Routes remembered by their endpoint: as many as an app has routes, at most.
+MAX_ROUTES = 10_000
 
-#: Requests being served now, by an id of their own: (scope, root path on entry).
-_ACTIVE: dict[int, tuple[Scope, str]] = {}
+
+class InFlight:
+    """The requests one app is serving now, for ``http_requests_in_flight`` (computed at
+    scrape time, so a request pays one dict insert and one delete)."""
+
+    __slots__ = ("active", "routes_by_endpoint")
+
+    def __init__(self) -> None:
+        #: By an id of their own: (scope, root path on entry).
+        self.active: dict[int, tuple[Scope, str]] = {}
+        #: The routes of endpoints the router did not name in the scope (see route_template).
+        self.routes_by_endpoint: dict[Any, Any] = {}
+
+    def requests(self) -> Iterator[tuple[str, str]]:
+        """(method, route template) of every request being served now."""
+        for scope, entry_root_path in list(self.active.values()):
+            yield scope.get("method", ""), route_template(scope, entry_root_path, self.routes_by_endpoint)
 
 
-def route_template(scope: Scope, entry_root_path: str = "") -> str:
-    """The template of the route that served ``scope`` (``/v1/keys/{key_id}``)."""
+def route_template(scope: Scope, entry_root_path: str = "", routes_by_endpoint: dict[Any, Any] | None = None) -> str:
+    """The template of the route that served ``scope`` (``/v1/keys/{key_id}``);
+    ``routes_by_endpoint`` remembers the routes found by a walk of the router."""
     route = scope.get("route")
     if route is None:
-        route = _route_of_endpoint(scope)
+        route = _route_of_endpoint(scope, {} if routes_by_endpoint is None else routes_by_endpoint)
         if route is None:
             return UNMATCHED
     path = getattr(route, "path_format", None) or getattr(route, "path", None)
@@ -58,40 +80,44 @@ def route_template(scope: Scope, entry_root_path: str = "") -> str:
     return prefix + path
 
 
-_ROUTES_BY_ENDPOINT: dict[Any, Any] = {}
-
-
-def _route_of_endpoint(scope: Scope) -> Any:
+def _route_of_endpoint(scope: Scope, routes_by_endpoint: dict[Any, Any]) -> Any:
     """The route of a matched endpoint the router did not name in ``scope["route"]``
     (FastAPI sets it for its API routes only, not for plain routes like /openapi.json)."""
     endpoint = scope.get("endpoint")
     if endpoint is None:
         return None
     try:
-        return _ROUTES_BY_ENDPOINT[endpoint]
+        return routes_by_endpoint[endpoint]
     except (KeyError, TypeError):
         pass
     router = getattr(scope.get("app"), "router", None)
     for candidate in getattr(router, "routes", ()):
         if getattr(candidate, "endpoint", None) is endpoint:
-            if len(_ROUTES_BY_ENDPOINT) < 10_000:
-                _ROUTES_BY_ENDPOINT[endpoint] = candidate
+            if len(routes_by_endpoint) < MAX_ROUTES:
+                routes_by_endpoint[endpoint] = candidate
             return candidate
     return None
-
-
-def requests_in_flight() -> Iterator[tuple[str, str]]:
-    """(method, route template) of every request being served now."""
-    for scope, entry_root_path in list(_ACTIVE.values()):
-        yield scope.get("method", ""), route_template(scope, entry_root_path)
 
 
 class MetricsMiddleware:
     """HTTP metrics, ``X-Request-ID`` and the access log, as a pure ASGI middleware."""
 
-    def __init__(self, app: ASGIApp, *, access_log: bool = True) -> None:
+    def __init__(self, app: ASGIApp, *, access_log: bool = True, telemetry: Telemetry | None = None) -> None:
         self.app = app
         self.access_log: AccessLog | None = AccessLog() if access_log else None
+        self.telemetry = telemetry
+
+    def _telemetry_of(self, scope: Scope) -> Telemetry:
+        """The telemetry to record into: the app's, kept (this middleware serves one app),
+        else the process's default, asked for each time as the scrape routes do."""
+        state = getattr(scope.get("app"), "state", None)
+        telemetry: Telemetry | None = getattr(state, "telemetry", None)
+        if telemetry is not None:
+            self.telemetry = telemetry
+            return telemetry
+        from app.telemetry import default
+
+        return default()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -131,8 +157,12 @@ class MetricsMiddleware:
                     response[2] = perf_counter()
             await send(message)
 
+        telemetry = self.telemetry
+        if telemetry is None:
+            telemetry = self._telemetry_of(scope)
+        in_flight = telemetry.in_flight
         key = id(response)
-        _ACTIVE[key] = (scope, entry_root_path)
+        in_flight.active[key] = (scope, entry_root_path)
         error: BaseException | None = None
         try:
             await self.app(scope, receive, send_wrapper)
@@ -145,13 +175,13 @@ class MetricsMiddleware:
             error = exc
             raise
         finally:
-            del _ACTIVE[key]
+            del in_flight.active[key]
             duration = (response[2] or perf_counter()) - started
             method = scope["method"]
-            route = route_template(scope, entry_root_path)
-            HTTP_STATS.observe(method, route, response[0], duration)
+            route = route_template(scope, entry_root_path, in_flight.routes_by_endpoint)
+            telemetry.http_stats.observe(method, route, response[0], duration)
             if error is not None:
-                record_http_exception(method, route, error)
+                telemetry.record_http_exception(method, route, error)
             access_log = self.access_log
             if access_log is not None and access_log.enabled():
                 access_log.add(_access_fields(scope, request_id, method, route, response, duration))
@@ -181,12 +211,19 @@ async def _answer_unhandled(scope: Scope, receive: Receive, send: Send, exc: Exc
     An app with its own 500 handler, or in debug mode, answers itself (once, outside):
     its handler can read ``request.state.request_id``.
     """
-    app = scope.get("app")
+    app: ASGIApp | None = scope.get("app")
     handlers = getattr(app, "exception_handlers", None) or {}
     if 500 in handlers or Exception in handlers or getattr(app, "debug", False):
         return
-    response = ServerErrorMiddleware(app).error_response(Request(scope), exc)
+    # error_response() never calls the wrapped app, and a bare ASGI stack has none in its scope.
+    wrapped = app if app is not None else _no_app
+    response = ServerErrorMiddleware(wrapped).error_response(Request(scope), exc)
     await response(scope, receive, send)
+
+
+async def _no_app(scope: Scope, receive: Receive, send: Send) -> None:
+    """The wrapped app of a ServerErrorMiddleware built only for its ``error_response()``."""
+    raise RuntimeError("never called")
 
 
 def _access_fields(

@@ -19,35 +19,31 @@ This module holds what the rest of the package needs of that mode:
 from __future__ import annotations
 
 import glob
-import json
 import os
-import struct
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from prometheus_client import values
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
+
+from app import client_internals
+from app.client_internals import FIRST_ENTRY_OFFSET, format_float, read_entry_value
 
 #: prometheus_client's own variable, read the way prometheus_client reads it (once, at
 #: import): the package cannot choose a mode prometheus_client did not choose.
 ENV_VAR = "PROMETHEUS_MULTIPROC_DIR"
 
 #: Whether this process records into files (prometheus_client decided at its import).
-ENABLED: bool = bool(getattr(values.ValueClass, "_multiprocess", False))
+ENABLED: bool = client_internals.multiprocess_enabled()
 DIRECTORY: str | None = os.environ.get(ENV_VAR) if ENABLED else None
 
 
-def file_metric_name(name: str, kind: str) -> str:
-    """The name prometheus_client keys a family's file entries by (counters lose ``_total``)."""
-    if kind == "counter" and name.endswith("_total"):
-        return name[: -len("_total")]
-    return name
+#: The name prometheus_client keys a family's file entries by (counters lose ``_total``).
+file_metric_name = client_internals.file_metric_name
 
 
 class _Entry:
@@ -56,14 +52,15 @@ class _Entry:
     __slots__ = ("metric_name", "help", "sample_name", "labels", "series", "le", "bucket_labels")
 
     def __init__(self, key: str) -> None:
-        metric_name, sample_name, labels, help_text = json.loads(key)
+        metric_name, sample_name, labels, help_text = client_internals.parse_key(key)
         self.metric_name: str = metric_name
         self.help: str = help_text
         self.sample_name: str = sample_name
         le = labels.pop("le", None) if sample_name.endswith("_bucket") else None
-        self.le: float | None = None if le is None else float(le)
+        bound = None if le is None else float(le)
+        self.le: float | None = bound
         self.labels: dict[str, str] = labels
-        self.bucket_labels = None if le is None else {**labels, "le": floatToGoString(self.le)}
+        self.bucket_labels = None if bound is None else {**labels, "le": format_float(bound)}
         #: The series a histogram bucket belongs to; the sample itself otherwise.
         self.series = (sample_name if le is None else metric_name,) + tuple(sorted(labels.items()))
 
@@ -76,39 +73,24 @@ class _File:
     __slots__ = ("path", "kind", "mode", "pid", "inode", "read_to", "entries")
 
     def __init__(self, path: str) -> None:
-        parts = os.path.basename(path)[:-3].split("_")
         self.path = path
-        self.kind = parts[0]
-        self.mode = parts[1] if self.kind == "gauge" else ""
-        self.pid = parts[-1]
+        self.kind, self.mode, self.pid = client_internals.file_name_parts(path)
         self.inode = -1
-        self.read_to = 8  # the header holds the used length
+        self.read_to = FIRST_ENTRY_OFFSET  # the header holds the used length
         self.entries: list[tuple[int, _Entry]] = []  # (offset of the value, entry)
 
     def read(self, prefixes: tuple[str, ...] | None) -> bytes:
         with open(self.path, "rb") as file:
             inode = os.fstat(file.fileno()).st_ino
-            data = file.read(8)  # the file is preallocated: read only what is used
-            used = _INT.unpack_from(data, 0)[0] if len(data) >= 8 else 0
-            data += file.read(max(0, used - 8))
+            data, used = client_internals.read_used(file)  # preallocated: only what is used
         if inode != self.inode or used < self.read_to:  # a new file under the same name
-            self.inode, self.read_to, self.entries = inode, 8, []
-        position = self.read_to
-        while position < used:
-            length = _INT.unpack_from(data, position)[0]
-            if length + position > used:
-                break  # an entry being written: read it next time
-            key = data[position + 4 : position + 4 + length].decode("utf-8")
-            value_at = position + 4 + length + (8 - (length + 4) % 8)
-            if prefixes is None or key.startswith(prefixes):
-                self.entries.append((value_at, _Entry(key)))
-            position = value_at + 16
-        self.read_to = position
+            self.inode, self.read_to, self.entries = inode, FIRST_ENTRY_OFFSET, []
+        # An entry being written is left for the next read.
+        found, self.read_to = client_internals.scan_entries(data, self.read_to, used)
+        self.entries.extend(
+            (value_at, _Entry(key)) for key, value_at in found if prefixes is None or key.startswith(prefixes)
+        )
         return data
-
-
-_INT = struct.Struct("i")
-_TWO_DOUBLES = struct.Struct("dd")
 
 
 class FilesCollector(Collector):
@@ -128,7 +110,7 @@ class FilesCollector(Collector):
         ]
         self._prefixes = (
             None if self._families is None
-            else tuple(json.dumps([name])[:-1] + "," for name, _ in self._families)
+            else tuple(client_internals.key_prefix(name) for name, _ in self._families)
         )
         self._files: dict[str, _File] = {}
         self._lock = threading.Lock()
@@ -145,7 +127,7 @@ class FilesCollector(Collector):
         yield from metrics.values()
 
     def _sum(self) -> dict[str, Metric]:
-        paths = set(glob.glob(os.path.join(self.path, "*.db")))
+        paths = set(glob.glob(os.path.join(self.path, client_internals.FILE_GLOB)))
         for gone in set(self._files) - paths:
             del self._files[gone]
         values: dict[tuple[Any, ...], float] = {}
@@ -162,7 +144,7 @@ class FilesCollector(Collector):
                 continue
             kind, mode = file.kind, file.mode
             for value_at, entry in file.entries:
-                value, timestamp = _TWO_DOUBLES.unpack_from(data, value_at)
+                value, timestamp = read_entry_value(data, value_at)
                 if entry.le is not None:
                     per_le = buckets.setdefault(entry.series, {})
                     bucket = per_le.get(entry.le)
@@ -216,7 +198,7 @@ def prepare_directory(path: str) -> str:
     """Create ``path`` or empty it of a previous run's files; for the owning process only,
     before any worker starts (client_python: "wiped between runs")."""
     os.makedirs(path, exist_ok=True)
-    for stale in glob.glob(os.path.join(path, "*.db")):
+    for stale in glob.glob(os.path.join(path, client_internals.FILE_GLOB)):
         os.remove(stale)
     return path
 
@@ -226,11 +208,11 @@ def mark_dead_processes(path: str) -> list[int]:
     ended: its in-flight requests and health views stop counting. Counters, histograms
     and non-live gauges of dead processes stay in the totals, as client_python intends."""
     dead: list[int] = []
-    for file in glob.glob(os.path.join(path, "gauge_live*_*.db")):
-        pid_text = os.path.basename(file)[:-3].rsplit("_", 1)[-1]
+    for file in glob.glob(os.path.join(path, client_internals.LIVE_GAUGE_FILE_GLOB)):
+        pid_text = client_internals.file_name_parts(file)[2]
         if pid_text.isdigit() and not _alive(int(pid_text)):
             try:
-                mark_process_dead(int(pid_text), path)
+                mark_process_dead(int(pid_text), path)  # type: ignore[no-untyped-call]
             except FileNotFoundError:  # another reader removed it first
                 pass
             dead.append(int(pid_text))

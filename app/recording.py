@@ -22,76 +22,14 @@ from types import TracebackType
 from typing import Any
 
 from app.catalogue import UNKNOWN_VALUE
-from app.http_stats import HTTP_STATS
-from app.registry import MAX_LABEL_LENGTH, METRICS, safe_text
-from app.scoring import Permit, add_transition_listener, classify, get_tracker
+from app.http_stats import HttpStats
+from app.registry import MAX_LABEL_LENGTH, MetricSet, safe_text
+from app.scoring import HealthTracker, Permit, classify
 from app.scoring.outcome import http_status, status_label
-from app.topn import SpaceSaving, key_fingerprint
-
-_requests = METRICS["model_inference_requests_total"]
-_inference_duration = METRICS["model_inference_duration_seconds"]
-_provider_response = METRICS["provider_response_time_seconds"]
-_ttft = METRICS["gatewayz_time_to_first_token_seconds"]
-_tokens = METRICS["tokens_used_total"]
-_credits = METRICS["credits_used_total"]
-_cost = METRICS["gatewayz_cost_by_provider"]
-_api_key_usage = METRICS["api_key_usage_total"]
-_http_exceptions = METRICS["http_exceptions_total"]
-_db_queries = METRICS["database_queries_total"]
-_db_duration = METRICS["database_query_duration_seconds"]
-_cache_hits = METRICS["cache_hits_total"]
-_cache_misses = METRICS["cache_misses_total"]
-_rate_limited = METRICS["rate_limited_requests_total"]
-_routing = METRICS["gatewayz_routing_decisions_total"]
-_rejected = METRICS["gatewayz_recording_rejected_total"]
-_apdex = METRICS["gatewayz_provider_apdex_total"]
-_transitions = METRICS["gatewayz_provider_circuit_transitions_total"]
-
-#: Heavy hitters for the summary's bounded top-N lists (never Prometheus labels).
-TOP_USERS_BY_CREDITS = SpaceSaving(capacity=500)
-TOP_KEYS_BY_CREDITS = SpaceSaving(capacity=500)
-TOP_KEYS_BY_REQUESTS = SpaceSaving(capacity=500)
-
-
-def reject(helper: str, reason: str) -> None:
-    """Count a value a helper dropped."""
-    _rejected.child(helper, reason).inc()
-
+from app.topn import TopLists, key_fingerprint
 
 #: The largest float: an int past it cannot be recorded (float() raises OverflowError).
 _LARGEST = sys.float_info.max
-
-
-def _amount(value: Any, helper: str, signed: bool = False) -> float | None:
-    """``value`` as a finite (non-negative unless ``signed``) float, or None, counted."""
-    # The common case, checked cheaply: int/float comparisons are exact, so this refuses
-    # NaN, the infinities and ints no float can hold alike.
-    if type(value) is float or type(value) is int:
-        if (value >= 0 or signed) and -_LARGEST <= value <= _LARGEST:
-            return value
-    return _checked_amount(value, helper, signed)
-
-
-def _checked_amount(value: Any, helper: str, signed: bool) -> float | None:
-    """``_amount`` for subclasses of int and float, and every value it refuses."""
-    reason = "not_a_number"
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:
-            number = float(value)
-        except OverflowError:
-            reason = "too_large"
-        except Exception:  # noqa: BLE001 - a subclass whose __float__ fails
-            pass
-        else:
-            if not math.isfinite(number):
-                reason = "not_finite"
-            elif number < 0 and not signed:
-                reason = "negative"
-            else:
-                return number
-    reject(helper, reason)
-    return None
-
 
 # --- upstream calls ---------------------------------------------------------------------
 
@@ -134,84 +72,6 @@ def _status_of_error(error: BaseException | str) -> str:
     return status_label(classify(None, error, None), None, error)
 
 
-def _count_transition(provider: str, from_state: str, to_state: str, reason: str) -> None:
-    _transitions.child(provider, to_state).inc()
-
-
-add_transition_listener(_count_transition)
-
-
-def record_upstream_call(
-    provider: Any,
-    model: Any,
-    *,
-    duration_s: Any,
-    status_code: int | None = None,
-    error: BaseException | str | None = None,
-    ttft_s: Any = None,
-    headers: Mapping[str, str] | None = None,
-    error_code: str | None = None,
-    permit: Permit | None = None,
-) -> None:
-    """Record one finished upstream call: counters, latency histograms and health.
-
-    ``status_code`` is the provider's HTTP status (None with no error = success);
-    ``error`` an exception or a kind ("timeout", "connection", "stream_broken");
-    ``ttft_s`` the time to first token of a streamed call; ``headers`` the provider's
-    response headers (rate-limit hints); ``error_code`` its error code
-    (``insufficient_quota``); ``permit`` the call's permit from ``tracker.allow``, so the
-    breaker counts the outcome for the period the call was admitted in.
-    """
-    duration = _amount(duration_s, "track_model_inference")
-    ttft = None if ttft_s is None else _amount(ttft_s, "record_time_to_first_token")
-    _record_call(provider, model, _provider_response.label_value("provider", provider), duration,
-                 status_code, error, ttft, headers, error_code, permit)
-
-
-def _record_call(
-    provider: Any,
-    model: Any,
-    name: str,
-    duration: float | None,
-    status_code: int | None,
-    error: BaseException | str | None,
-    ttft: float | None,
-    headers: Mapping[str, str] | None,
-    error_code: str | None,
-    permit: Permit | None,
-) -> None:
-    """``record_upstream_call`` once its numbers are checked (None: dropped) and ``name``,
-    the provider as its labels record it, is known: one call deep, as it runs per call."""
-    _requests.child(provider, model, inference_status(status_code, error)).inc()
-    if duration is not None:
-        _inference_duration.child(provider, model).observe(duration)
-        _provider_response.child(provider).observe(duration)
-    if ttft is not None:
-        _ttft.child(provider, model).observe(ttft)
-    # Feed the health tracker; its failures never reach the caller. Without the call's
-    # permit one is asked for now: in half-open the outcome then counts only when a trial
-    # permit is free, never in place of a trial still in flight.
-    try:
-        tracker = get_tracker()
-        if permit is None:
-            permit = tracker.allow(name)
-        zone = tracker.record(
-            name,
-            duration_s=duration if duration is not None else 0.0,
-            status_code=status_code,
-            error=error,
-            ttft_s=ttft,
-            headers=headers,
-            error_code=error_code,
-            permit=permit,
-        )
-    except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
-        reject("health_tracker", "tracker_error")
-        return
-    if zone is not None:
-        _apdex.child(name, zone).inc()
-
-
 class _Timed(ABC):
     """Base of the timing context managers: subclasses record in ``finish``."""
 
@@ -245,29 +105,31 @@ class _Timed(ABC):
 
 
 class InferenceCall(_Timed):
-    """One upstream call being tracked by :func:`track_model_inference`.
+    """One upstream call being tracked by :meth:`Recorder.track_model_inference`.
 
     Mark what the block learned: ``call.first_token()`` when a stream yields its first
     token, ``call.status_code = resp.status_code`` and ``call.headers = resp.headers``
     for a provider's answer, ``call.fail(...)`` for a failure that raised nothing.
     """
 
-    __slots__ = ("provider", "model", "name", "permit", "ttft_s", "status_code", "error", "error_code", "headers")
+    __slots__ = ("recorder", "provider", "model", "name", "permit", "ttft_s", "status_code", "error",
+                 "error_code", "headers")
 
-    def __init__(self, provider: Any, model: Any, permit: Permit | None = None) -> None:
+    def __init__(self, recorder: Recorder, provider: Any, model: Any, permit: Permit | None = None) -> None:
+        self.recorder = recorder
         self.provider = provider
         self.model = model
         self.started = 0.0
         # The provider as its labels (and the tracker) know it, cleaned once per call.
-        self.name = name = _provider_response.label_value("provider", provider)
+        self.name = name = recorder.provider_name(provider)
         self.permit = permit
         try:  # the call's load counts for choose() until record() ends it
             if permit is None:  # ask for the call's permit as it begins; record() returns it
-                self.permit = get_tracker().begin(name)
+                self.permit = recorder.tracker.begin(name)
             else:
-                get_tracker().start(name)
+                recorder.tracker.start(name)
         except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
-            reject("health_tracker", "tracker_error")
+            recorder.reject("health_tracker", "tracker_error")
         self.ttft_s: float | None = None
         self.status_code: int | None = None
         self.error: BaseException | str | None = None
@@ -299,56 +161,313 @@ class InferenceCall(_Timed):
             error = exc
             if self.ttft_s is not None and self.status_code is None:
                 error = "stream_broken"  # it failed after streaming had started
+        recorder = self.recorder
         ttft = self.ttft_s
         if ttft is not None:  # set by first_token(), or by the caller: checked
-            ttft = _amount(ttft, "record_time_to_first_token")
-        _record_call(self.provider, self.model, self.name, duration, self.status_code, error, ttft,
-                     self.headers, self.error_code, self.permit)
+            ttft = recorder.amount(ttft, "record_time_to_first_token")
+        recorder.record_call(self.provider, self.model, self.name, duration, self.status_code, error, ttft,
+                             self.headers, self.error_code, self.permit)
 
 
-def track_model_inference(provider: Any, model: Any, *, permit: Permit | None = None) -> InferenceCall:
-    """Time an upstream call and record its outcome; an exception in the block is a failure.
+class HttpRequest(_Timed):
+    """A request tracked by :meth:`Recorder.track_http_request`; set ``status_code`` when known."""
 
-    ::
+    __slots__ = ("recorder", "method", "endpoint", "status_code")
 
-        with track_model_inference("openrouter", "gpt-4o") as call:
-            response = await client.post(...)
-            call.status_code = response.status_code
+    def __init__(self, recorder: Recorder, method: Any, endpoint: Any) -> None:
+        self.recorder = recorder
+        self.method = method.upper() if isinstance(method, str) else method
+        self.endpoint = endpoint
+        self.status_code: int | None = None
 
-    The call asks the health tracker for its permit as it begins and hands it back with
-    its outcome; pass ``permit=`` when the gateway already took one with ``allow()``.
-    """
-    return InferenceCall(provider, model, permit)
-
-
-def record_time_to_first_token(provider: Any, model: Any, seconds: Any) -> None:
-    value = _amount(seconds, "record_time_to_first_token")
-    if value is not None:
-        _ttft.child(provider, model).observe(value)
+    def finish(self, duration: float, exc: BaseException | None) -> None:
+        self.recorder.record_http_request(
+            self.method, self.endpoint, self.status_code or (500 if exc else 200), duration, exc)
 
 
-def record_tokens_used(provider: Any, model: Any, input_tokens: Any, output_tokens: Any) -> None:
-    """Count the tokens of one call; either count may be None (not reported)."""
-    given_in = None if input_tokens is None else _amount(input_tokens, "record_tokens_used")
-    given_out = None if output_tokens is None else _amount(output_tokens, "record_tokens_used")
-    if given_in is not None:
-        _tokens.child(provider, model, "input").inc(given_in)
-    if given_out is not None:
-        _tokens.child(provider, model, "output").inc(given_out)
+class DatabaseQuery(_Timed):
+    __slots__ = ("recorder", "table", "operation")
+
+    def __init__(self, recorder: Recorder, table: Any, operation: Any) -> None:
+        self.recorder = recorder
+        self.table = table
+        self.operation = operation
+
+    def finish(self, duration: float, exc: BaseException | None) -> None:
+        self.recorder.record_database_query(self.table, self.operation, duration)
 
 
-def record_credits_used(
-    provider: Any, model: Any, user_id: Any, credits: Any, *, api_key: str | None = None
-) -> None:
-    """Count credits; ``user_id`` (and ``api_key``, fingerprinted) feed the top-N lists only."""
-    amount = _amount(credits, "record_credits_used")
-    if amount is None:
-        return
-    _credits.child(provider, model).inc(amount)
-    if user_id is not None and user_id != "":
-        TOP_USERS_BY_CREDITS.add(_top_n_key(user_id), amount)
-    if isinstance(api_key, str) and api_key:
-        TOP_KEYS_BY_CREDITS.add(key_fingerprint(api_key), amount)
+class Recorder:
+    """The recording helpers, writing into one app's metric set, HTTP stats, health
+    tracker and top-N tables (``app.telemetry.Telemetry`` is one; ``app.metrics`` calls
+    the process's default one)."""
+
+    def __init__(self, metrics: MetricSet, http_stats: HttpStats, tracker: HealthTracker,
+                 top_lists: TopLists) -> None:
+        self.metrics = metrics
+        self.http_stats = http_stats
+        self.tracker = tracker
+        self.top_lists = top_lists
+        self._requests = metrics["model_inference_requests_total"]
+        self._inference_duration = metrics["model_inference_duration_seconds"]
+        self._provider_response = metrics["provider_response_time_seconds"]
+        self._ttft = metrics["gatewayz_time_to_first_token_seconds"]
+        self._tokens = metrics["tokens_used_total"]
+        self._credits = metrics["credits_used_total"]
+        self._cost = metrics["gatewayz_cost_by_provider"]
+        self._api_key_usage = metrics["api_key_usage_total"]
+        self._http_exceptions = metrics["http_exceptions_total"]
+        self._db_queries = metrics["database_queries_total"]
+        self._db_duration = metrics["database_query_duration_seconds"]
+        self._cache_hits = metrics["cache_hits_total"]
+        self._cache_misses = metrics["cache_misses_total"]
+        self._rate_limited = metrics["rate_limited_requests_total"]
+        self._routing = metrics["gatewayz_routing_decisions_total"]
+        self._rejected = metrics["gatewayz_recording_rejected_total"]
+        self._apdex = metrics["gatewayz_provider_apdex_total"]
+        self._transitions = metrics["gatewayz_provider_circuit_transitions_total"]
+        tracker.add_listener(self._count_transition)
+
+    def reject(self, helper: str, reason: str) -> None:
+        """Count a value a helper dropped."""
+        self._rejected.child(helper, reason).inc()
+
+    def amount(self, value: Any, helper: str, signed: bool = False) -> float | None:
+        """``value`` as a finite (non-negative unless ``signed``) float, or None, counted."""
+        # The common case, checked cheaply: int/float comparisons are exact, so this refuses
+        # NaN, the infinities and ints no float can hold alike.
+        if type(value) is float or type(value) is int:
+            if (value >= 0 or signed) and -_LARGEST <= value <= _LARGEST:
+                return value
+        return self._checked_amount(value, helper, signed)
+
+    def _checked_amount(self, value: Any, helper: str, signed: bool) -> float | None:
+        """``amount`` for subclasses of int and float, and every value it refuses."""
+        reason = "not_a_number"
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            try:
+                number = float(value)
+            except OverflowError:
+                reason = "too_large"
+            except Exception:  # noqa: BLE001 - a subclass whose __float__ fails
+                pass
+            else:
+                if not math.isfinite(number):
+                    reason = "not_finite"
+                elif number < 0 and not signed:
+                    reason = "negative"
+                else:
+                    return number
+        self.reject(helper, reason)
+        return None
+
+    def provider_name(self, provider: Any) -> str:
+        """``provider`` as the provider labels (and the health tracker) record it."""
+        return self._provider_response.label_value("provider", provider)
+
+    def _count_transition(self, provider: str, from_state: str, to_state: str, reason: str) -> None:
+        self._transitions.child(provider, to_state).inc()
+
+    # --- upstream calls ---------------------------------------------------------------
+
+    def track_model_inference(self, provider: Any, model: Any, *, permit: Permit | None = None) -> InferenceCall:
+        """Time an upstream call and record its outcome; an exception in the block is a failure.
+
+        ::
+
+            with telemetry.track_model_inference("openrouter", "gpt-4o") as call:
+                response = await client.post(...)
+                call.status_code = response.status_code
+
+        The call asks the health tracker for its permit as it begins and hands it back with
+        its outcome; pass ``permit=`` when the gateway already took one with ``allow()``.
+        """
+        return InferenceCall(self, provider, model, permit)
+
+    def record_upstream_call(
+        self,
+        provider: Any,
+        model: Any,
+        *,
+        duration_s: Any,
+        status_code: int | None = None,
+        error: BaseException | str | None = None,
+        ttft_s: Any = None,
+        headers: Mapping[str, str] | None = None,
+        error_code: str | None = None,
+        permit: Permit | None = None,
+    ) -> None:
+        """Record one finished upstream call: counters, latency histograms and health.
+
+        ``status_code`` is the provider's HTTP status (None with no error = success);
+        ``error`` an exception or a kind ("timeout", "connection", "stream_broken");
+        ``ttft_s`` the time to first token of a streamed call; ``headers`` the provider's
+        response headers (rate-limit hints); ``error_code`` its error code
+        (``insufficient_quota``); ``permit`` the call's permit from ``tracker.allow``, so the
+        breaker counts the outcome for the period the call was admitted in.
+        """
+        duration = self.amount(duration_s, "track_model_inference")
+        ttft = None if ttft_s is None else self.amount(ttft_s, "record_time_to_first_token")
+        self.record_call(provider, model, self.provider_name(provider), duration,
+                         status_code, error, ttft, headers, error_code, permit)
+
+    def record_call(
+        self,
+        provider: Any,
+        model: Any,
+        name: str,
+        duration: float | None,
+        status_code: int | None,
+        error: BaseException | str | None,
+        ttft: float | None,
+        headers: Mapping[str, str] | None,
+        error_code: str | None,
+        permit: Permit | None,
+    ) -> None:
+        """``record_upstream_call`` once its numbers are checked (None: dropped) and ``name``,
+        the provider as its labels record it, is known: one call deep, as it runs per call."""
+        self._requests.child(provider, model, inference_status(status_code, error)).inc()
+        if duration is not None:
+            self._inference_duration.child(provider, model).observe(duration)
+            self._provider_response.child(provider).observe(duration)
+        if ttft is not None:
+            self._ttft.child(provider, model).observe(ttft)
+        # Feed the health tracker; its failures never reach the caller. Without the call's
+        # permit one is asked for now: in half-open the outcome then counts only when a trial
+        # permit is free, never in place of a trial still in flight.
+        try:
+            tracker = self.tracker
+            if permit is None:
+                permit = tracker.allow(name)
+            zone = tracker.record(
+                name,
+                duration_s=duration if duration is not None else 0.0,
+                status_code=status_code,
+                error=error,
+                ttft_s=ttft,
+                headers=headers,
+                error_code=error_code,
+                permit=permit,
+            )
+        except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
+            self.reject("health_tracker", "tracker_error")
+            return
+        if zone is not None:
+            self._apdex.child(name, zone).inc()
+
+    def record_time_to_first_token(self, provider: Any, model: Any, seconds: Any) -> None:
+        value = self.amount(seconds, "record_time_to_first_token")
+        if value is not None:
+            self._ttft.child(provider, model).observe(value)
+
+    def record_tokens_used(self, provider: Any, model: Any, input_tokens: Any, output_tokens: Any) -> None:
+        """Count the tokens of one call; either count may be None (not reported)."""
+        given_in = None if input_tokens is None else self.amount(input_tokens, "record_tokens_used")
+        given_out = None if output_tokens is None else self.amount(output_tokens, "record_tokens_used")
+        if given_in is not None:
+            self._tokens.child(provider, model, "input").inc(given_in)
+        if given_out is not None:
+            self._tokens.child(provider, model, "output").inc(given_out)
+
+    def record_credits_used(
+        self, provider: Any, model: Any, user_id: Any, credits: Any, *, api_key: str | None = None
+    ) -> None:
+        """Count credits; ``user_id`` (and ``api_key``, fingerprinted) feed the top-N lists only."""
+        amount = self.amount(credits, "record_credits_used")
+        if amount is None:
+            return
+        self._credits.child(provider, model).inc(amount)
+        if user_id is not None and user_id != "":
+            self.top_lists.users_by_credits.add(_top_n_key(user_id), amount)
+        if isinstance(api_key, str) and api_key:
+            self.top_lists.keys_by_credits.add(key_fingerprint(api_key), amount)
+
+    def record_provider_cost(self, provider: Any, cost_usd: Any) -> None:
+        amount = self.amount(cost_usd, "record_provider_cost")
+        if amount is not None:
+            self._cost.child(provider).inc(amount)
+
+    def record_api_key_usage(self, api_key: Any, status: Any = "success") -> None:
+        """Count one use of an API key by outcome; the key only feeds the top-N, fingerprinted."""
+        self._api_key_usage.child(status).inc()
+        if isinstance(api_key, str) and api_key:
+            self.top_lists.keys_by_requests.add(key_fingerprint(api_key), 1.0)
+
+    def record_routing_decision(self, outcome: Any) -> None:
+        """Count a routing decision: ``primary``, ``failover`` or ``panic``."""
+        self._routing.child(outcome).inc()
+
+    # --- HTTP, database, cache, rate limits ----------------------------------------------
+
+    def track_http_request(self, method: Any, endpoint: Any) -> HttpRequest:
+        """Time a request served outside the middleware; ``endpoint`` must be a route template."""
+        return HttpRequest(self, method, endpoint)
+
+    def record_http_request(
+        self, method: Any, endpoint: Any, status_code: Any, duration_s: Any, exc: BaseException | None = None
+    ) -> None:
+        """Record one served HTTP request; ``endpoint`` must be a route template."""
+        duration = self.amount(duration_s, "record_http_request")
+        if duration is not None:
+            self.http_stats.observe(method, endpoint, status_code, duration)
+        if exc is not None:
+            self.record_http_exception(method, endpoint, exc)
+
+    def record_http_exception(self, method: Any, endpoint: Any, exc: BaseException) -> None:
+        self._http_exceptions.child(method, endpoint, type(exc).__name__).inc()
+
+    def track_database_query(self, table: Any, operation: Any) -> DatabaseQuery:
+        """Time a database query: ``with telemetry.track_database_query("users", "select"): ...``."""
+        return DatabaseQuery(self, table, operation)
+
+    def record_database_query(self, table: Any, operation: Any, duration_s: Any) -> None:
+        duration = self.amount(duration_s, "record_database_query")
+        self._db_queries.child(table, operation).inc()
+        if duration is not None:
+            self._db_duration.child(table).observe(duration)
+
+    def record_cache_hit(self, cache_name: Any) -> None:
+        self._cache_hits.child(cache_name).inc()
+
+    def record_cache_miss(self, cache_name: Any) -> None:
+        self._cache_misses.child(cache_name).inc()
+
+    def record_rate_limited(self, limit_type: Any) -> None:
+        """Count a request refused by one of the gateway's own rate limits."""
+        self._rate_limited.child(limit_type).inc()
+
+    # --- gauges the gateway sets from its own state ----------------------------------------
+
+    def _set_gauge(self, family: str, helper: str, labels: tuple[Any, ...], value: Any,
+                   signed: bool = False) -> None:
+        number = self.amount(value, helper, signed)
+        if number is not None:
+            self.metrics[family].child(*labels).set(number)
+
+    def set_active_connections(self, connection_type: Any, count: Any) -> None:
+        self._set_gauge("active_connections", "set_active_connections", (connection_type,), count)
+
+    def set_queue_size(self, queue_name: Any, size: Any) -> None:
+        self._set_gauge("queue_size", "set_queue_size", (queue_name,), size)
+
+    def set_cache_size(self, cache_name: Any, size_bytes: Any) -> None:
+        self._set_gauge("cache_size_bytes", "set_cache_size", (cache_name,), size_bytes)
+
+    def set_rate_limit_remaining(self, limit_type: Any, remaining: Any) -> None:
+        self._set_gauge("current_rate_limit", "set_rate_limit_remaining", (limit_type,), remaining)
+
+    def set_active_api_keys(self, status: Any, count: Any) -> None:
+        self._set_gauge("active_api_keys", "set_active_api_keys", (status,), count)
+
+    def set_user_credit_balance(self, plan_type: Any, balance: Any) -> None:
+        # A balance may be negative (an overdraft), unlike every other gauge here.
+        self._set_gauge("user_credit_balance", "set_user_credit_balance", (plan_type,), balance, signed=True)
+
+    def set_trial_active(self, status: Any, count: Any) -> None:
+        self._set_gauge("trial_active", "set_trial_active", (status,), count)
+
+    def set_active_subscriptions(self, plan: Any, billing_cycle: Any, count: Any) -> None:
+        self._set_gauge("active_subscriptions", "set_active_subscriptions", (plan, billing_cycle), count)
 
 
 def _top_n_key(user_id: Any) -> str:
@@ -359,138 +478,3 @@ def _top_n_key(user_id: Any) -> str:
         return safe_text(user_id if isinstance(user_id, str) else str(user_id)) or UNKNOWN_VALUE
     except Exception:  # noqa: BLE001 - str() of a 5,000-digit int or of a broken object
         return UNKNOWN_VALUE
-
-
-def record_provider_cost(provider: Any, cost_usd: Any) -> None:
-    amount = _amount(cost_usd, "record_provider_cost")
-    if amount is not None:
-        _cost.child(provider).inc(amount)
-
-
-def record_api_key_usage(api_key: Any, status: Any = "success") -> None:
-    """Count one use of an API key by outcome; the key only feeds the top-N, fingerprinted."""
-    _api_key_usage.child(status).inc()
-    if isinstance(api_key, str) and api_key:
-        TOP_KEYS_BY_REQUESTS.add(key_fingerprint(api_key), 1.0)
-
-
-def record_routing_decision(outcome: Any) -> None:
-    """Count a routing decision: ``primary``, ``failover`` or ``panic``."""
-    _routing.child(outcome).inc()
-
-
-# --- HTTP, database, cache, rate limits ----------------------------------------------------
-
-
-class HttpRequest(_Timed):
-    """A request tracked by :func:`track_http_request`; set ``status_code`` when known."""
-
-    __slots__ = ("method", "endpoint", "status_code")
-
-    def __init__(self, method: Any, endpoint: Any) -> None:
-        self.method = method.upper() if isinstance(method, str) else method
-        self.endpoint = endpoint
-        self.status_code: int | None = None
-
-    def finish(self, duration: float, exc: BaseException | None) -> None:
-        record_http_request(self.method, self.endpoint, self.status_code or (500 if exc else 200), duration, exc)
-
-
-def record_http_request(
-    method: Any, endpoint: Any, status_code: Any, duration_s: float, exc: BaseException | None = None
-) -> None:
-    """Record one served HTTP request; ``endpoint`` must be a route template."""
-    duration = _amount(duration_s, "record_http_request")
-    if duration is not None:
-        HTTP_STATS.observe(method, endpoint, status_code, duration)
-    if exc is not None:
-        record_http_exception(method, endpoint, exc)
-
-
-def record_http_exception(method: Any, endpoint: Any, exc: BaseException) -> None:
-    _http_exceptions.child(method, endpoint, type(exc).__name__).inc()
-
-
-def track_http_request(method: Any, endpoint: Any) -> HttpRequest:
-    """Time a request served outside the middleware; ``endpoint`` must be a route template."""
-    return HttpRequest(method, endpoint)
-
-
-class DatabaseQuery(_Timed):
-    __slots__ = ("table", "operation")
-
-    def __init__(self, table: Any, operation: Any) -> None:
-        self.table = table
-        self.operation = operation
-
-    def finish(self, duration: float, exc: BaseException | None) -> None:
-        record_database_query(self.table, self.operation, duration)
-
-
-def track_database_query(table: Any, operation: Any) -> DatabaseQuery:
-    """Time a database query: ``with track_database_query("users", "select"): ...``."""
-    return DatabaseQuery(table, operation)
-
-
-def record_database_query(table: Any, operation: Any, duration_s: Any) -> None:
-    duration = _amount(duration_s, "record_database_query")
-    _db_queries.child(table, operation).inc()
-    if duration is not None:
-        _db_duration.child(table).observe(duration)
-
-
-def record_cache_hit(cache_name: Any) -> None:
-    _cache_hits.child(cache_name).inc()
-
-
-def record_cache_miss(cache_name: Any) -> None:
-    _cache_misses.child(cache_name).inc()
-
-
-def record_rate_limited(limit_type: Any) -> None:
-    """Count a request refused by one of the gateway's own rate limits."""
-    _rate_limited.child(limit_type).inc()
-
-
-# --- gauges the gateway sets from its own state --------------------------------------------
-
-
-def _set_gauge(
-    family: str, helper: str, labels: tuple[Any, ...], value: Any, signed: bool = False
-) -> None:
-    number = _amount(value, helper, signed)
-    if number is not None:
-        METRICS[family].child(*labels).set(number)
-
-
-def set_active_connections(connection_type: Any, count: Any) -> None:
-    _set_gauge("active_connections", "set_active_connections", (connection_type,), count)
-
-
-def set_queue_size(queue_name: Any, size: Any) -> None:
-    _set_gauge("queue_size", "set_queue_size", (queue_name,), size)
-
-
-def set_cache_size(cache_name: Any, size_bytes: Any) -> None:
-    _set_gauge("cache_size_bytes", "set_cache_size", (cache_name,), size_bytes)
-
-
-def set_rate_limit_remaining(limit_type: Any, remaining: Any) -> None:
-    _set_gauge("current_rate_limit", "set_rate_limit_remaining", (limit_type,), remaining)
-
-
-def set_active_api_keys(status: Any, count: Any) -> None:
-    _set_gauge("active_api_keys", "set_active_api_keys", (status,), count)
-
-
-def set_user_credit_balance(plan_type: Any, balance: Any) -> None:
-    # A balance may be negative (an overdraft), unlike every other gauge here.
-    _set_gauge("user_credit_balance", "set_user_credit_balance", (plan_type,), balance, signed=True)
-
-
-def set_trial_active(status: Any, count: Any) -> None:
-    _set_gauge("trial_active", "set_trial_active", (status,), count)
-
-
-def set_active_subscriptions(plan: Any, billing_cycle: Any, count: Any) -> None:
-    _set_gauge("active_subscriptions", "set_active_subscriptions", (plan, billing_cycle), count)

@@ -12,14 +12,15 @@ one prometheus_client metric wrapped in a :class:`BoundedMetric`, which
 * bounds the family's series: past its share of ``series_cap`` (:class:`LabelSets`) a new
   label set records with a free-text label as ``"other"``, counted the same way.
 
-The objects live in one process-wide :class:`MetricSet` (``METRICS``) whose collectors are
-registered in one registry per category plus one for everything, so ``create_app()`` can
-run many times without duplicate registrations and a category endpoint only collects its
-own collectors.
+The objects of one instrumented app live in a :class:`MetricSet` (owned by its
+``app.telemetry.Telemetry``), whose collectors are registered in one registry per category
+plus one for everything: a category endpoint only collects its own collectors, and two
+sets share nothing. Nothing here touches prometheus_client's global ``REGISTRY``.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 import threading
 from collections.abc import Iterable
@@ -40,10 +41,7 @@ from app.catalogue import (
     Family,
     Label,
 )
-
-# ``*_created`` series double the series count of every counter and histogram and no
-# dashboard of ours reads them.
-prometheus_client.disable_created_metrics()
+from app.client_internals import without_created
 
 #: Longest label value kept, in characters; longer free text is cut (it is capped in count anyway).
 MAX_LABEL_LENGTH = 200
@@ -61,12 +59,30 @@ DEFAULT_SERIES_CAP = 8000
 #: Raw-value keys cached per family before lookups stop being cached. Bounds memory when
 #: callers send endless distinct raw values that clean to few label values.
 MAX_CACHED_KEYS = 20_000
+#: Longest raw string kept as a cache key. A longer one (far past ``MAX_LABEL_LENGTH``, so a
+#: misbehaving caller) is cleaned on every call instead: the caches stay bounded in bytes
+#: (``MAX_CACHED_KEYS`` keys of at most this length), not only in entries.
+MAX_CACHED_KEY_LENGTH = 2 * MAX_LABEL_LENGTH
+
+
+def cacheable(values: tuple[Any, ...]) -> bool:
+    """Whether raw label values may be kept as a cache key (bounded in bytes)."""
+    for value in values:
+        if isinstance(value, str) and len(value) > MAX_CACHED_KEY_LENGTH:
+            return False
+    return True
 
 _METRIC_TYPES: dict[str, type[Counter] | type[Gauge] | type[Histogram]] = {
-    "counter": Counter,
+    "counter": without_created(Counter),
     "gauge": Gauge,
-    "histogram": Histogram,
+    "histogram": without_created(Histogram),
 }
+
+
+def has_surrogates(text: str) -> bool:
+    """Whether ``text`` holds a UTF-16 surrogate, which a Python str may hold but UTF-8, so
+    no exposition format nor PromQL query, can carry."""
+    return _SURROGATES.search(text) is not None
 
 
 def safe_text(text: str, limit: int = MAX_LABEL_LENGTH) -> str:
@@ -77,7 +93,7 @@ def safe_text(text: str, limit: int = MAX_LABEL_LENGTH) -> str:
     if text.isascii():
         if text.isprintable():
             return text
-    elif _SURROGATES.search(text):
+    elif has_surrogates(text):
         text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
     return _UNSAFE_CHARACTERS.sub(REPLACEMENT, text)
 
@@ -102,14 +118,10 @@ def clean_label_value(label: Label, value: Any) -> str:
     return text or UNKNOWN_VALUE
 
 
-_ENUM_LOOKUPS: dict[Label, dict[str, str]] = {}
-
-
+@functools.cache
 def _enum_lookup(label: Label) -> dict[str, str]:
-    lookup = _ENUM_LOOKUPS.get(label)
-    if lookup is None:
-        lookup = _ENUM_LOOKUPS[label] = {value.lower(): value for value in label.values or ()}
-    return lookup
+    """An enum label's values by their lower case (labels are the catalogue's: few, immutable)."""
+    return {value.lower(): value for value in label.values or ()}
 
 
 class LabelValues:
@@ -128,12 +140,6 @@ class LabelValues:
     @property
     def cap(self) -> int:
         return self._cap
-
-    @cap.setter
-    def cap(self, cap: int) -> None:
-        with self._lock:
-            self._cap = cap
-            self._known.clear()  # overflow decisions taken under the old cap
 
     @property
     def seen(self) -> int:
@@ -154,7 +160,7 @@ class LabelValues:
                     result = (OVERFLOW_VALUE, True)
                 else:
                     self._seen.add(text)
-            if len(self._known) < MAX_CACHED_KEYS:
+            if len(self._known) < MAX_CACHED_KEYS and cacheable((value,)):
                 try:
                     self._known[value] = result
                 except Exception:  # noqa: BLE001 - unhashable raw value: cleaned every time
@@ -171,7 +177,7 @@ def clean_labels(label_values: list[LabelValues], raw: tuple[Any, ...]) -> tuple
     """(recorded values, names of the labels that overflowed their cap) for ``raw``."""
     cleaned: list[str] = []
     overflowed: list[str] = []
-    for values, value in zip(label_values, raw):
+    for values, value in zip(label_values, raw, strict=True):
         text, overflow = values.clean(value)
         if overflow:
             overflowed.append(values.label.name)
@@ -242,7 +248,7 @@ class BoundedMetric:
 
     ``child(*values)`` returns the child to ``inc``/``set``/``observe``::
 
-        requests = METRICS["model_inference_requests_total"]
+        requests = metric_set["model_inference_requests_total"]
         requests.child("openai", "gpt-4o", "success").inc()
     """
 
@@ -274,20 +280,10 @@ class BoundedMetric:
     def label_cap(self) -> int:
         return self._values[0].cap if self._values else 0
 
-    @label_cap.setter
-    def label_cap(self, cap: int) -> None:
-        for values in self._values:
-            values.cap = cap
-        self._folded.clear()
-
     @property
     def series_cap(self) -> int:
         """Label sets this family keeps (its share of the settings' series cap)."""
         return self._sets.cap
-
-    def set_series_cap(self, series_cap: int) -> None:
-        self._sets.cap = label_sets_within(self.family, series_cap)
-        self._folded.clear()
 
     def child(self, *values: Any) -> Any:
         try:
@@ -313,7 +309,7 @@ class BoundedMetric:
             folded += folded_sets
             child = self.metric.labels(*cleaned)
             cache: dict[tuple[Any, ...], Any] = self._folded if folded else self._children
-            if len(cache) < MAX_CACHED_KEYS:
+            if len(cache) < MAX_CACHED_KEYS and cacheable(values):
                 try:
                     cache[values] = (child, folded) if folded else child
                 except Exception:  # noqa: BLE001 - unhashable raw value: resolved every time
@@ -336,29 +332,32 @@ class BoundedMetric:
 class MetricSet:
     """Every recorded family of the catalogue, and the registries that expose them."""
 
-    def __init__(self, label_cap: int = 500, series_cap: int = DEFAULT_SERIES_CAP) -> None:
+    def __init__(
+        self, label_cap: int = 500, series_cap: int = DEFAULT_SERIES_CAP, in_files: bool | None = None
+    ) -> None:
         overflow_family = FAMILIES_BY_NAME["gatewayz_label_overflow_total"]
         # The overflow counter's own labels are family and label names: bounded by code.
         bound = len(FAMILIES) * 4
         self._overflow = BoundedMetric(overflow_family, bound, overflow=None, series_cap=bound * bound)
         self.metrics: dict[str, BoundedMetric] = {overflow_family.name: self._overflow}
         for family in FAMILIES:
-            if family.computed or family.name in self.metrics:
+            if family.source != "recorded" or family.name in self.metrics:
                 continue
             self.metrics[family.name] = BoundedMetric(family, label_cap, self._overflow, series_cap)
         self.all_registry = CollectorRegistry(auto_describe=True)
         self.category_registries = {
             category: CollectorRegistry(auto_describe=True) for category in Category
         }
-        if not multiprocess.ENABLED:
-            # With several workers the registries read every worker's files instead
-            # (app.collectors.register_collectors); the metrics only write to them.
-            for name, bounded in self.metrics.items():
+        #: The metrics write to prometheus_client's multiprocess files (several workers):
+        #: the registries then read every worker's files instead (app.collectors).
+        self.in_files = multiprocess.ENABLED if in_files is None else in_files
+        if not self.in_files:
+            for bounded in self.metrics.values():
                 self.register(bounded.metric, bounded.family.categories)
         runtime = (
             prometheus_client.ProcessCollector(registry=None),
             prometheus_client.PlatformCollector(registry=None),
-            # GCCollector insists on registering somewhere; it is re-registered below.
+            # GCCollector insists on registering somewhere: a registry of its own, not the global one.
             prometheus_client.GCCollector(registry=CollectorRegistry()),
         )
         for collector in runtime:
@@ -373,20 +372,12 @@ class MetricSet:
         for category in categories:
             self.category_registries[category].register(collector)
 
-    def set_label_cap(self, label_cap: int) -> None:
-        for name, bounded in self.metrics.items():
-            if bounded is not self._overflow:
-                bounded.label_cap = label_cap
-
-    def set_series_cap(self, series_cap: int) -> None:
-        for name, bounded in self.metrics.items():
-            if bounded is not self._overflow:
-                bounded.set_series_cap(series_cap)
+    @property
+    def overflow(self) -> BoundedMetric:
+        """``gatewayz_label_overflow_total``: what every cap of this set folded, counted."""
+        return self._overflow
 
     def reset(self) -> None:
         for bounded in self.metrics.values():
             bounded.reset()
 
-
-#: The process-wide metric set every helper, middleware and app of this process shares.
-METRICS = MetricSet()

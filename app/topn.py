@@ -66,3 +66,19 @@ class SpaceSaving:
         with self._lock:
             self._values.clear()
             self._floor = 0.0
+
+
+#: Keys each table keeps at least: Space-Saving's estimates are exact for the keys well
+#: inside its capacity, and the summaries show ``Settings.top_n`` (10 by default) of them.
+TOP_N_CAPACITY = 500
+
+
+class TopLists:
+    """The summary's bounded top-N tables of one instrumented app."""
+
+    __slots__ = ("users_by_credits", "keys_by_credits", "keys_by_requests")
+
+    def __init__(self, capacity: int = TOP_N_CAPACITY) -> None:
+        self.users_by_credits = SpaceSaving(capacity)
+        self.keys_by_credits = SpaceSaving(capacity)
+        self.keys_by_requests = SpaceSaving(capacity)

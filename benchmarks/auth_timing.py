@@ -29,7 +29,8 @@ KEY = "k" * 32 + "-0123456789abcdef0123456789abcdef"
 
 
 def _request(authorization: bytes) -> Request:
-    return Request({"type": "http", "method": "GET", "path": "/metrics", "headers": [(b"authorization", authorization)]})
+    return Request({"type": "http", "method": "GET", "path": "/metrics",
+                    "headers": [(b"authorization", authorization)]})
 
 
 def _check(request: Request, settings: Settings) -> bool:

@@ -5,9 +5,12 @@ under each instrumentation, interleaving the variants round by round so they sha
 machine's state, and prints the median cost per request and its ratio to the bare route.
 
 Part 2 times each recording helper against the raw prometheus_client calls
-(``labels(...).inc()`` / ``.observe()``) that record the same samples, each pair in turn,
-then the health tracker's share of the upstream-call helpers (``begin``, ``allow``,
-``record``), which the raw calls do not do.
+(``labels(...).inc()`` / ``.observe()``) that record the same samples, both ways a gateway
+calls it: the ``app.metrics`` function (which records into the process's default
+``Telemetry``) and the same helper as a method of that ``Telemetry`` instance
+(``telemetry.record_upstream_call(...)``); the three are timed in turn. Then the health
+tracker's share of the upstream-call helpers (``begin``, ``allow``, ``record``), which
+the raw calls do not do.
 
     .venv/bin/python benchmarks/hot_path.py            # scripts/setup.sh test,bench first
     .venv/bin/python benchmarks/hot_path.py --helpers  # part 2 alone
@@ -17,8 +20,8 @@ multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set, as each of several workers 
 every request is written to the worker's files, so no count is lost with the worker.
 
 Targets (ratios to the bare route of the same run): metrics and request ids <= x1.15,
-with the JSON access log on <= x1.35; a helper <= 2x its raw calls; multiprocess mode,
-access log off, <= x1.30.
+with the JSON access log on <= x1.35; a helper <= 2x its raw calls (either way it is
+called); multiprocess mode, access log off, <= x1.30.
 """
 
 from __future__ import annotations
@@ -40,10 +43,13 @@ from fastapi import FastAPI
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from app import metrics
+from app import telemetry as telemetry_module
 from app.access_log import ACCESS_LOGGER, flush_access_logs
 from app.catalogue import INFERENCE_BUCKETS
 from app.middleware import MetricsMiddleware
-from app.scoring import HealthTracker, set_tracker
+from app.scoring import HealthTracker
+from app.settings import Settings
+from app.telemetry import Telemetry
 
 Scope = dict[str, Any]
 
@@ -73,7 +79,7 @@ def route_app() -> FastAPI:
     return app
 
 
-def variants(log_path: str) -> dict[str, Any]:
+def variants(log_path: str, telemetry: Telemetry) -> dict[str, Any]:
     from prometheus_fastapi_instrumentator import Instrumentator
     from starlette_exporter import PrometheusMiddleware
 
@@ -85,9 +91,9 @@ def variants(log_path: str) -> dict[str, Any]:
     logger.propagate = False
 
     quiet = route_app()
-    quiet.add_middleware(MetricsMiddleware, access_log=False)
+    quiet.add_middleware(MetricsMiddleware, access_log=False, telemetry=telemetry)
     logged = route_app()
-    logged.add_middleware(MetricsMiddleware, access_log=True)
+    logged.add_middleware(MetricsMiddleware, access_log=True, telemetry=telemetry)
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return {"bare route": route_app(), "gateway-metrics, access log off": quiet,
                 "gateway-metrics, JSON access log on": logged}
@@ -130,8 +136,14 @@ async def measure_apps(apps: dict[str, Any], rounds: int, requests: int) -> dict
     return {name: statistics.median(values) for name, values in samples.items()}
 
 
-def helper_pairs() -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
-    """(name, helper call, raw prometheus_client calls recording the same samples)."""
+Call = Callable[[], None]
+
+
+def helper_rows(telemetry: Telemetry) -> list[tuple[str, Call, Call, Call]]:
+    """(helper, its ``app.metrics`` call, the same call as a method of ``telemetry``, raw
+    prometheus_client calls recording the same samples). ``telemetry`` is the process's
+    default, so both calls record into the same children."""
+    t = telemetry
     registry = CollectorRegistry()
     requests = Counter("raw_requests", "", ["provider", "model", "status"], registry=registry)
     duration = Histogram("raw_duration", "", ["provider", "model"], buckets=INFERENCE_BUCKETS, registry=registry)
@@ -156,6 +168,10 @@ def helper_pairs() -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
         with metrics.track_model_inference("openai", "gpt-4o"):
             pass
 
+    def track_inference_method() -> None:
+        with t.track_model_inference("openai", "gpt-4o"):
+            pass
+
     def raw_track_inference() -> None:
         started = time.perf_counter()
         elapsed = time.perf_counter() - started
@@ -168,37 +184,53 @@ def helper_pairs() -> list[tuple[str, Callable[[], None], Callable[[], None]]]:
         db_time.labels("users").observe(0.002)
 
     return [
-        ("track_model_inference (with health tracking)", track_inference, raw_track_inference),
+        ("track_model_inference (with health tracking)", track_inference, track_inference_method,
+         raw_track_inference),
         ("record_upstream_call (with health tracking)",
-         lambda: metrics.record_upstream_call("openai", "gpt-4o", duration_s=0.8), raw_upstream),
-        ("record_tokens_used", lambda: metrics.record_tokens_used("openai", "gpt-4o", 120, 300), raw_tokens),
+         lambda: metrics.record_upstream_call("openai", "gpt-4o", duration_s=0.8),
+         lambda: t.record_upstream_call("openai", "gpt-4o", duration_s=0.8), raw_upstream),
+        ("record_tokens_used", lambda: metrics.record_tokens_used("openai", "gpt-4o", 120, 300),
+         lambda: t.record_tokens_used("openai", "gpt-4o", 120, 300), raw_tokens),
         ("record_credits_used (with top-N user)",
          lambda: metrics.record_credits_used("openai", "gpt-4o", "user-1", 1.5),
+         lambda: t.record_credits_used("openai", "gpt-4o", "user-1", 1.5),
          lambda: credits.labels("openai", "gpt-4o").inc(1.5)),
         ("record_api_key_usage (with top-N key)",
          lambda: metrics.record_api_key_usage("sk-live-abc", "success"),
+         lambda: t.record_api_key_usage("sk-live-abc", "success"),
          lambda: key_usage.labels("success").inc()),
-        ("record_cache_hit", lambda: metrics.record_cache_hit("responses"), lambda: hits.labels("responses").inc()),
-        ("record_database_query", lambda: metrics.record_database_query("users", "select", 0.002), raw_db),
+        ("record_cache_hit", lambda: metrics.record_cache_hit("responses"),
+         lambda: t.record_cache_hit("responses"), lambda: hits.labels("responses").inc()),
+        ("record_database_query", lambda: metrics.record_database_query("users", "select", 0.002),
+         lambda: t.record_database_query("users", "select", 0.002), raw_db),
     ]
 
 
-def best_of_pair(helper: Callable[[], None], raw: Callable[[], None], number: int,
-                 repeat: int) -> tuple[float, float]:
-    """Seconds per call of ``helper`` and ``raw``, best of ``repeat`` runs taken in turn,
-    so a load that comes and goes on a shared machine weighs on both alike."""
-    helper_runs, raw_runs = [], []
+def best_of(calls: list[Call], number: int, repeat: int) -> list[float]:
+    """Seconds per call of each of ``calls``, best of ``repeat`` runs taken in turn, so a
+    load that comes and goes on a shared machine weighs on all of them alike."""
+    runs: list[list[float]] = [[] for _ in calls]
     for _ in range(repeat):
-        helper_runs.append(timeit.timeit(helper, number=number))
-        raw_runs.append(timeit.timeit(raw, number=number))
-    return min(helper_runs) / number, min(raw_runs) / number
+        for call, times in zip(calls, runs, strict=True):
+            times.append(timeit.timeit(call, number=number))
+    return [min(times) / number for times in runs]
 
 
-def measure_helpers(repeat: int) -> None:
-    print(f"{'helper':46} {'helper us':>10} {'raw us':>8} {'x raw':>7}")
-    for name, helper, raw in helper_pairs():
-        helper_s, raw_s = best_of_pair(helper, raw, 20_000, repeat)
-        print(f"{name:46} {helper_s * 1e6:10.2f} {raw_s * 1e6:8.2f} {helper_s / raw_s:7.2f}")
+def best_of_pair(helper: Call, raw: Call, number: int, repeat: int) -> tuple[float, float]:
+    helper_s, raw_s = best_of([helper, raw], number, repeat)
+    return helper_s, raw_s
+
+
+def measure_helpers(repeat: int, telemetry: Telemetry) -> None:
+    """Each helper as an ``app.metrics`` function and as a ``Telemetry`` method, against
+    the raw calls (one raw timing per helper, shared by its two rows)."""
+    print(f"{'helper':46} {'called as':22} {'us':>7} {'raw us':>8} {'x raw':>7}")
+    for name, helper, method, raw in helper_rows(telemetry):
+        helper_s, method_s, raw_s = best_of([helper, method, raw], 20_000, repeat)
+        print(f"{name:46} {'app.metrics function':22} {helper_s * 1e6:7.2f} {raw_s * 1e6:8.2f} "
+              f"{helper_s / raw_s:7.2f}")
+        print(f"{'':46} {'telemetry method':22} {method_s * 1e6:7.2f} {raw_s * 1e6:8.2f} "
+              f"{method_s / raw_s:7.2f}")
     measure_tracker(repeat)
 
 
@@ -225,14 +257,17 @@ def main() -> None:
     parser.add_argument("--helpers", action="store_true", help="run part 2 (the helpers) alone")
     parser.add_argument("--repeat", type=int, default=9, help="part 2: runs of 20,000 calls per helper")
     args = parser.parse_args()
-    set_tracker(HealthTracker())
+    # A fresh telemetry (and health tracker), the process's default: the app.metrics
+    # helpers and the middleware record into it.
+    telemetry = Telemetry(Settings())
+    telemetry_module.set_default(telemetry)
     if args.helpers:
-        measure_helpers(args.repeat)
+        measure_helpers(args.repeat, telemetry)
         return
 
     with tempfile.TemporaryDirectory() as tmp:
         log_path = os.path.join(tmp, "access.log")
-        results = asyncio.run(measure_apps(variants(log_path), args.rounds, args.requests))
+        results = asyncio.run(measure_apps(variants(log_path, telemetry), args.rounds, args.requests))
         flush_access_logs()
         with open(log_path) as log:
             lines = sum(1 for _ in log)
@@ -246,7 +281,7 @@ def main() -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         return
     print()
-    measure_helpers(args.repeat)
+    measure_helpers(args.repeat, telemetry)
     print()
     print("Multiprocess mode (PROMETHEUS_MULTIPROC_DIR set, as in each of several workers):")
     with tempfile.TemporaryDirectory() as directory:

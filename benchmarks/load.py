@@ -70,7 +70,8 @@ def main() -> None:
                 run_load(gateway.url, 200, args.concurrency)  # warm up
                 print(f"{args.requests:,} calls per phase, {args.concurrency} connections, {args.workers} workers, "
                       f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}")
-                print(f"{'phase':34} {'sent':>8} {'req/s':>8} {'x quiet':>7} {'p50 ms':>8} {'p99 ms':>8} {'x quiet':>7}")
+                print(f"{'phase':34} {'sent':>8} {'req/s':>8} {'x quiet':>7} {'p50 ms':>8} {'p99 ms':>8} "
+                      f"{'x quiet':>7}")
                 quiet = run_load(gateway.url, args.requests, args.concurrency, args.time_limit)
                 print(row("quiet (Prometheus scraping 1 s)", quiet, None, ""))
                 stop, counts = threading.Event(), [0, 0]

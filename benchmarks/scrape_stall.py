@@ -8,9 +8,10 @@ contrast, while the worker's own ``/metrics`` is scraped back to back (the singl
 design, where the worker renders). It prints throughput and p99 and their ratios to quiet.
 
 Part 2 times one scrape at 1k, 10k and 100k lines: the exporter's reader
-(``app.multiprocess.FilesCollector``, one per family, as the exporter registers them) against ``prometheus_client.generate_latest`` over
-client_python's ``MultiProcessCollector`` on the same files, with the files' bytes per
-series; then each category endpoint's time beside its share of the lines.
+(``app.multiprocess.FilesCollector``, one per family, as the exporter registers them)
+against ``prometheus_client.generate_latest`` over client_python's
+``MultiProcessCollector`` on the same files, with the files' bytes per series; then each
+category endpoint's time beside its share of the lines.
 
     .venv/bin/python benchmarks/scrape_stall.py            # about a minute
 
@@ -42,9 +43,9 @@ def fill(directory: str, lines: int) -> None:
     in a process of its own (its files stay after it exits, as a dead worker's do)."""
     models = max(1, lines // (LINES_PER_MODEL * PROVIDERS))
     code = f"""
-from app import metrics
-from app.registry import METRICS
-METRICS.set_label_cap(100_000)
+from app import metrics, telemetry
+from app.settings import Settings
+telemetry.set_default(telemetry.Telemetry(Settings(label_cap=100_000)))
 for p in range({PROVIDERS}):
     for m in range({models}):
         metrics.record_upstream_call(f"provider-{{p}}", f"model-{{m}}", duration_s=0.4)
@@ -127,7 +128,8 @@ def part1(lines: int, seconds: float) -> None:
                 rps, p99 = closed_loop(route, seconds)
                 stop.set()
                 scraper.join()
-                print(f"{name:44} {rps:8.0f} {rps / quiet_rps:8.2f} {p99 * 1e3:8.2f} {p99 / quiet_p99:8.2f} {counts[0]:8}")
+                print(f"{name:44} {rps:8.0f} {rps / quiet_rps:8.2f} {p99 * 1e3:8.2f} {p99 / quiet_p99:8.2f} "
+                      f"{counts[0]:8}")
         finally:
             for process in (gateway, exporter):
                 process.terminate()
@@ -148,10 +150,11 @@ def best(f):
     for _ in range(repeat):
         s = time.perf_counter(); out = f(); times.append(time.perf_counter() - s)
     return min(times), out
-from app.collectors import register_collectors
-from app.registry import METRICS
-register_collectors()  # the exporter's registries
-ours = METRICS.all_registry
+from app.collectors import register_files_collectors
+from app.registry import MetricSet
+metric_set = MetricSet(in_files=True)  # the exporter's registries
+register_files_collectors(metric_set, path)
+ours = metric_set.all_registry
 theirs = CollectorRegistry(); MultiProcessCollector(theirs, path)
 ours_s, body = best(lambda: render(ours).body)
 theirs_s, _ = best(lambda: generate_latest(theirs))
@@ -164,13 +167,13 @@ if lines > 50_000:
     print(f"Category endpoints at {lines:,} lines: time beside the share of lines")
     print(f"{'category':12} {'lines':>9} {'share':>7} {'ms':>9} {'x all':>7}")
     for category in Category:
-        reg = METRICS.category_registries[category]
+        reg = metric_set.category_registries[category]
         s, out = best(lambda: render(reg).body)
         n = out.count(b"\n")
         print(f"{category.value:12} {n:9,} {n/lines:7.2f} {s*1e3:9.1f} {s/ours_s:7.2f}")
 """
     print()
-    print("Part 2: one scrape of every worker's files (best of %d)" % repeat)
+    print(f"Part 2: one scrape of every worker's files (best of {repeat})")
     print(f"{'lines':>9} {'ours ms':>10} {'client ms':>10} {'x client':>8} {'bytes/series':>10}")
     for lines in (1_000, 10_000, 100_000):
         with tempfile.TemporaryDirectory() as directory:

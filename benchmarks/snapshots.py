@@ -1,6 +1,6 @@
 """Memory and cost of local mode's history, with 2 providers x 500 models recorded.
 
-Fills the process registry through the public helpers (every model called with a 200,
+Fills the process's default telemetry through the public helpers (every model called with a 200,
 a 429 and a 500, streamed, with tokens and credits), then measures, side by side in one
 run:
 
@@ -29,9 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from prometheus_client import CollectorRegistry  # noqa: E402
+
 from app import metrics  # noqa: E402
+from app import telemetry as telemetry_module  # noqa: E402
 from app.catalogue import Category  # noqa: E402
-from app.registry import METRICS  # noqa: E402
+from app.settings import Settings  # noqa: E402
 from app.summary.promql import queries_for  # noqa: E402
 from app.summary.snapshots import MAX_WINDOW_S, Snapshots  # noqa: E402
 
@@ -50,10 +53,10 @@ def fill(providers: int, models: int) -> None:
             metrics.record_credits_used(provider, model, f"user-{m % 50}", 0.01)
 
 
-def collect_as_dicts() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+def collect_as_dicts(registry: CollectorRegistry) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """A snapshot as it used to be: the whole registry, label pairs sorted, nested dicts."""
     samples: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
-    for family in METRICS.all_registry.collect():
+    for family in registry.collect():
         for sample in family.samples:
             samples.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
     return samples
@@ -87,27 +90,31 @@ def main() -> None:
     parser.add_argument("--models", type=int, default=500)
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()
-    METRICS.set_label_cap(max(500, args.models))
+    # The process's default telemetry, with a label cap that keeps every model: the
+    # app.metrics helpers record into it.
+    telemetry = telemetry_module.Telemetry(Settings(label_cap=max(500, args.models)))
+    telemetry_module.set_default(telemetry)
+    registry = telemetry.metrics.all_registry
     fill(args.providers, args.models)
 
     clock_now = [0.0]
-    snapshots = Snapshots(METRICS.all_registry, clock=lambda: clock_now[0])
+    snapshots = Snapshots(registry, clock=lambda: clock_now[0])
     snapshots.take()  # warm: layouts built once, as after the first background snapshot
     samples = sum(len(column.values) for column in snapshots.read().columns.values())
-    registry_samples = sum(len(v) for v in collect_as_dicts().values())
+    registry_samples = sum(len(v) for v in collect_as_dicts(registry).values())
 
     new_ms, old_ms = [], []
     for _ in range(args.rounds):  # interleaved, so both see the same load
         new_ms.append(timed_ms(snapshots.read, 1))
-        old_ms.append(timed_ms(collect_as_dicts, 1))
+        old_ms.append(timed_ms(lambda: collect_as_dicts(registry), 1))
     new, old = statistics.median(new_ms), statistics.median(old_ms)
     queries = queries_for(list(Category))
     summary_ms = timed_ms(lambda: snapshots.evaluate(queries, 300), max(3, args.rounds // 3))
 
-    _, old_one = traced_bytes(collect_as_dicts)
+    _, old_one = traced_bytes(lambda: collect_as_dicts(registry))
 
     def hour() -> Snapshots:
-        history = Snapshots(METRICS.all_registry, clock=lambda: clock_now[0])
+        history = Snapshots(registry, clock=lambda: clock_now[0])
         for step in range(MAX_WINDOW_S // 5):
             clock_now[0] = step * 5.0
             if step % 12 == 0:  # some traffic every minute: values move, series stay

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up and run the whole test suite: Python deps into .venv, and the Debian packages
+# Set up and run the whole test suite (ruff, mypy, pytest): Python deps into .venv, and the Debian packages
 # prometheus (with promtool), prometheus-alertmanager (with amtool), victoria-metrics, docker-compose
 # and chromium when their binaries are missing.
 set -euo pipefail
@@ -21,4 +21,7 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 scripts/setup.sh test
+# Lint and types first: seconds, and a failure names the line.
+.venv/bin/ruff check app tests benchmarks scripts
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -10,9 +10,21 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from app import telemetry as telemetry_module
 from app.main import create_app
-from app.registry import METRICS
 from app.settings import Settings
+from app.telemetry import Telemetry
+
+
+@pytest.fixture(autouse=True)
+def fresh_default_telemetry() -> Iterator[None]:
+    """Every test starts with a process whose default telemetry is yet to be made: what
+    one test records, no other test reads."""
+    previous = telemetry_module.set_default(None)
+    try:
+        yield
+    finally:
+        telemetry_module.set_default(previous)
 
 
 @pytest.fixture
@@ -21,14 +33,23 @@ def settings() -> Settings:
 
 
 @pytest.fixture
-def client(settings: Settings) -> Iterator[TestClient]:
-    with TestClient(create_app(settings)) as test_client:
+def telemetry(settings: Settings) -> Telemetry:
+    """The test's own telemetry, made from ``settings``: the default one, so the helpers
+    of ``app.metrics`` record into it too."""
+    made = Telemetry(settings)
+    telemetry_module.set_default(made)
+    return made
+
+
+@pytest.fixture
+def client(settings: Settings, telemetry: Telemetry) -> Iterator[TestClient]:
+    with TestClient(create_app(settings, telemetry)) as test_client:
         yield test_client
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:
-    """Current value of one sample of the process registry (0 when absent)."""
-    return METRICS.all_registry.get_sample_value(name, labels or {}) or 0.0
+    """Current value of one sample of the default telemetry's registry (0 when absent)."""
+    return telemetry_module.default().metrics.all_registry.get_sample_value(name, labels or {}) or 0.0
 
 
 class LineCollector(logging.Handler):

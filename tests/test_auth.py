@@ -19,7 +19,9 @@ def guarded() -> TestClient:
 
 
 @pytest.mark.parametrize("path", GUARDED)
-@pytest.mark.parametrize("authorization", [None, "Bearer wrong", "Basic czNjcmV0LXRva2Vu", f"Bearer {TOKEN}x", "Bearer"])
+@pytest.mark.parametrize(
+    "authorization", [None, "Bearer wrong", "Basic czNjcmV0LXRva2Vu", f"Bearer {TOKEN}x", "Bearer"]
+)
 def test_missing_or_wrong_token_is_401(guarded: TestClient, path: str, authorization: str | None) -> None:
     headers = {"Authorization": authorization} if authorization else {}
     response = guarded.get(path, headers=headers)

@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app.catalogue import FAMILIES, FAMILIES_BY_NAME, Category
 from app.demo import DemoTraffic
 from app.settings import Settings
+from app.telemetry import Telemetry
 from tests.conftest import promtool_check_metrics
 
 # SPEC section 2, as written there: family -> (labels, categories).
@@ -62,10 +63,11 @@ def exposed_families(text: str) -> set[str]:
     return {family_name(f.name, f.type) for f in text_string_to_metric_families(text)}
 
 
-@pytest.fixture(scope="module")
-def populated() -> None:
-    """Demo traffic through the public helpers, so every family has samples."""
-    traffic = DemoTraffic(Settings(demo_rate=500))
+@pytest.fixture
+def populated(telemetry: Telemetry) -> None:
+    """Demo traffic through the recording helpers of the test's telemetry (the one
+    ``client`` serves), so every family has samples."""
+    traffic = DemoTraffic(Settings(demo_rate=500), telemetry)
     traffic.tick(1.0)
 
 

@@ -9,10 +9,9 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app.main import create_app
-from app.scoring import HealthTracker, get_tracker, set_tracker
+from app.scoring import HealthTracker, get_tracker
 from app.settings import Settings
-from app.registry import METRICS
-from tests.conftest import sample
+from app.telemetry import Telemetry
 from tests.scoring.fake_clock import FakeClock
 
 GAUGES = ("gatewayz_provider_health_score", "provider_availability", "provider_error_rate",
@@ -20,19 +19,13 @@ GAUGES = ("gatewayz_provider_health_score", "provider_availability", "provider_e
 
 
 @pytest.fixture
-def capped() -> Iterator[tuple[TestClient, HealthTracker]]:
-    previous = get_tracker()
+def capped() -> Iterator[tuple[TestClient, HealthTracker, Telemetry]]:
     clock = FakeClock()
     tracker = HealthTracker(clock=clock, wall_clock=clock.wall)
-    with TestClient(create_app(Settings(access_log=False, label_cap=10))) as client:
-        set_tracker(tracker)  # after startup, which may install the app's own
-        try:
-            yield client, tracker
-        finally:
-            set_tracker(previous)
-    from app.registry import METRICS
-
-    METRICS.set_label_cap(Settings().label_cap)
+    settings = Settings(access_log=False, label_cap=10)
+    telemetry = Telemetry(settings, tracker=tracker)
+    with TestClient(create_app(settings, telemetry)) as client:
+        yield client, telemetry.tracker, telemetry
 
 
 def series(client: TestClient) -> dict[str, set[str]]:
@@ -45,8 +38,10 @@ def series(client: TestClient) -> dict[str, set[str]]:
     return found
 
 
-def test_questions_about_unknown_providers_create_no_series(capped: tuple[TestClient, HealthTracker]) -> None:
-    client, tracker = capped
+def test_questions_about_unknown_providers_create_no_series(
+    capped: tuple[TestClient, HealthTracker, Telemetry]
+) -> None:
+    client, tracker, telemetry = capped
     tracker.record("known", duration_s=0.3)
     for index in range(2_000):
         name = f"unknown-{index}"
@@ -58,11 +53,10 @@ def test_questions_about_unknown_providers_create_no_series(capped: tuple[TestCl
 
 
 def test_recorded_providers_beyond_the_cap_are_counted_not_exported(
-    capped: tuple[TestClient, HealthTracker]
+    capped: tuple[TestClient, HealthTracker, Telemetry]
 ) -> None:
-    client, tracker = capped
+    client, tracker, telemetry = capped
     labels = {"metric": "gatewayz_provider_health_score", "label": "provider"}
-    before = sample("gatewayz_label_overflow_total", labels)
     for index in range(25):
         tracker.record(f"provider-{index:02d}", duration_s=0.3)
 
@@ -70,14 +64,20 @@ def test_recorded_providers_beyond_the_cap_are_counted_not_exported(
     second = series(client)  # a second scrape does not count the same providers twice
 
     assert first == second == {name: {f"provider-{index:02d}" for index in range(10)} for name in GAUGES}
-    assert sample("gatewayz_label_overflow_total", labels) == before + 15
+    overflow = telemetry.metrics.all_registry.get_sample_value("gatewayz_label_overflow_total", labels)
+    assert overflow == 15
 
 
-def test_a_providers_transition_counters_exist_at_zero_before_its_first_trip(client: TestClient) -> None:
+def test_a_providers_transition_counters_exist_at_zero_before_its_first_trip(
+    client: TestClient, telemetry: Telemetry
+) -> None:
+    assert get_tracker() is telemetry.tracker
     get_tracker().record("fresh-provider", duration_s=0.3)
 
     client.get("/metrics")
 
     for state in ("closed", "open", "half_open"):
         labels = {"provider": "fresh-provider", "to_state": state}
-        assert METRICS.all_registry.get_sample_value("gatewayz_provider_circuit_transitions_total", labels) == 0.0
+        transitions = telemetry.metrics.all_registry.get_sample_value(
+            "gatewayz_provider_circuit_transitions_total", labels)
+        assert transitions == 0.0

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from app.catalogue import FAMILIES
 from app.demo import FLAKY, DemoTraffic, flaky_phase
-from app.registry import METRICS
 from app.settings import Settings
+from app.telemetry import Telemetry
 
 
 class FakeClock:
@@ -26,11 +26,13 @@ def test_flaky_provider_degrades_fails_and_recovers_over_a_cycle() -> None:
 
 def test_demo_drives_every_recorded_family() -> None:
     clock = FakeClock()
-    traffic = DemoTraffic(Settings(demo_rate=400, demo_cycle_seconds=60), clock=clock)
+    settings = Settings(demo_rate=400, demo_cycle_seconds=60)
+    telemetry = Telemetry(settings)
+    traffic = DemoTraffic(settings, telemetry, clock=clock)
     for _ in range(30):
         traffic.tick(1.0)
         clock.now += 2.0
-    collected = {metric.name for metric in METRICS.all_registry.collect() if metric.samples}
+    collected = {metric.name for metric in telemetry.metrics.all_registry.collect() if metric.samples}
     for family in FAMILIES:
         if family.name in ("http_requests_in_flight", "gatewayz_label_overflow_total",
                            "gatewayz_recording_rejected_total", "http_exceptions_total"):
@@ -40,7 +42,8 @@ def test_demo_drives_every_recorded_family() -> None:
 
 
 def test_tick_makes_the_configured_rate() -> None:
-    traffic = DemoTraffic(Settings(demo_rate=25), clock=FakeClock())
+    settings = Settings(demo_rate=25)
+    traffic = DemoTraffic(settings, Telemetry(settings), clock=FakeClock())
     assert sum(traffic.tick(0.1) for _ in range(40)) == 100
 
 
@@ -52,20 +55,17 @@ def test_flaky_provider_is_a_demo_provider() -> None:
 
 
 def test_flaky_provider_moves_through_degraded_and_unavailable_and_back() -> None:
-    from app.scoring import HealthTracker, get_tracker, set_tracker
+    from app.scoring import HealthTracker
 
     clock = FakeClock()
-    previous = get_tracker()
-    set_tracker(HealthTracker(clock=clock))
-    try:
-        traffic = DemoTraffic(Settings(demo_rate=50, demo_cycle_seconds=240), clock=clock)
-        states = []
-        for _ in range(2 * 240):  # two cycles, a second at a time
-            traffic.tick(1.0)
-            clock.now += 1.0
-            states.append(get_tracker().status(FLAKY).state.value)
-    finally:
-        set_tracker(previous)
+    settings = Settings(demo_rate=50, demo_cycle_seconds=240)
+    telemetry = Telemetry(settings, tracker=HealthTracker(clock=clock))
+    traffic = DemoTraffic(settings, telemetry, clock=clock)
+    states = []
+    for _ in range(2 * 240):  # two cycles, a second at a time
+        traffic.tick(1.0)
+        clock.now += 1.0
+        states.append(telemetry.tracker.status(FLAKY).state.value)
     changes = [state for index, state in enumerate(states) if index == 0 or state != states[index - 1]]
     assert "degraded" in changes and "unavailable" in changes
     first_down = changes.index("unavailable")

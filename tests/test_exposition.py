@@ -8,7 +8,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app.exposition import accepts_gzip
-from app.recording import record_cache_hit, set_queue_size
+from app.metrics import record_cache_hit, set_queue_size
 
 
 @pytest.mark.parametrize(

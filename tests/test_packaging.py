@@ -8,8 +8,10 @@ from pathlib import Path
 
 from fastapi.testclient import TestClient
 
-from app.cli import metrics_only_app, parse_args
+from app.cli import parse_args
+from app.routers.metrics import scrape_only_app
 from app.settings import Settings
+from app.telemetry import Telemetry
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -28,7 +30,8 @@ def test_flags_override_settings() -> None:
 
 
 def test_internal_port_app_serves_metrics_and_nothing_public() -> None:
-    client = TestClient(metrics_only_app(Settings(access_log=False)))
+    settings = Settings(access_log=False)
+    client = TestClient(scrape_only_app(settings, Telemetry(settings).metrics))
     assert client.get("/metrics").status_code == 200
     assert client.get("/prometheus/metrics/models").status_code == 200
     assert client.get("/docs").status_code == 404

@@ -75,8 +75,7 @@ def test_enum_only_families_are_never_folded() -> None:
 
 
 def test_http_families_obey_the_series_cap() -> None:
-    stats = HttpStats()
-    stats.set_series_cap(160)  # 160 requests_total sets; 160 // 16 = 10 routes of the histogram
+    stats = HttpStats(series_cap=160)  # 160 requests_total sets; 160 // 16 = 10 routes of the histogram
     for route in range(100):
         for status in (200, 404, 500):
             stats.observe("GET", f"/r{route}", status, 0.01)

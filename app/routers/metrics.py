@@ -1,20 +1,26 @@
-"""Prometheus text endpoints: ``/metrics``, ``/prometheus/metrics/all`` and the categories."""
+"""Prometheus text endpoints: ``/metrics``, ``/prometheus/metrics/all`` and the categories.
+
+They expose the metric set of the app serving the request: ``app.state.metric_set`` when
+set (the exporter's reads every worker's files), else its telemetry's (``app.state.telemetry``,
+else the process's default).
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
 from prometheus_client import CollectorRegistry
 
 from app.catalogue import Category
-from app.dependencies import ApiKeyDep
+from app.dependencies import ApiKeyDep, telemetry_of
 from app.exposition import render
-from app.registry import METRICS
+from app.registry import MetricSet
+from app.settings import Settings
 
 router = APIRouter(tags=["metrics"], dependencies=[ApiKeyDep])
 
-_SCRAPE_RESPONSE = {
+_SCRAPE_RESPONSE: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "Prometheus text 0.0.4, or OpenMetrics 1.0 when Accept asks for it.",
         "content": {"text/plain": {}, "application/openmetrics-text": {}},
@@ -37,24 +43,39 @@ NameFilter = Annotated[
 ]
 
 
-def _add_scrape_route(path: str, registry: CollectorRegistry, summary: str, name: str) -> None:
+def _add_scrape_route(path: str, category: Category | None, summary: str, name: str) -> None:
     def scrape_route(
+        request: Request,
         accept: AcceptHeader = None,
         accept_encoding: AcceptEncodingHeader = None,
         names: NameFilter = None,
     ) -> Response:
+        metric_set: MetricSet | None = getattr(request.app.state, "metric_set", None)
+        if metric_set is None:
+            metric_set = telemetry_of(request.app).metrics
+        registry = metric_set.all_registry if category is None else metric_set.category_registries[category]
         return scrape(registry, accept, accept_encoding, names)
 
     router.add_api_route(path, scrape_route, methods=["GET"], response_class=Response,
                          responses=_SCRAPE_RESPONSE, summary=summary, name=name)
 
 
-_add_scrape_route("/metrics", METRICS.all_registry, "Every metric family", "metrics")
-_add_scrape_route("/prometheus/metrics/all", METRICS.all_registry, "Every metric family", "all_metrics")
+_add_scrape_route("/metrics", None, "Every metric family", "metrics")
+_add_scrape_route("/prometheus/metrics/all", None, "Every metric family", "all_metrics")
 for _category in Category:
     _add_scrape_route(
         f"/prometheus/metrics/{_category.value}",
-        METRICS.category_registries[_category],
+        _category,
         f"The {_category.value} families only",
         f"{_category.value}_metrics",
     )
+
+
+def scrape_only_app(settings: Settings, metric_set: MetricSet) -> FastAPI:
+    """An app serving ``/metrics`` and the category endpoints of ``metric_set``, nothing
+    else: the internal metrics port, and the exporter of several workers."""
+    internal = FastAPI(title="gateway-metrics (internal)", openapi_url=None, docs_url=None)
+    internal.state.settings = settings
+    internal.state.metric_set = metric_set
+    internal.include_router(router)
+    return internal

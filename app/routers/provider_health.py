@@ -9,8 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import ApiKeyDep
-from app.scoring import get_tracker
+from app.dependencies import ApiKeyDep, TelemetryDep
 from app.summary.models import SummaryError
 from app.summary.service import SummaryService
 
@@ -44,12 +43,13 @@ class HealthReport(BaseModel):
 @router.get("/health", response_model=HealthReport, summary="Provider health scores and failover order")
 async def provider_health(
     request: Request,
+    telemetry: TelemetryDep,
     source: Annotated[
         Literal["local", "fleet"],
         Query(description="local: this replica's tracker; fleet: computed from PromQL over all replicas."),
     ] = "local",
 ) -> HealthReport:
-    tracker = get_tracker()
+    tracker = telemetry.tracker
     now = datetime.now(UTC)
     if source == "local":
         snapshot = tracker.snapshot()

@@ -9,9 +9,9 @@ from starlette.concurrency import run_in_threadpool
 
 from app.catalogue import Category
 from app.dependencies import ApiKeyDep
-from app.summary.snapshots import MAX_WINDOW_S
 from app.summary.models import Summary
 from app.summary.service import SummaryService
+from app.summary.snapshots import MAX_WINDOW_S
 
 router = APIRouter(prefix="/prometheus/metrics", tags=["summary"], dependencies=[ApiKeyDep])
 

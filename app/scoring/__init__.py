@@ -14,14 +14,12 @@
 
 from __future__ import annotations
 
-import threading
-
 from app.scoring.breaker import Circuit, Permit
 from app.scoring.config import HealthConfig
 from app.scoring.outcome import Outcome, classify, parse_duration, retry_hint
 from app.scoring.probes import ProbeRunner
 from app.scoring.score import apdex, apdex_zone, health_score
-from app.scoring.tracker import Choice, HealthTracker, ProviderHealth, State, add_transition_listener
+from app.scoring.tracker import Choice, HealthTracker, ProviderHealth, State
 
 __all__ = [
     "Choice",
@@ -30,7 +28,6 @@ __all__ = [
     "HealthTracker",
     "Outcome",
     "Permit",
-    "add_transition_listener",
     "ProbeRunner",
     "ProviderHealth",
     "State",
@@ -41,24 +38,12 @@ __all__ = [
     "health_score",
     "parse_duration",
     "retry_hint",
-    "set_tracker",
 ]
-
-_tracker: HealthTracker | None = None
-_lock = threading.Lock()
 
 
 def get_tracker() -> HealthTracker:
-    """The process's tracker, the one the recording helpers feed."""
-    global _tracker
-    if _tracker is None:
-        with _lock:
-            if _tracker is None:
-                _tracker = HealthTracker()
-    return _tracker
+    """The tracker of the process's default telemetry, the one ``app.metrics`` feeds
+    (an app with a ``Telemetry`` of its own reads ``telemetry.tracker``)."""
+    from app.telemetry import default  # app.telemetry builds on this package
 
-
-def set_tracker(tracker: HealthTracker) -> None:
-    """Replace the process's tracker (the app factory, tests, benchmarks)."""
-    global _tracker
-    _tracker = tracker
+    return default().tracker

@@ -17,9 +17,6 @@ from dataclasses import dataclass
 
 from app.catalogue import Category
 from app.scoring.outcome import ERRORS, SCORED, Outcome, classify
-from app.summary.promql import CALLER_FAULT_STATUSES, ERROR_STATUSES, SCORED_STATUSES, THROTTLED_STATUSES
-from app.summary.quantiles import Result, many_quantiles_by, observations_by, quantiles_by
-from app.recording import TOP_KEYS_BY_CREDITS, TOP_KEYS_BY_REQUESTS, TOP_USERS_BY_CREDITS
 from app.summary.models import (
     BusinessSummary,
     ModelsSummary,
@@ -31,7 +28,9 @@ from app.summary.models import (
     SystemSummary,
     TopEntry,
 )
-from app.topn import SpaceSaving
+from app.summary.promql import CALLER_FAULT_STATUSES, ERROR_STATUSES, SCORED_STATUSES, THROTTLED_STATUSES
+from app.summary.quantiles import Result, many_quantiles_by, observations_by, quantiles_by
+from app.topn import SpaceSaving, TopLists
 
 Results = Mapping[str, Result]
 Group = Callable[[tuple[str, ...]], tuple[str, ...]]
@@ -119,10 +118,16 @@ class Outcomes:
         return ratio(self.caller_faults.get(key, 0.0), self.calls.get(key))
 
 
-@functools.lru_cache(maxsize=1024)
 def _http_outcome(code: str) -> Outcome | None:
-    """The outcome class of one of the gateway's own HTTP responses (``status_code`` label)."""
-    return classify(int(code), None, None) if code.isdigit() else None
+    """The outcome class of one of the gateway's own HTTP responses (``status_code`` label).
+    A status code is three digits (RFC 9110): any other label a backend sends has none and
+    is never a cache key, so the cache's 1,024 keys stay a few characters each."""
+    return _status_outcome(code) if len(code) == 3 and code.isdecimal() else None
+
+
+@functools.lru_cache(maxsize=1024)
+def _status_outcome(code: str) -> Outcome:
+    return classify(int(code), None, None)
 
 
 def _percentiles(buckets: Result, group: Group) -> dict[str, Result]:
@@ -212,7 +217,7 @@ def _top(table: SpaceSaving, n: int) -> list[TopEntry]:
     return [TopEntry(key=hit.key, value=round(hit.value, 6), error=round(hit.error, 6)) for hit in table.top(n)]
 
 
-def build_business(results: Results, top_n: int) -> BusinessSummary:
+def build_business(results: Results, top_n: int, top_lists: TopLists) -> BusinessSummary:
     subscriptions = {
         f"{plan}/{cycle}": value for (plan, cycle), value in sorted(results.get("subscriptions", {}).items())
     }
@@ -227,9 +232,9 @@ def build_business(results: Results, top_n: int) -> BusinessSummary:
         credits_per_second=_one(results, "credits_per_second"),
         cost_by_provider=cost,
         subscriptions_by_plan=subscriptions,
-        top_users_by_credits=_top(TOP_USERS_BY_CREDITS, top_n),
-        top_api_keys_by_credits=_top(TOP_KEYS_BY_CREDITS, top_n),
-        top_api_keys_by_requests=_top(TOP_KEYS_BY_REQUESTS, top_n),
+        top_users_by_credits=_top(top_lists.users_by_credits, top_n),
+        top_api_keys_by_credits=_top(top_lists.keys_by_credits, top_n),
+        top_api_keys_by_requests=_top(top_lists.keys_by_requests, top_n),
     )
 
 
@@ -285,6 +290,7 @@ def build_metrics(
     results: Results,
     health: Mapping[str, HealthFigures],
     top_n: int,
+    top_lists: TopLists,
 ) -> SummaryMetrics:
     metrics = SummaryMetrics()
     if Category.PROVIDERS in categories:
@@ -292,7 +298,7 @@ def build_metrics(
     if Category.MODELS in categories:
         metrics.models = build_models(results)
     if Category.BUSINESS in categories:
-        metrics.business = build_business(results, top_n)
+        metrics.business = build_business(results, top_n, top_lists)
     if Category.PERFORMANCE in categories:
         metrics.performance = build_performance(results)
     if Category.SYSTEM in categories:

@@ -49,9 +49,9 @@ def fleet_health(results: Mapping[str, Result], config: HealthConfig) -> dict[st
                                               state="unavailable" if is_open else "unknown",
                                               circuit=state_name)
             continue
-        zone = zones.get(provider, {})
-        apdex_total = sum(zone.values())
-        latency = (zone.get("satisfied", 0.0) + zone.get("tolerating", 0.0) / 2) / apdex_total if apdex_total else 1.0
+        apdex = zones.get(provider, {})
+        apdex_total = sum(apdex.values())
+        latency = (apdex.get("satisfied", 0.0) + apdex.get("tolerating", 0.0) / 2) / apdex_total if apdex_total else 1.0
         availability = 0.0 if is_open else (scored - unreached) / scored
         score = health_score(availability, failed / scored, latency, config.weights)
         if is_open or score < config.degraded_score:

@@ -12,6 +12,8 @@ from typing import Literal
 from pydantic import BaseModel, Field
 
 Ms = float | None
+#: Where a summary's figures come from.
+SummarySource = Literal["prometheus", "local"]
 
 #: One meaning of "error rate" everywhere (app.scoring.outcome): the health score's, /health's
 #: and provider_error_rate's.
@@ -62,7 +64,9 @@ class ProvidersSummary(BaseModel):
     degraded_providers: int
     unavailable_providers: int
     unknown_providers: int = Field(0, description="Providers with no calls in the window yet.")
-    avg_error_rate: float | None = Field(description="The error rate of all providers' calls together (traffic-weighted).")
+    avg_error_rate: float | None = Field(
+        description="The error rate of all providers' calls together (traffic-weighted)."
+    )
     avg_response_time_ms: Ms
     providers: list[ProviderSummary]
 
@@ -151,7 +155,7 @@ class SummaryMetrics(BaseModel):
 
 class Summary(BaseModel):
     timestamp: datetime
-    source: Literal["prometheus", "local"]
+    source: SummarySource
     window_seconds: int
     stale: bool = Field(description="True when a cached value is served after a backend error.")
     errors: list[SummaryError]

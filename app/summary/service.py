@@ -15,21 +15,30 @@ from datetime import UTC, datetime
 
 from cachetools import TTLCache
 
-from app.summary.backend import BackendError, PrometheusBackend
 from app.catalogue import Category
-from app.summary.fleet_health import FLEET_HEALTH_QUERIES, fleet_health
-from app.summary.promql import Matcher, Query, packed_promql, packs_for, queries_for, unpack
-from app.scoring import get_tracker
+from app.scoring import HealthTracker
 from app.settings import Settings
-from app.summary.snapshots import Result, Snapshots
+from app.summary.backend import BackendError, PrometheusBackend
+from app.summary.caches import bounded, keep
 from app.summary.figures import HealthFigures, build_metrics
-from app.summary.models import BackendReadiness, Summary, SummaryError
-
+from app.summary.fleet_health import FLEET_HEALTH_QUERIES, fleet_health
+from app.summary.models import BackendReadiness, Summary, SummaryError, SummarySource
+from app.summary.promql import Matcher, Query, packed_promql, packs_for, queries_for, unpack
+from app.summary.quantiles import Result
+from app.summary.snapshots import Snapshots
+from app.topn import TopLists
 
 FLEET_PACK = "fleet_health"
+#: Answers kept at most, and their serialized bytes at most. A dashboard polls a few views
+#: (categories x windows); a summary of all categories for 1,000 models is about 330 kB of
+#: JSON, so 16 MiB keeps some 50 of the biggest answers, ample for those views, while
+#: callers asking for hundreds of distinct windows cannot grow the process by more
+#: (benchmarks/summary_memory.py).
+ANSWER_CACHE_ENTRIES = 256
+ANSWER_CACHE_BYTES = 16 * 2**20
 
 
-def local_health() -> dict[str, HealthFigures]:
+def local_health(tracker: HealthTracker) -> dict[str, HealthFigures]:
     """The providers' health from this process's tracker."""
     return {
         health.provider: HealthFigures(
@@ -38,7 +47,7 @@ def local_health() -> dict[str, HealthFigures]:
             circuit=str(health.circuit),
             availability=health.availability,
         )
-        for health in get_tracker().snapshot()
+        for health in tracker.snapshot()
     }
 
 
@@ -75,19 +84,33 @@ def summary_errors(errors: list[BackendError]) -> list[SummaryError]:
 
 
 class SummaryService:
+    """The summaries and fleet health of one app: from its backend, or from its own
+    snapshots, tracker and top-N tables."""
+
     def __init__(
-        self, settings: Settings, snapshots: Snapshots, backend: PrometheusBackend | None = None
+        self,
+        settings: Settings,
+        snapshots: Snapshots,
+        backend: PrometheusBackend | None = None,
+        *,
+        tracker: HealthTracker,
+        top_lists: TopLists,
+        answer_cache_bytes: int = ANSWER_CACHE_BYTES,
     ) -> None:
         self.settings = settings
         self.snapshots = snapshots
         self.backend = backend
+        self.tracker = tracker
+        self.top_lists = top_lists
         self.extra_matchers: tuple[Matcher, ...] = (
             (Matcher("job", "=", settings.prometheus_job),) if settings.prometheus_job else ()
         )
         # Whole answers, for as long as the query results they were built from: a
         # dashboard polling every few seconds costs one JSON copy, not 30 queries.
         self._answers: TTLCache[tuple[object, ...], bytes] | None = (
-            TTLCache(maxsize=256, ttl=settings.query_cache_seconds) if settings.query_cache_seconds > 0 else None
+            bounded(TTLCache, max_entries=ANSWER_CACHE_ENTRIES, max_bytes=answer_cache_bytes, nbytes=len,
+                    ttl=settings.query_cache_seconds)
+            if settings.query_cache_seconds > 0 else None
         )
         self._answers_lock = threading.Lock()
 
@@ -100,7 +123,8 @@ class SummaryService:
             return self._answers.get((tuple(categories), window_s, local))
 
     def summary_json(self, categories: list[Category], window_s: int | None = None, local: bool = False) -> bytes:
-        """The summary as JSON bytes, reused for ``query_cache_seconds``."""
+        """The summary as JSON bytes, reused for ``query_cache_seconds`` (unless it alone
+        is bigger than the answer cache's budget)."""
         cached = self.cached_json(categories, window_s, local)
         if cached is not None:
             return cached
@@ -108,7 +132,7 @@ class SummaryService:
         answer = self.summary(categories, window_s, local).model_dump_json().encode()
         if self._answers is not None:
             with self._answers_lock:
-                self._answers[key] = answer
+                keep(self._answers, key, answer)
         return answer
 
     def summary(self, categories: list[Category], window_s: int | None = None, local: bool = False) -> Summary:
@@ -116,8 +140,8 @@ class SummaryService:
         window = int(window_s or self.settings.summary_window_seconds)
         queries = queries_for(categories)
         if self.backend is None or local:
-            results = self.snapshots.evaluate(queries, window)
-            return self._summary("local", window, categories, results, local_health(), False, [])
+            local_results = self.snapshots.evaluate(queries, window)
+            return self._summary("local", window, categories, local_results, local_health(self.tracker), False, [])
 
         packs = packs_for(categories)
         texts = {name: packed_promql(pack, window, self.extra_matchers) for name, pack in packs.items()}
@@ -135,27 +159,28 @@ class SummaryService:
         if missing:
             results.update(self.snapshots.evaluate(missing, window))
             errors.append(_fallback_error(missing, queries))
-        source = "local" if len(missing) == len(queries) else "prometheus"
+        source: SummarySource = "local" if len(missing) == len(queries) else "prometheus"
         fleet = FLEET_PACK in batch.results
-        health = fleet_health(results, get_tracker().config) if fleet else local_health()
+        health = fleet_health(results, self.tracker.config) if fleet else local_health(self.tracker)
         return self._summary(source, window, categories, results, health, batch.stale, errors)
 
     def _health_window(self) -> int:
-        return max(10, int(get_tracker().config.window_s))
+        return max(10, int(self.tracker.config.window_s))
 
     def fleet_health(self) -> tuple[dict[str, HealthFigures], list[SummaryError], bool]:
         """The providers' health computed from PromQL over every replica (fleet mode)."""
         if self.backend is None:
             return {}, [SummaryError(kind="not_configured", message="no Prometheus backend is configured")], False
         queries = list(FLEET_HEALTH_QUERIES)
-        batch = self.backend.query_many({FLEET_PACK: packed_promql(queries, self._health_window(), self.extra_matchers)})
+        text = packed_promql(queries, self._health_window(), self.extra_matchers)
+        batch = self.backend.query_many({FLEET_PACK: text})
         answer = batch.results.get(FLEET_PACK)
         results = unpack(answer.samples, queries) if answer is not None else {}
-        return fleet_health(results, get_tracker().config), summary_errors(batch.errors), batch.stale
+        return fleet_health(results, self.tracker.config), summary_errors(batch.errors), batch.stale
 
     def _summary(
         self,
-        source: str,
+        source: SummarySource,
         window: int,
         categories: list[Category],
         results: Mapping[str, Result],
@@ -165,11 +190,11 @@ class SummaryService:
     ) -> Summary:
         return Summary(
             timestamp=datetime.now(UTC),
-            source=source,  # type: ignore[arg-type]
+            source=source,
             window_seconds=window,
             stale=stale,
             errors=errors,
-            metrics=build_metrics(categories, results, health, self.settings.top_n),
+            metrics=build_metrics(categories, results, health, self.settings.top_n, self.top_lists),
         )
 
     def readiness(self) -> BackendReadiness:

@@ -36,12 +36,25 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from itertools import accumulate
-from operator import attrgetter
+from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.registry import Collector
-from prometheus_client.utils import floatToGoString
 
+from app.client_internals import (
+    bucket_bounds,
+    bucket_cells,
+    children,
+    family_name,
+    format_float,
+    has_value_function,
+    label_names,
+    read_cell,
+    read_sum,
+    read_value,
+    reads_directly,
+    registered_collectors,
+)
 from app.summary.fleet_health import FLEET_HEALTH_QUERIES
 from app.summary.promql import SUMMARY_QUERIES, Kind, Matcher, Query
 from app.summary.quantiles import Result
@@ -108,8 +121,8 @@ class Snapshot:
         """(labels, value) of every series of ``name`` (tests, debugging)."""
         column = self.columns.get(name)
         if column is not None:
-            for key, value in zip(column.layout.keys, column.values):
-                yield dict(zip(column.layout.names, key)), value
+            for key, value in zip(column.layout.keys, column.values, strict=True):
+                yield dict(zip(column.layout.names, key, strict=True)), value
 
 
 # --- reading a registry -------------------------------------------------------------------
@@ -134,11 +147,11 @@ class RegistryReader:
     def read(self) -> dict[str, Column]:
         columns: dict[str, Column] = {}
         for collector in self._collectors():
-            if id(collector) not in self._unreadable and type(collector) in _DIRECT:
+            if id(collector) not in self._unreadable and reads_directly(collector):
                 try:
                     self._read_metric(collector, columns)  # type: ignore[arg-type]
                     continue
-                except AttributeError:  # a prometheus_client whose internals moved: collect() instead
+                except AttributeError:  # a gauge with set_function: collect() instead
                     self._unreadable.add(id(collector))
             self._read_collected(collector, columns)
         return columns
@@ -146,9 +159,7 @@ class RegistryReader:
     def _collectors(self) -> list[Collector]:
         # The registry's own map of collectors to the names they expose (what its
         # restricted_registry() reads too), to skip the collectors of unwatched families.
-        registry = self.registry
-        with registry._lock:
-            mapping = dict(registry._collector_to_names)
+        mapping = registered_collectors(self.registry)
         if self.names is None:
             return list(mapping)
         return [collector for collector, names in mapping.items() if not self.names.isdisjoint(names)]
@@ -167,38 +178,36 @@ class RegistryReader:
         return layout
 
     def _read_metric(self, metric: Counter | Gauge | Histogram, columns: dict[str, Column]) -> None:
-        if metric._labelnames:
-            with metric._lock:
-                by_labels = metric._metrics.copy()
-            signature: tuple[tuple[str, ...], ...] = tuple(by_labels)
-            children = list(by_labels.values())
-        else:
-            signature, children = ((),), [metric]
-        labelnames = tuple(metric._labelnames)
+        labelnames = label_names(metric)
         if isinstance(metric, Histogram):
-            self._read_histogram(metric, labelnames, signature, children, columns)
+            histograms = children(metric)
+            self._read_histogram(metric, labelnames, tuple(histograms), list(histograms.values()), columns)
             return
-        name = metric._name + "_total" if isinstance(metric, Counter) else metric._name
+        by_labels = children(metric)
+        signature: tuple[tuple[str, ...], ...] = tuple(by_labels)
+        series = list(by_labels.values())
+        name = family_name(metric) + "_total" if isinstance(metric, Counter) else family_name(metric)
         if not self._wanted(name):
             return
-        if isinstance(metric, Gauge) and any("_child_samples" in vars(child) for child in children):
+        # a gauge's children are gauges (children() returns children of the metric's class)
+        if isinstance(metric, Gauge) and any(map(has_value_function, cast("list[Gauge]", series))):
             raise AttributeError("a gauge with set_function")  # its value is a function's: collect() it
-        values = array("d", map(_VALUE_OF_CHILD, children))
+        values = array("d", map(read_value, series))
         columns[name] = Column(self._layout(name, labelnames, signature, lambda: signature), values)
 
     def _read_histogram(self, metric: Histogram, labelnames: tuple[str, ...], signature: tuple[tuple[str, ...], ...],
-                        children: list[Histogram], columns: dict[str, Column]) -> None:
-        bucket_name, sum_name = metric._name + "_bucket", metric._name + "_sum"
+                        series: list[Histogram], columns: dict[str, Column]) -> None:
+        bucket_name, sum_name = family_name(metric) + "_bucket", family_name(metric) + "_sum"
         if self._wanted(bucket_name):
-            bounds = [floatToGoString(bound) for bound in metric._upper_bounds]
+            bounds = [format_float(bound) for bound in bucket_bounds(metric)]
             values = array("d")
-            for child in children:  # the buckets are stored apart, exposed cumulative
-                values.extend(accumulate(map(_VALUE, child._buckets)))
+            for child in series:  # the buckets are stored apart, exposed cumulative
+                values.extend(accumulate(map(read_cell, bucket_cells(child))))
             layout = self._layout(bucket_name, (*labelnames, "le"), signature,
                                   lambda: ((*labels, le) for labels in signature for le in bounds))
             columns[bucket_name] = Column(layout, values)
         if self._wanted(sum_name):
-            values = array("d", map(_SUM_OF_CHILD, children))
+            values = array("d", map(read_sum, series))
             columns[sum_name] = Column(self._layout(sum_name, labelnames, signature, lambda: signature), values)
 
     def _read_collected(self, collector: Collector, columns: dict[str, Column]) -> None:
@@ -210,18 +219,12 @@ class RegistryReader:
         for name, samples in series.items():
             names = tuple(sorted({label for labels, _value in samples for label in labels}))
             keys = tuple(tuple(labels.get(label, "") for label in names) for labels, _value in samples)
-            layout = self._layout(name, names, keys, lambda keys=keys: keys)
+            layout = self._layout(name, names, keys, keys.__iter__)  # keys known already
             columns[name] = Column(layout, array("d", [value for _labels, value in samples]))
 
 
-_DIRECT = (Counter, Gauge, Histogram)
-# The value a child's get() returns, read without its lock and in C loops (map,
-# accumulate): reading one float is atomic, and a snapshot is not atomic across series
-# anyway, as collect() is not. Both of prometheus_client's value classes (in-process and
-# multiprocess) keep the current value in ``_value``.
-_VALUE = attrgetter("_value")
-_VALUE_OF_CHILD = attrgetter("_value._value")
-_SUM_OF_CHILD = attrgetter("_sum._value")
+# The values are read through app.client_internals' readers (attrgetters) in C loops (map,
+# accumulate), without the children's locks, as that module explains.
 
 
 # --- the history ---------------------------------------------------------------------------
@@ -360,7 +363,7 @@ def _plan(layout: Layout, query: Query) -> Plan:
 
 
 def _matches(names: tuple[str, ...], key: tuple[str, ...], matchers: tuple[Matcher, ...]) -> bool:
-    values = dict(zip(names, key))
+    values = dict(zip(names, key, strict=True))
     for matcher in matchers:
         value = values.get(matcher.label, "")
         if matcher.op == "=":
@@ -377,7 +380,7 @@ def _matches(names: tuple[str, ...], key: tuple[str, ...], matchers: tuple[Match
 
 
 def _group(names: tuple[str, ...], key: tuple[str, ...], by: tuple[str, ...]) -> tuple[str, ...]:
-    values = dict(zip(names, key))
+    values = dict(zip(names, key, strict=True))
     return tuple(values.get(name, "") for name in by)
 
 

@@ -74,7 +74,8 @@ def _good_panel() -> dict[str, Any]:
 
 @pytest.mark.parametrize(("rule", "breakage"), [
     ("template-datasource", lambda board, panel: board["templating"]["list"].pop(0)),
-    ("panel-datasource", lambda board, panel: panel.update(datasource={"type": "prometheus", "uid": "P1809F7CD0C75ACF3"})),
+    ("panel-datasource",
+     lambda board, panel: panel.update(datasource={"type": "prometheus", "uid": "P1809F7CD0C75ACF3"})),
     ("panel-title-description", lambda board, panel: panel.pop("description")),
     ("panel-units", lambda board, panel: panel["fieldConfig"]["defaults"].pop("unit")),
     ("panel-no-targets", lambda board, panel: panel.update(targets=[])),

@@ -109,7 +109,8 @@ def _duration_minutes(text: str) -> float:
 def test_provider_failure_ratio_uses_the_health_scores_statuses() -> None:
     """The rule's status lists are the ones the summaries and the fleet formula use
     (app.summary.promql, from app.scoring's outcome classes)."""
-    expr = next(rule["expr"] for rule in records() if rule["record"] == "job_provider:model_inference_failures:ratio_rate5m")
+    expr = next(rule["expr"] for rule in records()
+                if rule["record"] == "job_provider:model_inference_failures:ratio_rate5m")
     failed = re.search(r'status=~"([^"]+)"', expr).group(1)
     not_scored = re.search(r'status!~"([^"]+)"', expr).group(1)
     assert set(failed.split("|")) == set(ERROR_STATUSES)

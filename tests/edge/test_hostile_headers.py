@@ -238,7 +238,8 @@ def test_hostile_headers_through_the_console_script(tmp_path: Path) -> None:
                 assert b'www-authenticate: bearer realm="gateway-metrics"' in response.lower()
             assert not any(fragment.encode() in response for fragment in _key_fragments(KEY))
         # Header values with CR/LF cannot be sent (they end the header); the others can.
-        sent_ids = [value for value in HOSTILE_IDS if b"\n" not in value and b"\r" not in value and b"\x00" not in value]
+        sent_ids = [value for value in HOSTILE_IDS
+                    if b"\n" not in value and b"\r" not in value and b"\x00" not in value]
         for request_id in sent_ids:
             head = _raw_get(service.address, "/health", b"X-Request-ID: " + request_id).partition(b"\r\n\r\n")[0]
             assert head.startswith(b"HTTP/1.1 200 "), (request_id[:24], head)

@@ -14,9 +14,12 @@ from schemathesis.specs.openapi.checks import content_type_conformance, response
 
 from app.main import create_app
 from app.settings import Settings
+from app.telemetry import Telemetry
 
-# No backend: the summaries answer from the local registry, so no network is needed.
-schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(Settings(prometheus_url=None, access_log=False)))
+# No backend: the summaries answer from the local registry, so no network is needed. A
+# telemetry of its own: built at import, it leaves the process's default alone.
+_settings = Settings(prometheus_url=None, access_log=False)
+schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(_settings, Telemetry(_settings)))
 
 CHECKS = (not_a_server_error, response_schema_conformance, content_type_conformance)
 

@@ -9,9 +9,9 @@ import httpx
 import pytest
 
 from app.catalogue import Category
-from app.main import local_snapshots
 from app.settings import Settings
 from app.summary.service import SummaryService, backend_from_settings
+from app.telemetry import Telemetry
 from tests.support.instance import PROVIDERS, expected_calls
 from tests.support.servers import (
     MetricsServer,
@@ -26,7 +26,9 @@ JOB = "gateway-metrics"
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MetricsServer, MetricsServer, list[ServiceProcess]]]:
+def fleet(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[MetricsServer, MetricsServer, list[ServiceProcess]]]:
     tmp = tmp_path_factory.mktemp("fleet")
     prometheus = start_prometheus(tmp, targets=[], job=JOB)
     victoria = start_victoriametrics(tmp, targets=[], job=JOB)
@@ -98,7 +100,9 @@ def test_local_source_is_the_instance_alone(fleet: tuple) -> None:
 def test_victoriametrics_backend_gives_the_same_totals(fleet: tuple) -> None:
     _, victoria, _ = fleet
     settings = Settings(prometheus_url=victoria.url, prometheus_job=JOB, access_log=False)
-    service = SummaryService(settings, local_snapshots(1.0), backend_from_settings(settings))
+    telemetry = Telemetry(settings)
+    service = SummaryService(settings, telemetry.snapshots, backend_from_settings(settings),
+                             tracker=telemetry.tracker, top_lists=telemetry.top_lists)
     try:
         summary = service.summary([Category.MODELS, Category.BUSINESS])
     finally:

@@ -11,22 +11,21 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import metrics
 from app.main import create_app
-from app.scoring import HealthConfig, HealthTracker, get_tracker, set_tracker
+from app.scoring import HealthConfig, HealthTracker
 from app.settings import Settings
+from app.telemetry import Telemetry
 from tests.support.servers import AppServer, MetricsServer, serve_app, start_prometheus
 
-#: Unique to this module: the process registry is shared with other tests.
 MIXED = "fleet-mixed"  # 4 x 200, 5 x 429, 1 x 400 per batch: no errors at all
 BROKEN = "fleet-broken"  # 500s in a row: its circuit opens
 BATCHES = 2
 WINDOW_S = 60
 
 
-def record_mixed_batch() -> None:
+def record_mixed_batch(telemetry: Telemetry) -> None:
     for status in (200,) * 4 + (429,) * 5 + (400,):
-        metrics.record_upstream_call(MIXED, "m1", duration_s=0.2, status_code=status)
+        telemetry.record_upstream_call(MIXED, "m1", duration_s=0.2, status_code=status)
 
 
 @pytest.fixture(scope="module")
@@ -34,31 +33,28 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MetricsSe
     tmp = tmp_path_factory.mktemp("fleet-figures")
     with start_prometheus(tmp, targets=[]) as prometheus:
         settings = Settings(prometheus_url=prometheus.url, query_cache_seconds=0, access_log=False)
-        with serve_app(lambda: create_app(settings)) as app:
+        # The broken provider's circuit must stay open while Prometheus scrapes it (by
+        # default it goes half-open after 5 s): the app's own tracker, with a long cooldown.
+        tracker = HealthTracker(HealthConfig(open_cooldown_s=600.0, max_cooldown_s=600.0))
+        telemetry = Telemetry(settings, tracker=tracker)
+        with serve_app(lambda: create_app(settings, telemetry)) as app:
             prometheus.set_targets([
                 {"job": job, "targets": [app.address], "metrics_path": path}
                 for job, path in (("gateway-metrics", "/metrics"),
                                   ("gateway-providers", "/prometheus/metrics/providers"),
                                   ("gateway-models", "/prometheus/metrics/models"))
             ])
-            # The broken provider's circuit must stay open while Prometheus scrapes it (by
-            # default it goes half-open after 5 s); set after create_app, which sets its own.
-            previous = get_tracker()
-            set_tracker(HealthTracker(HealthConfig(open_cooldown_s=600.0, max_cooldown_s=600.0)))
             for _ in range(10):
-                metrics.record_upstream_call(BROKEN, "m1", duration_s=0.2, status_code=500)
+                telemetry.record_upstream_call(BROKEN, "m1", duration_s=0.2, status_code=500)
             # rate() needs a series seen before its increase: a batch, a scrape, a batch, a scrape.
             for batch in range(1, BATCHES + 1):
-                record_mixed_batch()
+                record_mixed_batch(telemetry)
                 prometheus.wait_until(
                     f'count(model_inference_requests_total{{provider="{MIXED}",status="success"}} == {4 * batch}) == 2'
                     f' and on () count(gatewayz_provider_circuit_state{{provider="{BROKEN}"}} == 1) == 2',
                     timeout=30,
                 )
-            try:
-                yield prometheus, app
-            finally:
-                set_tracker(previous)
+            yield prometheus, app
 
 
 def get(app: AppServer, path: str, **params: object) -> dict:

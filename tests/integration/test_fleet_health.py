@@ -58,7 +58,8 @@ def test_fleet_score_matches_the_local_formula(steady_fleet: tuple) -> None:
 def test_every_replica_gets_the_same_fleet_order(steady_fleet: tuple) -> None:
     _, instances = steady_fleet
     orders = [
-        httpx.get(f"{i.url}/prometheus/metrics/health", params={"source": "fleet"}, trust_env=False).json()["failover_order"]
+        httpx.get(f"{i.url}/prometheus/metrics/health", params={"source": "fleet"},
+                  trust_env=False).json()["failover_order"]
         for i in instances
     ]
     assert orders[0] == orders[1] == ["alpha", "beta"]

@@ -13,8 +13,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import poll
-from tests.support.workers import (STALE_FILE, Workers, check_totals_survive_a_killed_worker,
-                                   health_requests, samples)
+from tests.support.workers import STALE_FILE, Workers, check_totals_survive_a_killed_worker, health_requests, samples
 
 
 def console_script(port: int, metrics_port: int) -> tuple[list[str], dict[str, str]]:

@@ -22,10 +22,10 @@ import httpx
 import pytest
 from playwright import sync_api
 
-from app import metrics
 from app.main import create_app
-from app.scoring import HealthTracker, get_tracker, set_tracker
+from app.scoring import HealthTracker
 from app.settings import Settings
+from app.telemetry import Telemetry
 from tests.support.servers import AppServer, MetricsServer, poll, serve_app, start_prometheus
 
 CHROMIUM = "/usr/bin/chromium"
@@ -54,31 +54,29 @@ def browser() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppServer, MetricsServer]]:
-    """The demo service with a fresh health tracker, its summaries from a real Prometheus."""
-    previous = get_tracker()
-    set_tracker(HealthTracker())
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[AppServer, MetricsServer, Telemetry]]:
+    """The demo service with a telemetry (and health tracker) of its own, its summaries
+    from a real Prometheus."""
     prometheus = start_prometheus(tmp_path_factory.mktemp("status-page"), targets=[], job=JOB)
     settings = Settings(demo=True, prometheus_url=prometheus.url, prometheus_job=JOB,
                         query_cache_seconds=0, query_deadline_seconds=1.0, access_log=False)
+    telemetry = Telemetry(settings)
     try:
-        with serve_app(create_app(settings)) as app:
+        with serve_app(create_app(settings, telemetry)) as app:
             prometheus.set_targets([app.address])
             for _ in range(20):
-                metrics.record_upstream_call(*BATCH, duration_s=0.4)
-                metrics.record_upstream_call("openrouter", HOSTILE_MODEL, duration_s=0.3)
+                telemetry.record_upstream_call(*BATCH, duration_s=0.4)
+                telemetry.record_upstream_call("openrouter", HOSTILE_MODEL, duration_s=0.3)
             # Rates need two scrapes with traffic between them.
             prometheus.wait_until(f'sum(rate(model_inference_requests_total{{job="{JOB}"}}[1m])) > 0', timeout=30)
-            yield app, prometheus
+            yield app, prometheus, telemetry
     finally:
         prometheus.close()
-        set_tracker(previous)
 
 
-def force_open(provider: str) -> None:
+def force_open(tracker: HealthTracker, provider: str) -> None:
     """Five timeouts in a row open a circuit (HealthConfig.consecutive_failures); it stays
     open for the 30 s cooldown, longer than this module needs it."""
-    tracker = get_tracker()
     for _ in range(tracker.config.consecutive_failures):
         tracker.record(provider, duration_s=30.0, error="timeout")
 
@@ -106,13 +104,13 @@ class LoadedPage:
 
 
 @pytest.fixture(scope="module")
-def status(browser: Any, demo: tuple[AppServer, MetricsServer]) -> Iterator[LoadedPage]:
-    app, prometheus = demo
+def status(browser: Any, demo: tuple[AppServer, MetricsServer, Telemetry]) -> Iterator[LoadedPage]:
+    app, _, telemetry = demo
     # The summary must come from Prometheus before the page loads, so the stale test below
     # has a good answer to fall back on.
     poll(lambda: httpx.get(f"{app.url}/prometheus/metrics/summary", trust_env=False, timeout=10).json()["source"]
          == "prometheus", 20, "a summary from Prometheus")
-    force_open(FORCED)
+    force_open(telemetry.tracker, FORCED)
     context = browser.new_context(viewport={"width": 1360, "height": 900}, color_scheme="dark")
     loaded = LoadedPage(context.new_page())
     loaded.refresh(lambda: loaded.page.goto(app.url + STATUS + QUIET), navigation=True)
@@ -268,8 +266,9 @@ def test_interval_is_adjustable_and_polling_pauses_when_hidden(status: LoadedPag
     page.select_option("#interval", "60")
 
 
-def test_phone_width_needs_no_sideways_scrolling(browser: Any, demo: tuple[AppServer, MetricsServer]) -> None:
-    app, _ = demo
+def test_phone_width_needs_no_sideways_scrolling(browser: Any,
+                                                 demo: tuple[AppServer, MetricsServer, Telemetry]) -> None:
+    app, _, _ = demo
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True)
     loaded = LoadedPage(context.new_page())
     try:
@@ -315,9 +314,10 @@ def test_token_is_asked_once_kept_in_the_session_and_never_put_in_a_url(browser:
             context.close()
 
 
-def test_stale_summary_shows_the_backend_down_notice(status: LoadedPage, demo: tuple[AppServer, MetricsServer],
+def test_stale_summary_shows_the_backend_down_notice(status: LoadedPage,
+                                                     demo: tuple[AppServer, MetricsServer, Telemetry],
                                                      tmp_path: Path) -> None:
-    _, prometheus = demo
+    _, prometheus, _ = demo
     assert status.page.locator("#notices .notice").count() == 0
     prometheus.stop()
     status.refresh(lambda: status.page.locator("#refresh").click())

@@ -145,7 +145,8 @@ HOSTILE = {
     "deep_nesting": b'{"status": "success", "data": {"resultType": "vector", "result": '
                     + b"[" * 100_000 + b"]" * 100_000 + b"}}",
     "deep_nesting_not_an_object": b"[" * 100_000 + b"]" * 100_000,
-    "400_digit_value": envelope(result=[{"metric": {}, "value": [0, 0]}]).replace(b"[0, 0]", b"[0, " + b"9" * 400 + b"]"),
+    "400_digit_value": envelope(result=[{"metric": {}, "value": [0, 0]}]).replace(
+        b"[0, 0]", b"[0, " + b"9" * 400 + b"]"),
     "400_digit_string": envelope(result=[_series("9" * 400)]),
     "inf_string": envelope(result=[_series("Inf")]),
     "minus_inf_string": envelope(result=[_series("-Inf", le="+Inf")]),

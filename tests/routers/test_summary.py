@@ -7,10 +7,10 @@ from fastapi.testclient import TestClient
 
 from app import metrics
 from app.catalogue import Category
-from app.registry import METRICS
 from app.settings import Settings
-from app.summary.snapshots import Snapshots
 from app.summary.service import SummaryService
+from app.summary.snapshots import Snapshots
+from app.telemetry import Telemetry
 from app.topn import key_fingerprint
 
 
@@ -23,9 +23,13 @@ class Clock:
 
 
 @pytest.fixture
-def service() -> tuple[SummaryService, Clock]:
+def service(telemetry: Telemetry) -> tuple[SummaryService, Clock]:
+    # ``telemetry`` is the default one: the helpers of app.metrics record into it.
     clock = Clock()
-    return SummaryService(Settings(), Snapshots(METRICS.all_registry, clock=clock)), clock
+    snapshots = Snapshots(telemetry.metrics.all_registry, clock=clock)
+    summary_service = SummaryService(Settings(), snapshots, tracker=telemetry.tracker,
+                                     top_lists=telemetry.top_lists)
+    return summary_service, clock
 
 
 def test_unknown_category_is_422_naming_the_allowed_ones(client: TestClient) -> None:
@@ -107,11 +111,13 @@ def test_error_rates_follow_the_outcome_taxonomy(service: tuple[SummaryService, 
 
 
 def test_business_top_lists_are_bounded_and_keys_fingerprinted(client: TestClient) -> None:
-    for n in range(50):  # above what any other test records: the top-N lists live in the process
-        metrics.record_credits_used("p", "m", f"whale-{n}", 1e18 * (n + 1), api_key=f"sk-live-{n}")
+    for n in range(50):  # the client's telemetry is the default one: the helpers record into it
+        metrics.record_credits_used("p", "m", f"whale-{n}", 10.0 * (n + 1), api_key=f"sk-live-{n}")
     business = client.get("/prometheus/metrics/summary", params={"category": "business"}).json()["metrics"]["business"]
     assert len(business["top_users_by_credits"]) == Settings().top_n
     assert business["top_users_by_credits"][0]["key"] == "whale-49"
+    assert [hit["key"] for hit in business["top_users_by_credits"]] == [
+        f"whale-{n}" for n in range(49, 49 - Settings().top_n, -1)]
     assert business["top_api_keys_by_credits"][0]["key"] == key_fingerprint("sk-live-49")
     assert "sk-live" not in str(business)
 

@@ -7,7 +7,7 @@ started on that data directory serves at once. Deterministic for a given seed.
 
     python -m tests.support.backfill --out /tmp/gw.om --seconds 3600 --step 10
 
-Run it in a process of its own: it drives the process-wide registry and tracker.
+Run it in a process of its own: it installs its telemetry as the process's default.
 """
 
 from __future__ import annotations
@@ -37,26 +37,26 @@ def _labels(labels: dict[str, str]) -> str:
 
 def simulate(seconds: int, step: int, rate: float, seed: int) -> Iterator[tuple[float, list]]:
     """(simulated offset, registry families) every ``step`` seconds of demo traffic."""
-    from app import scoring
-    from app.collectors import register_collectors
+    from app import telemetry as telemetry_module
     from app.demo import DemoTraffic
-    from app.http_stats import HTTP_STATS
-    from app.registry import METRICS
+    from app.scoring import HealthTracker
     from app.settings import Settings
+    from app.telemetry import Telemetry, health_config
 
     clock = [0.0]
-    scoring.set_tracker(scoring.HealthTracker(clock=lambda: clock[0]))
-    register_collectors()
     # A small label cap, so the demo's random-model client reaches it within the hour.
-    METRICS.set_label_cap(LABEL_CAP)
-    HTTP_STATS.set_label_cap(LABEL_CAP)
-    traffic = DemoTraffic(Settings(demo_rate=rate), clock=lambda: clock[0], rng=random.Random(seed))
+    settings = Settings(demo_rate=rate, label_cap=LABEL_CAP)
+    telemetry = Telemetry(settings, tracker=HealthTracker(health_config(settings), clock=lambda: clock[0]))
+    # The process's default too, so anything recording through app.metrics lands here.
+    telemetry_module.set_default(telemetry)
+    traffic = DemoTraffic(settings, telemetry, clock=lambda: clock[0], rng=random.Random(seed))
+    registry = telemetry.metrics.all_registry
     for offset in range(0, seconds + 1, step):
         clock[0] = float(offset)
         if offset:
             for _ in range(step):
                 traffic.tick(1.0)
-        yield float(offset), list(METRICS.all_registry.collect())
+        yield float(offset), list(registry.collect())
 
 
 def write_openmetrics(out: TextIO, seconds: int, step: int, rate: float, seed: int, end: float) -> int:

@@ -103,7 +103,8 @@ class Gateway:
     def wait_ready(self, timeout: float = 120.0) -> None:
         with httpx.Client(timeout=10.0, trust_env=False) as http:
             for url in (self.url + "/health", self.exporter_url + "/metrics"):
-                poll(lambda: self.process.poll() is not None or http.get(url).status_code == 200, timeout, url)
+                poll(lambda url=url: self.process.poll() is not None or http.get(url).status_code == 200,
+                     timeout, url)
         if self.process.poll() is not None:
             raise RuntimeError(f"the gateway exited:\n{self.log_path.read_text(errors='replace')[-4000:]}")
 

@@ -47,7 +47,8 @@ class Workers:
     def wait_ready(self) -> None:
         poll(lambda: self.process.poll() is not None or self.http.get(self.url + "/health").status_code == 200,
              START_TIMEOUT_S, "the workers")
-        poll(lambda: self.process.poll() is not None or self.http.get(self.exporter_url + "/metrics").status_code == 200,
+        poll(lambda: (self.process.poll() is not None
+                      or self.http.get(self.exporter_url + "/metrics").status_code == 200),
              START_TIMEOUT_S, "the exporter")
         assert self.process.poll() is None, "the supervisor exited"
 

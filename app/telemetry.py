@@ -1,0 +1,126 @@
+"""What one instrumented app keeps, owned by one object: :class:`Telemetry`.
+
+::
+
+    from app.telemetry import Telemetry
+
+    telemetry = Telemetry(Settings(label_cap=200))
+    app = create_app(telemetry=telemetry)          # the routes serve what it recorded
+    with telemetry.track_model_inference("openrouter", "gpt-4o") as call:
+        ...
+    telemetry.tracker.choose(["openrouter", "anthropic"])
+
+A ``Telemetry`` holds the metric families and the registries that expose them, the HTTP
+stats, the top-N tables, the health tracker, the history of its own registry (snapshots)
+and the scrape-time collectors, all built from one ``Settings``. Two instances share
+nothing: caps, series, tracker, probes, snapshots, top-N. Its recording helpers are the
+methods of :class:`app.recording.Recorder`.
+
+:func:`default` is the process's instance, made on first use from the environment (as
+prometheus_client's ``REGISTRY`` is); the helpers of ``app.metrics``,
+``app.scoring.get_tracker()`` and ``create_app()`` without ``telemetry=`` use it.
+
+Background work (snapshots, the multiprocess gauge publisher, provider probes), each in a
+thread of its own, runs between :meth:`Telemetry.start` and :meth:`Telemetry.stop`, which
+the app's lifespan calls; several apps may share one instance: it runs while any of them does.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from app.collectors import GaugePublisher, register_collectors
+from app.http_stats import HttpStats
+from app.middleware import InFlight
+from app.recording import Recorder
+from app.registry import MetricSet
+from app.scoring import HealthConfig, HealthTracker, ProbeRunner
+from app.settings import Settings
+from app.summary.snapshots import Snapshots
+from app.topn import TOP_N_CAPACITY, TopLists
+
+
+def health_config(settings: Settings) -> HealthConfig:
+    """The health scoring configuration that ``settings`` give."""
+    return HealthConfig(weights=settings.health_weights, apdex_threshold_s=settings.apdex_threshold_seconds)
+
+
+class Telemetry(Recorder):
+    """The metrics, HTTP stats, top-N tables, health tracker and snapshots of one app."""
+
+    def __init__(self, settings: Settings | None = None, *, tracker: HealthTracker | None = None) -> None:
+        settings = settings or Settings()
+        self.settings = settings
+        metrics = MetricSet(settings.label_cap, settings.series_cap)
+        http_stats = HttpStats(settings.label_cap, settings.series_cap, overflow=metrics.overflow,
+                               in_files=metrics.in_files)
+        super().__init__(metrics, http_stats, tracker or HealthTracker(health_config(settings)),
+                         TopLists(max(settings.top_n, TOP_N_CAPACITY)))
+        self.in_flight = InFlight()
+        published = register_collectors(metrics, http_stats, self.tracker, self.in_flight)
+        #: With several workers: writes this worker's computed gauges into its files.
+        self.publisher = GaugePublisher(published) if published else None
+        self.snapshots = Snapshots(metrics.all_registry, interval=settings.snapshot_interval_seconds,
+                                   budget_bytes=int(settings.summary_history_mb * 2**20))
+        self.probes = ProbeRunner(self.tracker, settings.probe_urls, settings.probe_interval_seconds,
+                                  unhealthy_interval_s=settings.probe_unhealthy_interval_seconds)
+        self._users = 0
+        self._lock = threading.Lock()
+
+    @property
+    def in_files(self) -> bool:
+        """Whether the metrics are written to the workers' multiprocess files."""
+        return self.metrics.in_files
+
+    def start(self) -> None:
+        """Start the background work (threads of its own); each call is matched by one
+        :meth:`stop`."""
+        with self._lock:
+            self._users += 1
+            if self._users > 1:
+                return
+            self.snapshots.start()
+            if self.publisher is not None:
+                self.publisher.start()
+            self.probes.start()
+
+    def stop(self) -> None:
+        """Stop the background work once the last user of this instance stops (blocks for
+        the probes in flight to be cancelled and a last publication of the gauges)."""
+        with self._lock:
+            if self._users == 0:
+                return
+            self._users -= 1
+            if self._users > 0:
+                return
+            try:
+                self.probes.stop()
+                if self.publisher is not None:
+                    self.publisher.stop()
+            finally:
+                self.snapshots.stop()
+
+
+_default: Telemetry | None = None
+_default_lock = threading.Lock()
+
+
+def default(settings: Settings | None = None) -> Telemetry:
+    """The process's instance, made on first use from ``settings`` (else the environment)."""
+    global _default
+    telemetry = _default
+    if telemetry is None:
+        with _default_lock:
+            if _default is None:
+                _default = Telemetry(settings)
+            telemetry = _default
+    return telemetry
+
+
+def set_default(telemetry: Telemetry | None) -> Telemetry | None:
+    """Make ``telemetry`` the process's instance (None: make a new one on next use);
+    returns the one it replaces. For tests and benchmarks that want a fresh process."""
+    global _default
+    with _default_lock:
+        previous, _default = _default, telemetry
+    return previous
