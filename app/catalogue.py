@@ -47,6 +47,8 @@ TOKEN_TYPES = ("input", "output")
 ROUTING_OUTCOMES = ("primary", "failover", "panic")
 CIRCUIT_STATES = ("closed", "open", "half_open")
 APDEX_ZONES = ("satisfied", "tolerating", "frustrated")
+#: Where provider outcomes are shared: the host's workers, the other replicas.
+SHARING_CHANNELS = ("host", "redis")
 #: Exposed value of ``gatewayz_provider_circuit_state``: the index into CIRCUIT_STATES.
 CIRCUIT_STATE_VALUES = {state: float(index) for index, state in enumerate(CIRCUIT_STATES)}
 
@@ -188,6 +190,10 @@ FAMILIES: tuple[Family, ...] = (
     _family("gatewayz_provider_apdex_total", "counter",
             "Scored upstream calls by Apdex zone (failures are frustrated): fleet-wide latency score.",
             [_provider, enum("zone", APDEX_ZONES)], [_PR]),
+    _family("gatewayz_health_sharing_errors_total", "counter",
+            "Rounds in which sharing provider outcomes with the other processes (host: the "
+            "workers' files; redis: the other replicas) failed; each process then decides alone.",
+            [enum("channel", SHARING_CHANNELS)], [_PR]),
     # models
     _family("model_inference_requests_total", "counter", "Upstream inference calls by outcome.",
             [_provider, _model, enum("status", INFERENCE_STATUSES)], [_M]),

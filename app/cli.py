@@ -81,6 +81,9 @@ def serve_workers(settings: Settings, overrides: dict[str, object], workers: int
     for key, value in overrides.items():
         if key != "metrics_port":
             os.environ[f"GATEWAY_METRICS_{key.upper()}"] = str(value)
+    # And who supervises them: a worker stops when this process dies, even by SIGKILL
+    # (app.supervision), rather than keep the port without an exporter.
+    os.environ["GATEWAY_METRICS_SUPERVISOR_PID"] = str(os.getpid())
     metrics_port = settings.metrics_port or settings.port + 1
     logging.getLogger("gateway_metrics").info(
         "%d workers on port %d; scrapes for all of them on port %d (%s=%s)",

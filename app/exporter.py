@@ -18,22 +18,16 @@ from __future__ import annotations
 import argparse
 import errno
 import os
-import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Sequence
 
-from app import multiprocess
+from app import multiprocess, supervision
 
 #: Added to the exporter's nice value: lower CPU priority than the workers.
 NICENESS = 10
-
-
-#: How often the exporter checks that the supervisor that started it is still there.
-PARENT_CHECK_S = 1.0
 
 
 def command(host: str, port: int, log_level: str = "warning", *, parent_pid: int | None = None,
@@ -74,18 +68,6 @@ def bind(host: str, port: int, wait_s: float = 0.0) -> socket.socket:
         return sock
 
 
-def exit_with_parent(parent_pid: int) -> None:
-    """Stop (SIGTERM, a graceful shutdown) once ``parent_pid`` is no longer the parent: a
-    supervisor killed with SIGKILL cannot stop its exporter, which would hold the port."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_CHECK_S)
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m app.exporter", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -110,9 +92,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     # What the exporter serves, and nothing more: a metric set that reads every worker's files.
     metric_set = MetricSet(in_files=True)
     register_files_collectors(metric_set, multiprocess.DIRECTORY)
-    sock = bind(args.host, args.port, args.wait_for_port)
     if args.parent_pid is not None:
-        exit_with_parent(args.parent_pid)
+        # Before the wait for the port: a supervisor may die while its exporter waits.
+        supervision.exit_with_parent(args.parent_pid)
+    sock = bind(args.host, args.port, args.wait_for_port)
     # Scrapes are background work: when the cores are all busy, the gateway's requests go
     # first (a scrape may take longer; Prometheus waits up to its scrape_timeout).
     os.nice(NICENESS)

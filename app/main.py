@@ -13,7 +13,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import __version__
+from app import __version__, supervision
 from app.middleware import MetricsMiddleware
 from app.routers import docs, health, metrics, provider_health, status, summary
 from app.settings import Settings, get_settings
@@ -39,6 +39,8 @@ def create_app(settings: Settings | None = None, telemetry: Telemetry | None = N
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.supervisor_pid is not None:  # a worker of `gateway-metrics --workers`
+            supervision.exit_with_parent(settings.supervisor_pid)
         telemetry.start()
         tasks: list[asyncio.Task[None]] = []
         if settings.demo:

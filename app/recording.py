@@ -226,7 +226,9 @@ class Recorder:
         self._rejected = metrics["gatewayz_recording_rejected_total"]
         self._apdex = metrics["gatewayz_provider_apdex_total"]
         self._transitions = metrics["gatewayz_provider_circuit_transitions_total"]
-        tracker.add_listener(self._count_transition)
+        # Counted where the move was caused: every process of a fleet makes the moves that
+        # shared outcomes cause, and the counter is summed over them.
+        tracker.add_listener(self._count_transition, remote=False)
 
     def reject(self, helper: str, reason: str) -> None:
         """Count a value a helper dropped."""

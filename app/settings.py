@@ -31,6 +31,12 @@ class Settings(BaseSettings):
         description="If set, the console script also serves /metrics alone on this port "
         "(an internal scrape port, so the public port can block it).",
     )
+    supervisor_pid: int | None = Field(
+        None,
+        ge=1,
+        description="Set by `gateway-metrics --workers` for its workers, not by hand: a worker "
+        "stops once this process (its supervisor) is no longer its parent.",
+    )
 
     # Security
     api_key: SecretStr | None = Field(
@@ -107,6 +113,17 @@ class Settings(BaseSettings):
     probe_interval_seconds: float = Field(15.0, gt=0, description="Interval between probes.")
     probe_unhealthy_interval_seconds: float = Field(
         1.0, gt=0, description="Interval between probes of a provider whose circuit is not closed."
+    )
+
+    # Sharing health between processes and replicas
+    redis_url: SecretStr | None = Field(
+        None,
+        description="Redis that replicas share their providers' outcomes through (redis://host:6379/0); "
+        "unset: each replica decides alone (its workers still share through PROMETHEUS_MULTIPROC_DIR).",
+    )
+    redis_key_prefix: str = Field(
+        "gateway-metrics", min_length=1, max_length=100,
+        description="Prefix of the Redis keys, so two gateways can share one Redis.",
     )
 
     @field_validator("health_weights", mode="before")

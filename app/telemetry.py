@@ -27,17 +27,26 @@ the app's lifespan calls; several apps may share one instance: it runs while any
 
 from __future__ import annotations
 
+import hashlib
+import os
+import socket
 import threading
 
+from app import multiprocess
 from app.collectors import GaugePublisher, register_collectors
 from app.http_stats import HttpStats
 from app.middleware import InFlight
 from app.recording import Recorder
 from app.registry import MetricSet
 from app.scoring import HealthConfig, HealthTracker, ProbeRunner
+from app.scoring.sharing import Channel, ChannelStatus, FileTrialGate, HostChannel, Sharing
 from app.settings import Settings
 from app.summary.snapshots import Snapshots
 from app.topn import TOP_N_CAPACITY, TopLists
+
+#: Rounds of sharing through Redis: an outcome waits up to one round to leave and one to be
+#: read, so 0.4 s keeps its way to every replica within a second, with a round trip to spare.
+REDIS_INTERVAL_S = 0.4
 
 
 def health_config(settings: Settings) -> HealthConfig:
@@ -64,8 +73,44 @@ class Telemetry(Recorder):
                                    budget_bytes=int(settings.summary_history_mb * 2**20))
         self.probes = ProbeRunner(self.tracker, settings.probe_urls, settings.probe_interval_seconds,
                                   unhealthy_interval_s=settings.probe_unhealthy_interval_seconds)
+        #: Shares the tracker's outcomes with the host's other workers and other replicas.
+        self.sharing = self._sharing(settings)
         self._users = 0
         self._lock = threading.Lock()
+
+    def _sharing(self, settings: Settings) -> Sharing | None:
+        """The host's workers share through the multiprocess directory (their outcomes, and
+        their half-open trials); replicas through Redis when ``redis_url`` is set."""
+        channels: list[Channel] = []
+        gate = None
+        if self.in_files and multiprocess.DIRECTORY is not None:
+            channels.append(HostChannel(multiprocess.DIRECTORY, horizon_s=self.tracker.config.window_s,
+                                        clock=self.tracker.clock))
+            gate = FileTrialGate(multiprocess.DIRECTORY)
+        if settings.redis_url is not None:
+            from app.scoring.redis_channel import RedisChannel  # redis-py only when configured
+
+            channels.append(RedisChannel(settings.redis_url.get_secret_value(), prefix=settings.redis_key_prefix,
+                                         host_id=self._host_id(), interval_s=REDIS_INTERVAL_S))
+        if not channels:
+            return None
+        return Sharing(self.tracker, channels, gate=gate, on_error=self._count_sharing_error)
+
+    def _host_id(self) -> str:
+        """Who this process shares through Redis as: the processes that share outcomes
+        through one multiprocess directory are one host (they read each other's outcomes
+        from their files, not from Redis); a process without one is a host of its own."""
+        directory = multiprocess.DIRECTORY if self.in_files else None
+        group = hashlib.blake2b(os.path.realpath(directory).encode(), digest_size=6).hexdigest() if directory \
+            else f"pid{os.getpid()}"
+        return f"{socket.gethostname()}:{group}"
+
+    def _count_sharing_error(self, channel: str, error: BaseException) -> None:
+        self.metrics["gatewayz_health_sharing_errors_total"].child(channel).inc()
+
+    def sharing_status(self) -> list[ChannelStatus]:
+        """Each sharing channel's state (none when this process decides alone)."""
+        return self.sharing.status() if self.sharing is not None else []
 
     @property
     def in_files(self) -> bool:
@@ -82,6 +127,8 @@ class Telemetry(Recorder):
             self.snapshots.start()
             if self.publisher is not None:
                 self.publisher.start()
+            if self.sharing is not None:
+                self.sharing.start()
             self.probes.start()
 
     def stop(self) -> None:
@@ -95,6 +142,8 @@ class Telemetry(Recorder):
                 return
             try:
                 self.probes.stop()
+                if self.sharing is not None:
+                    self.sharing.stop()
                 if self.publisher is not None:
                     self.publisher.stop()
             finally:

@@ -10,7 +10,8 @@ The master owns PROMETHEUS_MULTIPROC_DIR: it empties it before any worker starts
 the exporter (``app.exporter``: scrapes of every worker, on GATEWAY_METRICS_METRICS_PORT,
 default 8001) and marks each worker that exits dead, as client_python documents. Workers
 never touch the directory's other files. Point Prometheus at the exporter's port. The
-exporter stops with the master, even one killed with SIGKILL.
+exporter and the workers stop with the master, even one killed with SIGKILL: each checks
+every second that the master is still its parent (``app.supervision``).
 
 Upgrading in place (USR2, then QUIT to the old master once the new one serves): the new
 master keeps the directory, whose files still belong to the old master's workers and hold
@@ -46,6 +47,14 @@ def on_starting(server):
     host = bind.rsplit(":", 1)[0] or "0.0.0.0"
     _exporter = exporter.start(host, int(os.environ.get("GATEWAY_METRICS_METRICS_PORT", "8001")),
                                wait_for_port_s=math.inf if replacing else 0.0)
+
+
+def post_fork(server, worker):
+    # In the worker, just forked: stop when the master is gone, even killed with SIGKILL
+    # (uvicorn-worker never checks its parent), rather than keep serving the port.
+    from app.supervision import exit_with_parent
+
+    exit_with_parent(worker.ppid)
 
 
 def child_exit(server, worker):

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite (ruff, mypy, pytest): Python deps into .venv, and the Debian packages
-# prometheus (with promtool), prometheus-alertmanager (with amtool), victoria-metrics, docker-compose
-# and chromium when their binaries are missing.
+# prometheus (with promtool), prometheus-alertmanager (with amtool), victoria-metrics, redis-server,
+# docker-compose and chromium when their binaries are missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +10,8 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 missing=()
 command -v prometheus >/dev/null && command -v promtool >/dev/null || missing+=(prometheus)
 command -v victoria-metrics >/dev/null || missing+=(victoria-metrics)
+# Replicas share outcomes through Redis (tests/scoring/test_redis_channel.py runs a real one).
+command -v redis-server >/dev/null || missing+=(redis-server)
 # Checks and delivers the alerts of deploy/alertmanager (Debian names the binary prometheus-alertmanager).
 command -v prometheus-alertmanager >/dev/null && command -v amtool >/dev/null || missing+=(prometheus-alertmanager)
 command -v docker-compose >/dev/null || missing+=(docker-compose)  # validates docker-compose.yml offline

@@ -48,9 +48,11 @@ SPEC_FAMILIES: dict[str, tuple[tuple[str, ...], set[str]]] = {
     "rate_limited_requests_total": (("limit_type",), {"performance"}),
     "current_rate_limit": (("limit_type",), {"performance"}),
 }
-# Families of our own beside the SPEC's: the label-cap and rejected-input counters, and
-# the Apdex zones that let PromQL compute the health score fleet-wide.
-SELF_FAMILIES = {"gatewayz_label_overflow_total", "gatewayz_recording_rejected_total", "gatewayz_provider_apdex_total"}
+# Families of our own beside the SPEC's: the label-cap and rejected-input counters, the
+# Apdex zones that let PromQL compute the health score fleet-wide, and the errors of
+# sharing provider outcomes between processes.
+SELF_FAMILIES = {"gatewayz_label_overflow_total", "gatewayz_recording_rejected_total", "gatewayz_provider_apdex_total",
+                 "gatewayz_health_sharing_errors_total"}
 FORBIDDEN_LABELS = {"user_id", "api_key", "request_id", "path", "raw_path", "prompt"}
 
 

@@ -10,7 +10,8 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
 from app.dependencies import ApiKeyDep, TelemetryDep
-from app.summary.models import SummaryError
+from app.routers.health import sharing_channels
+from app.summary.models import SharingChannel, SummaryError
 from app.summary.service import SummaryService
 
 router = APIRouter(prefix="/prometheus/metrics", tags=["health"], dependencies=[ApiKeyDep])
@@ -38,6 +39,10 @@ class HealthReport(BaseModel):
     failover_order: list[str] = Field(description="Every provider, best first, as choose() ranks them")
     stale: bool = False
     errors: list[SummaryError] = []
+    sharing: list[SharingChannel] = Field(
+        default_factory=list,
+        description="How this replica shares outcomes with its host's workers and the other replicas",
+    )
 
 
 @router.get("/health", response_model=HealthReport, summary="Provider health scores and failover order")
@@ -63,7 +68,7 @@ async def provider_health(
             for h in snapshot
         ]
         return HealthReport(timestamp=now, source="local", window_seconds=tracker.config.window_s,
-                            providers=providers, failover_order=order)
+                            providers=providers, failover_order=order, sharing=sharing_channels(request.app))
     service: SummaryService = request.app.state.summary_service
     figures, errors, stale = await run_in_threadpool(service.fleet_health)
     providers = [

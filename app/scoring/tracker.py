@@ -8,6 +8,10 @@ times), so incidents replay without sleeping.
 
 ``record`` is on the gateway's hot path: it classifies, appends to a deque and updates
 the breaker; every score is computed lazily when someone reads it.
+
+Several processes act as one tracker when each tells the others what it records
+(``share_outcomes``, ``take_outcomes``) and replays theirs (``apply``), and when their
+half-open trials are counted together (``trial_gate``): ``app.scoring.sharing`` does both.
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Protocol
 
 from app.scoring.breaker import Breaker, Circuit, Permit, Transition
 from app.scoring.config import HealthConfig
+from app.scoring.events import CALL, PROBE, SharedOutcome
 from app.scoring.outcome import ERRORS, SCORED, Outcome, classify, retry_hint
 from app.scoring.score import apdex_zone, health_score
 
@@ -60,8 +66,21 @@ class Choice:
     panic: bool
 
 
+#: Outcomes kept for the other processes between two rounds of sharing: bounds the memory
+#: if the sharing thread stalls (a round every 25 ms takes a few hundred at most).
+MAX_UNSHARED = 100_000
+
 #: Called on every breaker move: provider, from state, to state, reason.
 TransitionHook = Callable[[str, str, str, str], None]
+
+
+class TrialGate(Protocol):
+    """Half-open trial permits counted across processes: at most ``trials_at_once`` out,
+    whichever process holds them. Never blocks: a gate that cannot decide at once refuses."""
+
+    def acquire(self, provider: str, issued: float, deadline: float, limit: int) -> bool: ...
+
+    def release(self, provider: str, issued: float) -> None: ...
 
 
 @dataclass(slots=True)
@@ -138,6 +157,18 @@ _CREDENTIAL, _NOT_FOUND = Outcome.CREDENTIAL, Outcome.NOT_FOUND
 _CLOSED = Circuit.CLOSED
 
 
+def _half_open_start(breaker: Breaker) -> float:
+    """When the circuit's current (or due) half-open period began for every process: a
+    circuit moves to half-open at the first call after its cooldown, a moment of each
+    process's own, but the cooldown ends at the same time in all (a probe's success, or a
+    failure on probation, moves it at once: then its own moment)."""
+    if breaker.state is Circuit.OPEN:
+        return breaker.next_trial_at
+    if breaker.next_trial_at - breaker.cooldown_s > breaker.closed_at:  # tripped since it last closed
+        return min(breaker.half_open_since, breaker.next_trial_at)
+    return breaker.half_open_since
+
+
 def _describe(outcome: Outcome, status_code: int | None, error: BaseException | str | None) -> str:
     """A failed call in a few words, for the reason of the trip it may cause."""
     if isinstance(error, str):
@@ -161,25 +192,104 @@ class HealthTracker:
         self.wall_clock = wall_clock
         self._providers: dict[str, _Provider] = {}
         self._lock = threading.Lock()
-        #: Replaced, never changed in place: _notify reads it without the lock.
-        self._listeners: tuple[TransitionHook, ...] = ()
+        #: (hook, called for moves caused by other processes' outcomes too). Replaced, never
+        #: changed in place: _notify reads it without the lock.
+        self._listeners: tuple[tuple[TransitionHook, bool], ...] = ()
+        #: What this tracker recorded since ``take_outcomes``, for the other processes
+        #: (None: not shared).
+        self._outbox: list[SharedOutcome] | None = None
+        #: Counts half-open trials with the other processes' (None: this process alone).
+        self.trial_gate: TrialGate | None = None
 
     # --- its listeners ------------------------------------------------------------------
 
-    def add_listener(self, hook: TransitionHook) -> None:
+    def add_listener(self, hook: TransitionHook, *, remote: bool = True) -> None:
         """Have ``hook(provider, from_state, to_state, reason)`` called on every breaker
         move of this tracker, in order, once the move is made and the tracker's lock
         released (a hook may read the tracker). A hook that raises is skipped: metrics must
-        not break routing. Adding a hook twice adds it once."""
+        not break routing. Adding a hook twice adds it once. With ``remote=False`` it is not
+        called for the moves that other processes' outcomes cause (``apply``): every process
+        of a fleet makes those moves, and a counter summed over them would count each N times."""
         with self._lock:
-            if hook not in self._listeners:
-                self._listeners = (*self._listeners, hook)
+            if all(listener != hook for listener, _ in self._listeners):
+                self._listeners = (*self._listeners, (hook, remote))
 
     def remove_listener(self, hook: TransitionHook) -> None:
         """Stop calling ``hook``; a hook never added is ignored."""
         with self._lock:
-            self._listeners = tuple(listener for listener in self._listeners if listener != hook)
+            self._listeners = tuple(entry for entry in self._listeners if entry[0] != hook)
 
+    # --- sharing with other processes -----------------------------------------------------
+
+    def share_outcomes(self, enabled: bool = True) -> None:
+        """Keep what this tracker records for ``take_outcomes`` from now on (or no longer)."""
+        with self._lock:
+            if not enabled:
+                self._outbox = None
+            elif self._outbox is None:
+                self._outbox = []
+
+    def take_outcomes(self) -> list[SharedOutcome]:
+        """What this tracker recorded since the last call (for the other processes)."""
+        with self._lock:
+            taken = self._outbox
+            if not taken:
+                return []
+            self._outbox = []
+        return taken
+
+    def apply(self, outcomes: Iterable[SharedOutcome]) -> None:
+        """Replay other processes' outcomes through this tracker's rules, as its own.
+
+        A call counts for the breaker in the period it was admitted in, as a permit's
+        would: a call admitted before this circuit's latest move says nothing of it now; a
+        trial's verdict counts while this circuit is half-open since before the trial was
+        sent. The load (calls in flight) stays each process's own. Moves it causes are
+        notified with ``remote`` listeners only. Outcomes are not passed on again."""
+        for item in outcomes:
+            with self._lock:
+                now = self.clock()
+                state = self._provider(item.provider)
+                if item.kind == PROBE:
+                    moves = self._account_probe(state, now, item.outcome == "success", item.issued)
+                else:
+                    moves = self._apply_call(state, item, now)
+                self._prune(state, now)
+            self._notify(item.provider, moves, remote=True)
+
+    def _apply_call(self, state: _Provider, item: SharedOutcome, now: float) -> list[Transition]:
+        try:
+            outcome = Outcome(item.outcome)
+        except ValueError:
+            return []  # an outcome this version does not know: no verdict
+        breaker = state.breaker
+        if outcome not in _SCORED:  # no verdict; its trial permit went back where it was held
+            if item.throttled_until > state.throttled_until:
+                state.throttled_until, state.throttle_reason = item.throttled_until, item.throttle_source
+            if item.quota_until > state.quota_until:
+                state.quota_until, state.quota_reason = item.quota_until, item.quota_reason
+            if outcome is _CREDENTIAL:
+                state.credential.append(now)
+            elif outcome is _NOT_FOUND:
+                state.not_found.append(now)
+            return []
+        # Judged when its process recorded it (never before this circuit's latest move, never
+        # ahead of this clock): every process then trips, cools down and goes half-open at
+        # the moments the recorder did, whatever the channel's lag.
+        at = min(now, max(item.at, breaker.since))
+        counts = False
+        if item.trial:
+            counts = breaker.effective_state(now) is Circuit.HALF_OPEN and item.issued >= _half_open_start(breaker)
+            permit: Permit | None = None if counts else Permit(item.provider, False, -1, item.issued)
+        else:
+            period = breaker.period if breaker.state is _CLOSED and item.issued >= breaker.since else -1
+            permit = Permit(item.provider, True, period, item.issued)
+        moves = self._account_call(state, item.provider, now, outcome, item.duration_s, item.latency_s, item.what,
+                                   permit, at)[1]
+        if counts and moves and moves[-1].to_state is Circuit.OPEN:
+            # A failed trial: the next one is due a cooldown after it was sent, as in its process.
+            breaker.next_trial_at = max(at, item.issued + breaker.cooldown_s)
+        return moves
     # --- feeding it ---------------------------------------------------------------------
 
     def _provider(self, name: str) -> _Provider:
@@ -235,7 +345,6 @@ class HealthTracker:
             permit = None  # another provider's permit says nothing about this call
         outcome = classify(status_code, error, error_code)
         now = self.clock()
-        moves: list[Transition] = []
         zone: str | None = None
         with self._lock:
             if permit is not None and permit.returned:
@@ -244,27 +353,15 @@ class HealthTracker:
             state.last_granted = now
             if state.in_flight > 0:
                 state.in_flight -= 1
+            trial = permit is not None and permit.trial and not permit.void
             if outcome in _SCORED:
-                failed = outcome in _ERRORS  # the caller's own 4xx is a success for the provider
                 latency = ttft_s if ttft_s is not None else duration_s
-                threshold = self.config.apdex_threshold(provider)
-                if failed:
-                    # A fast error is no fast answer: it costs the load balancer as a
-                    # frustrated call would (4T), or a provider failing in 50 ms would
-                    # look the least loaded and draw more calls than the healthy ones.
-                    self._update_ewma(state, now, max(duration_s, 4 * threshold))
-                    latency = math.inf
-                else:
-                    state.throttle_backoffs = 0
-                    state.quota_until = -math.inf  # it answered: the quota is back
-                    self._update_ewma(state, now, latency)
-                zone = apdex_zone(latency, threshold)
-                state.window.add(_Call(now, failed, outcome is not _UNREACHED, zone,
-                                       not failed and latency > self.config.slow_call_s))
                 # Only a failure can trip the circuit and needs words for its reason.
-                what = _describe(outcome, status_code, error) if failed else ""
-                moves = state.breaker.record(now, failed, what, permit)
+                what = _describe(outcome, status_code, error) if outcome in _ERRORS else ""
+                zone, moves = self._account_call(state, provider, now, outcome, duration_s, latency, what, permit)
             else:
+                what = ""
+                latency = duration_s
                 moves = state.breaker.release(now, permit)  # not scored: a trial permit comes back
                 if outcome is _THROTTLED:
                     self._throttle(state, now, headers, retry_after_s)
@@ -275,14 +372,51 @@ class HealthTracker:
                     state.credential.append(now)
                 elif outcome is _NOT_FOUND:
                     state.not_found.append(now)
-            if moves and moves[-1].to_state is _CLOSED:
-                # Its trial calls proved it back: the score starts afresh from them, or the
-                # failures of the outage would keep it ranked last, and unused, for a window.
-                state.window.prune(state.breaker.half_open_since)
             self._prune(state, now)
+            outbox = self._outbox
+            if outbox is not None and len(outbox) < MAX_UNSHARED:
+                outbox.append(SharedOutcome(
+                    CALL, provider, outcome.value, now, permit.issued if permit is not None else now, trial,
+                    duration_s, latency, what, state.throttled_until, state.throttle_reason, state.quota_until,
+                    state.quota_reason))
+        gate = self.trial_gate
+        if permit is not None and permit.trial and gate is not None:
+            gate.release(provider, permit.issued)  # voided or not: its place comes back
+            if trial and moves and moves[-1].to_state is Circuit.OPEN:
+                # It failed and reopened the circuit: its place stays taken until the next
+                # trial is due, or another process could send one before this verdict reaches it.
+                gate.acquire(provider, now, state.breaker.next_trial_at, self.config.trials_at_once)
         if moves:
             self._notify(provider, moves)
         return zone
+
+    def _account_call(self, state: _Provider, provider: str, now: float, outcome: Outcome, duration_s: float,
+                      latency: float, what: str, permit: Permit | None,
+                      verdict_at: float | None = None) -> tuple[str, list[Transition]]:
+        """Count one scored call (lock held): its window, its latency and its verdict (given
+        to the breaker at ``verdict_at``, default ``now``). Returns its Apdex zone and the
+        breaker's moves."""
+        failed = outcome in _ERRORS  # the caller's own 4xx is a success for the provider
+        threshold = self.config.apdex_threshold(provider)
+        if failed:
+            # A fast error is no fast answer: it costs the load balancer as a
+            # frustrated call would (4T), or a provider failing in 50 ms would
+            # look the least loaded and draw more calls than the healthy ones.
+            self._update_ewma(state, now, max(duration_s, 4 * threshold))
+            latency = math.inf
+        else:
+            state.throttle_backoffs = 0
+            state.quota_until = -math.inf  # it answered: the quota is back
+            self._update_ewma(state, now, latency)
+        zone = apdex_zone(latency, threshold)
+        state.window.add(_Call(now, failed, outcome is not _UNREACHED, zone,
+                               not failed and latency > self.config.slow_call_s))
+        moves = state.breaker.record(now if verdict_at is None else verdict_at, failed, what, permit)
+        if moves and moves[-1].to_state is _CLOSED:
+            # Its trial calls proved it back: the score starts afresh from them, or the
+            # failures of the outage would keep it ranked last, and unused, for a window.
+            state.window.prune(state.breaker.half_open_since)
+        return zone, moves
 
     def _throttle(self, state: _Provider, now: float, headers: Mapping[str, str] | None,
                   retry_after_s: float | None) -> None:
@@ -320,20 +454,32 @@ class HealthTracker:
         clock): feeds availability; a success ends a quota lockout and moves an open
         circuit to half-open, so trial calls can take it back early."""
         now = self.clock()
-        moves: list[Transition] = []
         with self._lock:
             state = self._provider(provider)
-            state.window.add_probe(now, ok)
-            state.last_probe = now
-            if ok:
-                state.probes_passed.append(now if sent_at is None else sent_at)
-            else:
-                state.probes_passed.clear()
-            if ok:
-                state.quota_until = -math.inf
-                moves = state.breaker.probe_succeeded(now, sent_at)
+            moves = self._account_probe(state, now, ok, sent_at)
             self._prune(state, now)
+            if self._outbox is not None and len(self._outbox) < MAX_UNSHARED:
+                self._outbox.append(SharedOutcome(PROBE, provider, "success" if ok else "unreached", now,
+                                                  now if sent_at is None else sent_at))
         self._notify(provider, moves)
+
+    def _account_probe(self, state: _Provider, now: float, ok: bool, sent_at: float | None) -> list[Transition]:
+        """Count one probe's outcome (lock held); returns the breaker's moves."""
+        state.window.add_probe(now, ok)
+        state.last_probe = now
+        if not ok:
+            state.probes_passed.clear()
+            return []
+        state.probes_passed.append(now if sent_at is None else sent_at)
+        state.quota_until = -math.inf
+        trials = list(state.breaker.trials)
+        moves = state.breaker.probe_succeeded(now, sent_at)
+        gate = self.trial_gate
+        if gate is not None:
+            for permit in trials:
+                if permit.void:  # overtaken by the probe: its place at the gate comes back
+                    gate.release(permit.provider, permit.issued)
+        return moves
 
     def _prune(self, state: _Provider, now: float) -> None:
         horizon = now - self.config.window_s
@@ -342,11 +488,12 @@ class HealthTracker:
             while times and times[0] < horizon:
                 times.popleft()
 
-    def _notify(self, provider: str, moves: list[Transition]) -> None:
-        """Hand ``moves`` to the listeners; called after the lock is released."""
+    def _notify(self, provider: str, moves: list[Transition], remote: bool = False) -> None:
+        """Hand ``moves`` to the listeners; called after the lock is released. ``remote``:
+        the moves other processes' outcomes caused (``apply``)."""
         if not moves:
             return
-        hooks = self._listeners
+        hooks = [hook for hook, wants_remote in self._listeners if wants_remote or not remote]
         for move in moves:
             for hook in hooks:
                 try:
@@ -369,18 +516,24 @@ class HealthTracker:
             self._notify(provider, moves)
         return permit
 
-    @staticmethod
-    def _grant(state: _Provider, provider: str, now: float) -> tuple[Permit, list[Transition]]:
+    def _grant(self, state: _Provider, provider: str, now: float) -> tuple[Permit, list[Transition]]:
         """The breaker's permit for one call and its moves (lock held; moves are notified
         after the lock is released). A closed circuit's permit is granted here, as
         ``Breaker.allow`` would (a closed circuit has no move to make): the breaker's calls
         cost as much as the rest of ``begin`` (tests/scoring/test_fast_path.py holds the
-        two paths to the same permits)."""
+        two paths to the same permits). A trial permit also needs a place at the trial gate,
+        when the trials are counted across processes."""
         breaker = state.breaker
         if breaker.state is _CLOSED:  # the common case
             state.last_granted = now
             return Permit(provider, True, breaker.period, now), []
         permit, moves = breaker.allow(provider, now)
+        gate = self.trial_gate
+        if permit.trial and gate is not None and not gate.acquire(
+            provider, permit.issued, permit.deadline, self.config.trials_at_once
+        ):
+            breaker.trials.remove(permit)  # another process holds the trials: none here
+            permit = Permit(provider, False, breaker.period, now)
         if permit:
             state.last_granted = now
         return permit, moves

@@ -32,6 +32,21 @@ class BackendReadiness(BaseModel):
     error: str | None = None
 
 
+class SharingChannel(BaseModel):
+    """One way this process shares its providers' outcomes: ``host`` (the workers of this
+    host, through the multiprocess directory) or ``redis`` (the other replicas)."""
+
+    name: str
+    ok: bool = Field(description="Its last round went through (else this process decides alone meanwhile)")
+    last_error: str | None = None
+    last_error_at: datetime | None = None
+    errors: int = Field(description="Rounds that failed")
+    sent: int = Field(description="Outcomes published")
+    received: int = Field(description="Outcomes received from the other processes and replayed")
+    garbage: int = Field(description="Records that could not be read and were skipped")
+    dropped: int = Field(description="Outcomes given up after failing to send for too long")
+
+
 class SummaryError(BaseModel):
     """What went wrong with the backend for this answer."""
 
@@ -159,4 +174,10 @@ class Summary(BaseModel):
     window_seconds: int
     stale: bool = Field(description="True when a cached value is served after a backend error.")
     errors: list[SummaryError]
+    recorded_queries: list[str] = Field(
+        default_factory=list,
+        description="The summary's queries answered from the recorded series of the shipped recording rules "
+                    "(deploy/prometheus/rules/recording.yml) rather than raw expressions: the same figures, "
+                    "as of the rules' last evaluation. Empty when none were (local source, a window the rules "
+                    "do not cover, rules not loaded or no longer evaluating).")
     metrics: SummaryMetrics

@@ -1,19 +1,28 @@
 """Two real uvicorn workers in multiprocess mode (``gateway-metrics --workers 2``).
 
 Every scrape, whichever process answers it, reports both workers' totals exactly; a worker
-killed with SIGKILL and replaced loses no count, and no counter goes backwards.
+killed with SIGKILL and replaced loses no count, and no counter goes backwards. A supervisor
+killed with SIGKILL takes its workers, exporter and resource tracker with it within seconds.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.servers import poll
-from tests.support.workers import STALE_FILE, Workers, check_totals_survive_a_killed_worker, health_requests, samples
+from tests.support.workers import (
+    STALE_FILE,
+    Workers,
+    check_sigkill_to_the_supervisor_stops_everything,
+    check_totals_survive_a_killed_worker,
+    health_requests,
+    samples,
+)
 
 
 def console_script(port: int, metrics_port: int) -> tuple[list[str], dict[str, str]]:
@@ -68,3 +77,13 @@ def test_reader_sums_exactly_as_client_python_does(workers: Workers) -> None:
     ours.register(FilesCollector(str(workers.directory)))
     MultiProcessCollector(theirs, str(workers.directory))
     assert sorted(generate_latest(ours).splitlines()) == sorted(generate_latest(theirs).splitlines())
+
+
+def test_sigkill_to_the_supervisor_stops_the_workers_and_frees_the_port(tmp_path: Path) -> None:
+    """uvicorn's supervisor cannot stop its workers when killed with SIGKILL: each worker
+    follows it (GATEWAY_METRICS_SUPERVISOR_PID), so a restarted supervisor can bind the port."""
+    workers = Workers(tmp_path, console_script)
+    try:
+        check_sigkill_to_the_supervisor_stops_everything(workers)
+    finally:
+        workers.stop()

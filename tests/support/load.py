@@ -41,21 +41,55 @@ WORKER_HEALTHCHECK_S = 30
 
 
 def gateway_app():  # noqa: ANN201 - the uvicorn factory
+    """The app; a request may name its ``provider`` (default ``alpha``) and an upstream
+    ``status_code`` (default none: a success) to record a failed upstream call, which the
+    route answers with 502. With ``WORKER_PID_HEADER`` set in the environment, every
+    answer says which worker gave it (``x-worker-pid``)."""
     from fastapi import Body
+    from fastapi.responses import JSONResponse
 
     from app import metrics
     from app.main import create_app
 
     app = create_app()
 
-    @app.post(ROUTE)
-    async def chat_completions(model: str = Body("m1", embed=True)) -> dict[str, Any]:
+    @app.post(ROUTE, response_model=None)
+    async def chat_completions(model: str = Body("m1", embed=True), provider: str = Body(PROVIDER, embed=True),
+                               status_code: int | None = Body(None, embed=True)) -> dict[str, Any] | JSONResponse:
         started = time.perf_counter()
-        metrics.record_upstream_call(PROVIDER, model, duration_s=time.perf_counter() - started)
-        metrics.record_tokens_used(PROVIDER, model, INPUT_TOKENS, OUTPUT_TOKENS)
+        metrics.record_upstream_call(provider, model, duration_s=time.perf_counter() - started,
+                                     status_code=status_code)
+        if status_code is not None and status_code >= 400:
+            return JSONResponse({"error": f"upstream answered {status_code}", "provider": provider}, status_code=502)
+        metrics.record_tokens_used(provider, model, INPUT_TOKENS, OUTPUT_TOKENS)
         return {"model": model, "usage": {"prompt_tokens": INPUT_TOKENS, "completion_tokens": OUTPUT_TOKENS}}
 
+    if os.environ.get(WORKER_PID_HEADER):
+        app.add_middleware(_WorkerPid)
     return app
+
+
+#: Set (to anything) in a gateway's environment: its answers carry ``x-worker-pid``.
+WORKER_PID_HEADER = "LOAD_WORKER_PID_HEADER"
+
+
+class _WorkerPid:
+    """Pure ASGI: adds the serving process's pid to every HTTP answer."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.pid = str(os.getpid()).encode()
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+
+        async def send_with_pid(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-worker-pid", self.pid)]}
+            await send(message)
+
+        return await self.app(scope, receive, send_with_pid)
 
 
 def serve(workers: int, port: int, metrics_port: int, declare_tcp: bool = True) -> None:

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,10 +20,14 @@ from pathlib import Path
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.servers import LOOPBACK, free_port, poll
+from app import supervision
+from tests.support.servers import LOOPBACK, ServerError, free_port, poll
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 120.0  # generous: a loaded 2-core machine starts a worker in seconds
+#: How soon the processes of a supervisor killed with SIGKILL must have exited: they notice
+#: within a check interval, and exit hard after the grace of a graceful stop at most.
+ORPHAN_EXIT_S = supervision.PARENT_CHECK_S + supervision.GRACE_S + 4.0
 STALE_FILE = "counter_999999.db"
 
 
@@ -84,8 +90,10 @@ class Workers:
         return pid
 
     def worker_processes(self) -> set[int]:
-        """The supervisor's worker processes (the exporter is its other child)."""
-        return {pid for pid, cmdline in self.children().items() if b"app.exporter" not in cmdline}
+        """The supervisor's worker processes (its other children are the exporter and,
+        under uvicorn's supervisor, multiprocessing's resource tracker)."""
+        return {pid for pid, cmdline in self.children().items()
+                if b"app.exporter" not in cmdline and b"multiprocessing.resource_tracker" not in cmdline}
 
     def worker_pids(self) -> set[int]:
         """Processes that have recorded requests in the directory."""
@@ -101,6 +109,45 @@ class Workers:
                 self.process.kill()
                 self.process.wait()
         self.log.close()
+
+
+def gone(pid: int) -> bool:
+    """True once ``pid`` has exited (a zombie, not yet reaped, has)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def check_sigkill_to_the_supervisor_stops_everything(workers: Workers) -> float:
+    """SIGKILL to a ready supervisor: within ORPHAN_EXIT_S every process it started (both
+    workers, the exporter, any resource tracker) has exited, and nothing listens on the
+    ports any more, so a restarted supervisor can bind them. Returns the seconds the last
+    one took after the kill."""
+    workers.wait_ready()
+    started = workers.children()
+    assert len(workers.worker_processes()) == 2, started
+    workers.process.kill()
+    workers.process.wait()
+    killed_at = time.monotonic()
+    try:
+        try:
+            poll(lambda: all(gone(pid) for pid in started), ORPHAN_EXIT_S, "the supervisor's processes")
+        except ServerError:
+            alive = {pid: cmdline for pid, cmdline in started.items() if not gone(pid)}
+            raise AssertionError(f"alive {ORPHAN_EXIT_S:g} s after their supervisor's SIGKILL: {alive}") from None
+        took = time.monotonic() - killed_at
+    finally:
+        for pid in started:  # a failed check leaves nothing behind either
+            if not gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    for port in (workers.port, workers.metrics_port):
+        with socket.socket() as sock:
+            # As uvicorn binds: only a socket still listening on the port makes this fail.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((LOOPBACK, port))
+            sock.listen()
+    return took
 
 
 def health_requests(text: str) -> float:
