@@ -1,4 +1,4 @@
-"""Failover under incidents: our HealthTracker against three baselines, on the same traffic.
+"""Failover under incidents: our HealthTracker against three baselines, alone and in fleets, on the same traffic.
 
 Six simulated minutes of 50 calls/s (Poisson arrivals, seeded) over four providers, in
 three incidents that differ only in what ``down`` does:
@@ -35,6 +35,24 @@ with ``pick(candidates, now)`` and ``observe(provider, outcome, now)``:
   the deployment's calls in the current minute failed and it had at least 5; random
   choice among deployments not cooling down (its default "simple-shuffle").
 
+Then the same policies in several processes, each call served by one of them picked at
+random (seeded), as a gateway's workers and replicas take them:
+
+- ours, 4 workers: four HealthTrackers sharing through the code the workers run
+  (``HostChannel`` on a temporary directory, ``FileTrialGate``, ``Sharing.sync_once`` every
+  25 ms of simulated time);
+- ours, 4 replicas x 4 workers: sixteen, four hosts as above, the hosts sharing through a
+  simulated Redis at the service's cadence (``app.telemetry.REDIS_INTERVAL_S``: a round every
+  0.1 s per process, each process's rounds at a seeded phase: up to 0.1 s to leave, up to 0.1 s
+  to be read);
+  half-open trials are counted per host, as in production;
+- ours, 16 processes, no sharing: sixteen trackers deciding alone;
+- LiteLLM, 16 instances, Redis: sixteen of the LiteLLM policy below, each counting its own
+  minute's failures, a cooldown set by one seen by the others at their next read of Redis,
+  once a second at a seeded phase (its PR #40025).
+
+The processes run without probes (compare them with ours, one process without probes).
+
 Columns (an incident with several bad periods gives the mean over them):
 
 - detection: seconds from the start of ``down``'s bad period to the first avoided call:
@@ -61,9 +79,12 @@ The default start, on a minute boundary, is LiteLLM's best case: its failure sha
 counted per calendar minute, so an incident that begins mid-minute has to outweigh the
 minute's earlier successes first.
 
-Targets for ours (seed 7): with probes, better than or equal to every baseline that
-avoids a failing provider in every column; without probes the same except take back,
-which stays within 15 s.
+Targets for ours (seed 7): with probes, better than or equal to every baseline of one
+process that avoids a failing provider in every column; without probes the same except
+take back, which stays within 15 s. For the shared processes: detection, down share and
+failed within 1.25x of ours (one process) for 4 workers and within 2x for 4 x 4; calls
+into an announced cooldown no more than LiteLLM's single instance; and no column where
+LiteLLM's 16 instances do better. The script prints what is missed under each table.
 """
 
 from __future__ import annotations
@@ -72,7 +93,9 @@ import argparse
 import heapq
 import itertools
 import math
+import os
 import random
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -80,6 +103,9 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from app.scoring import HealthTracker, Permit
+from app.scoring.events import SharedOutcome
+from app.scoring.sharing import INTERVAL_S, Channel, FileTrialGate, HostChannel, Sharing
+from app.telemetry import REDIS_INTERVAL_S
 
 PROVIDERS = ("down", "slow", "bursty", "steady")
 RATE = 50.0  # calls per second
@@ -97,6 +123,7 @@ TAKE_BACK_LIMIT_S = 15.0  # without probes
 PROBE_INTERVAL_S, PROBE_UNHEALTHY_INTERVAL_S, PROBE_TIMEOUT_S = 15.0, 1.0, 5.0
 INCIDENTS = ("outage", "flapping", "rising")
 WALL_START = 1_700_000_000.0
+LITELLM_POLL_S = 1.0  # LiteLLM's cooldowns read back from Redis (PR #40025)
 
 
 # --- the traffic -----------------------------------------------------------------------------
@@ -227,10 +254,13 @@ def traffic(seed: int) -> list[tuple[float, float, float]]:
 
 class Policy(Protocol):
     name: str
+    #: What ``pick`` left for ``observe`` to get back with the call's outcome (the call's
+    #: permit, the process that served it), or None.
+    last_ticket: object
 
     def pick(self, candidates: tuple[str, ...], now: float) -> str: ...
 
-    def observe(self, provider: str, outcome: Outcome, now: float) -> None: ...
+    def observe(self, provider: str, outcome: Outcome, now: float, ticket: object = None) -> None: ...
 
 
 class SimClock:
@@ -242,6 +272,21 @@ class SimClock:
 
     def wall(self) -> float:
         return WALL_START + self.now
+
+
+def route(tracker: HealthTracker, candidates: tuple[str, ...]) -> tuple[str, Permit, bool]:
+    """What the gateway does with a call: ``choose``, then ``allow`` down the failover
+    order (in panic the choice anyway), and ``start``. The provider, its permit, panic."""
+    choice = tracker.choose(candidates)
+    for provider in choice.order:
+        permit = tracker.allow(provider)
+        if permit:
+            break
+    else:  # every circuit shut: panic, call the least bad one anyway
+        provider = choice.provider
+        permit = tracker.allow(provider)
+    tracker.start(provider)
+    return provider, permit, choice.panic
 
 
 class Ours:
@@ -257,7 +302,7 @@ class Ours:
         self.tracker = HealthTracker(clock=self.clock, wall_clock=self.clock.wall)
         self.tracker.add_listener(self._moved)
         self.panics = 0
-        self.last_permit: Permit | None = None
+        self.last_ticket: object = None  # the call's permit, handed back to observe
 
     def _moved(self, provider: str, before: str, after: str, reason: str) -> None:
         self.moves.append((self.clock.now, provider, before, after, reason))
@@ -265,21 +310,14 @@ class Ours:
 
     def pick(self, candidates: tuple[str, ...], now: float) -> str:
         self.clock.now = now
-        choice = self.tracker.choose(candidates)
-        for provider in choice.order:
-            permit = self.tracker.allow(provider)
-            if permit:
-                break
-        else:  # every circuit shut: panic, call the least bad one anyway
-            provider = choice.provider
-            permit = self.tracker.allow(provider)
-        self.panics += choice.panic
-        self.tracker.start(provider)
-        self.last_permit = permit
+        provider, permit, panic = route(self.tracker, candidates)
+        self.panics += panic
+        self.last_ticket = permit
         return provider
 
-    def observe(self, provider: str, outcome: Outcome, now: float, permit: Permit | None = None) -> None:
+    def observe(self, provider: str, outcome: Outcome, now: float, ticket: object = None) -> None:
         self.clock.now = now
+        permit = ticket if isinstance(ticket, Permit) else None
         self.tracker.record(provider, duration_s=outcome.duration_s, status_code=outcome.status_code,
                             error=outcome.error, headers=outcome.headers, permit=permit)
 
@@ -326,13 +364,14 @@ class OursWithProbes(Ours):
         self._run_probes(now)
         return super().pick(candidates, now)
 
-    def observe(self, provider: str, outcome: Outcome, now: float, permit: Permit | None = None) -> None:
+    def observe(self, provider: str, outcome: Outcome, now: float, ticket: object = None) -> None:
         self._run_probes(now)
-        super().observe(provider, outcome, now, permit)
+        super().observe(provider, outcome, now, ticket)
 
 
 class RoundRobin:
     name = "round-robin"
+    last_ticket: object = None
 
     def __init__(self, seed: int, scenario: Scenario) -> None:
         self.turn = itertools.count()
@@ -340,7 +379,7 @@ class RoundRobin:
     def pick(self, candidates: tuple[str, ...], now: float) -> str:
         return candidates[next(self.turn) % len(candidates)]
 
-    def observe(self, provider: str, outcome: Outcome, now: float) -> None:
+    def observe(self, provider: str, outcome: Outcome, now: float, ticket: object = None) -> None:
         pass
 
 
@@ -352,6 +391,7 @@ class EnvoyConsecutive5xx:
     (Envoy waits for the next 10 s sweep)."""
 
     name = "Envoy consecutive 5xx"
+    last_ticket: object = None
 
     def __init__(self, seed: int, scenario: Scenario) -> None:
         self.turn = itertools.count()
@@ -363,7 +403,7 @@ class EnvoyConsecutive5xx:
         healthy = [name for name in candidates if self.ejected_until[name] <= now] or list(candidates)
         return healthy[next(self.turn) % len(healthy)]
 
-    def observe(self, provider: str, outcome: Outcome, now: float) -> None:
+    def observe(self, provider: str, outcome: Outcome, now: float, ticket: object = None) -> None:
         if not outcome.failed:
             self.consecutive[provider] = 0
             return
@@ -383,6 +423,7 @@ class LiteLLMCooldown:
     with at least 5 (DEFAULT_FAILURE_THRESHOLD_MINIMUM_REQUESTS); simple-shuffle picks."""
 
     name = "LiteLLM cooldowns"
+    last_ticket: object = None
 
     def __init__(self, seed: int, scenario: Scenario) -> None:
         self.rng = random.Random(seed + 1)
@@ -393,7 +434,7 @@ class LiteLLMCooldown:
         healthy = [name for name in candidates if self.cooldown_until[name] <= now] or list(candidates)
         return self.rng.choice(healthy)
 
-    def observe(self, provider: str, outcome: Outcome, now: float) -> None:
+    def observe(self, provider: str, outcome: Outcome, now: float, ticket: object = None) -> None:
         minute = int(now // 60)
         current, ok, failed = self.minute.get(provider, (minute, 0, 0))
         if current != minute:
@@ -408,8 +449,193 @@ class LiteLLMCooldown:
             self.cooldown_until[provider] = now + 5.0
 
 
+# --- several processes ------------------------------------------------------------------------
+
+
+class SimRedis:
+    """Redis as the replicas use it for outcomes: a stream per host, appended to by its
+    processes, read by the other hosts' (the simulated clock stands for every host's)."""
+
+    def __init__(self) -> None:
+        self.streams: dict[str, list[SharedOutcome]] = defaultdict(list)
+
+
+class SimRedisChannel:
+    """One process's end of :class:`SimRedis`, with ``RedisChannel``'s protocol and cadence:
+    ``Sharing`` calls it every ``interval_s`` (what the process records meanwhile waits in
+    its batch), and it reads what the other hosts published since its last round. Between
+    a call's outcome and another host's tracker: up to one round to leave, up to one to be
+    read."""
+
+    name = "redis"
+
+    def __init__(self, server: SimRedis, host: str, interval_s: float = REDIS_INTERVAL_S) -> None:
+        self.server = server
+        self.host = host
+        self.interval_s = interval_s
+        self.read: dict[str, int] = {}  # host: entries read from its stream
+
+    def publish(self, outcomes: list[SharedOutcome]) -> None:
+        self.server.streams[self.host].extend(outcomes)
+
+    def receive(self) -> list[SharedOutcome]:
+        received: list[SharedOutcome] = []
+        for host, stream in self.server.streams.items():
+            if host != self.host and len(stream) > self.read.get(host, 0):
+                received.extend(stream[self.read.get(host, 0):])
+                self.read[host] = len(stream)
+        return received
+
+    def close(self) -> None:
+        pass
+
+
+class Fleet:
+    """Ours in ``hosts`` x ``workers`` processes: a HealthTracker each, every call served by
+    one of them picked at random (as uvicorn's or gunicorn's workers take them), its
+    outcome recorded by that tracker with its permit.
+
+    Shared, they run the code the workers run: the processes of a host share through
+    ``HostChannel`` on a directory of their own and count their half-open trials on its
+    ``FileTrialGate``, each ``Sharing.sync_once`` every 25 ms of simulated time; with more
+    than one host, each process also shares through a simulated Redis at the service's cadence
+    (trials stay counted per host, as in production). Each process starts sharing at a
+    seeded instant of its first round, so the replicas' Redis rounds are out of phase."""
+
+    def __init__(self, seed: int, scenario: Scenario, *, hosts: int, workers: int, shared: bool,
+                 name: str) -> None:
+        self.name = name
+        self.clock = SimClock()
+        self.rng = random.Random(seed + 3)
+        self.panics = 0
+        self.last_ticket: object = None  # (process, permit)
+        self.trackers = [HealthTracker(clock=self.clock, wall_clock=self.clock.wall)
+                         for _ in range(hosts * workers)]
+        self.sharings: list[tuple[float, Sharing]] = []  # (starts, its Sharing)
+        self.directory: tempfile.TemporaryDirectory[str] | None = None
+        self.rounds = 0  # Sharing rounds done (each on every process)
+        if not shared:
+            return
+        self.directory = tempfile.TemporaryDirectory(prefix="failover-fleet-")
+        redis = SimRedis()
+        rounds = round(REDIS_INTERVAL_S / INTERVAL_S)
+        for index, tracker in enumerate(self.trackers):
+            host = f"host-{index // workers}"
+            pid = 1_000_000 + index  # distinct processes: their own files, their own slots
+            directory = os.path.join(self.directory.name, host)
+            channels: list[Channel] = [HostChannel(directory, pid=pid, horizon_s=tracker.config.window_s,
+                                                   clock=self.clock)]
+            starts = 0.0
+            if hosts > 1:
+                channels.append(SimRedisChannel(redis, host))
+                starts = INTERVAL_S * self.rng.randrange(rounds)
+            gate = FileTrialGate(directory, pid=pid)
+            # What Sharing.start does, without its thread: the replay drives the rounds.
+            tracker.share_outcomes()
+            tracker.trial_gate = gate
+            self.sharings.append((starts, Sharing(tracker, channels, gate=gate, clock=self.clock)))
+
+    def _sync(self, now: float) -> None:
+        """Every Sharing round due by ``now``, at its own instant on the simulated clock."""
+        while (at := self.rounds * INTERVAL_S) <= now:
+            self.clock.now = at
+            for starts, sharing in self.sharings:
+                if at >= starts:
+                    sharing.sync_once()
+            self.rounds += 1
+
+    def pick(self, candidates: tuple[str, ...], now: float) -> str:
+        self._sync(now)
+        self.clock.now = now
+        process = self.rng.randrange(len(self.trackers))
+        provider, permit, panic = route(self.trackers[process], candidates)
+        self.panics += panic
+        self.last_ticket = (process, permit)
+        return provider
+
+    def observe(self, provider: str, outcome: Outcome, now: float, ticket: object = None) -> None:
+        self._sync(now)
+        self.clock.now = now
+        assert isinstance(ticket, tuple)
+        process, permit = ticket
+        self.trackers[process].record(provider, duration_s=outcome.duration_s, status_code=outcome.status_code,
+                                      error=outcome.error, headers=outcome.headers, permit=permit)
+
+    def close(self) -> None:
+        for _, sharing in self.sharings:
+            sharing.stop()
+        if self.directory is not None:
+            self.directory.cleanup()
+
+
+def fleet(name: str, hosts: int, workers: int, shared: bool) -> Callable[[int, Scenario], Policy]:
+    def make(seed: int, scenario: Scenario) -> Policy:
+        return Fleet(seed, scenario, hosts=hosts, workers=workers, shared=shared, name=name)
+    make.__name__ = name
+    return make
+
+
+class LiteLLMFleet:
+    """LiteLLM's router in ``instances`` processes, its cooldowns shared through Redis: each
+    instance counts its own minute's failures (the counts never leave it) and writes the
+    cooldowns it sets to Redis; the others see them at their next poll, one batched read
+    per second (PR #40025), each instance at a seeded phase. Every call goes to an
+    instance picked at random."""
+
+    def __init__(self, seed: int, scenario: Scenario, *, instances: int, name: str) -> None:
+        self.name = name
+        self.rng = random.Random(seed + 4)
+        self.instances = [LiteLLMCooldown(seed + 100 * (index + 1), scenario) for index in range(instances)]
+        self.phase = [self.rng.uniform(0.0, LITELLM_POLL_S) for _ in range(instances)]
+        self.writes: list[tuple[float, str, float]] = []  # (written at, provider, cooldown until)
+        self.read = [0] * instances  # writes each instance has read
+        self.last_ticket: object = None  # the instance
+
+    def _poll(self, index: int, now: float) -> None:
+        """The instance's last poll at or before ``now``: every write made by then."""
+        phase = self.phase[index]
+        polled = phase + math.floor((now - phase) / LITELLM_POLL_S) * LITELLM_POLL_S
+        instance, writes, read = self.instances[index], self.writes, self.read[index]
+        while read < len(writes) and writes[read][0] <= polled:
+            _, provider, until = writes[read]
+            instance.cooldown_until[provider] = max(instance.cooldown_until[provider], until)
+            read += 1
+        self.read[index] = read
+
+    def pick(self, candidates: tuple[str, ...], now: float) -> str:
+        index = self.rng.randrange(len(self.instances))
+        self._poll(index, now)
+        self.last_ticket = index
+        return self.instances[index].pick(candidates, now)
+
+    def observe(self, provider: str, outcome: Outcome, now: float, ticket: object = None) -> None:
+        assert isinstance(ticket, int)
+        instance = self.instances[ticket]
+        before = instance.cooldown_until[provider]
+        instance.observe(provider, outcome, now)
+        if instance.cooldown_until[provider] != before:  # set in memory and in Redis
+            self.writes.append((now, provider, instance.cooldown_until[provider]))
+
+
+def litellm_fleet(name: str, instances: int) -> Callable[[int, Scenario], Policy]:
+    def make(seed: int, scenario: Scenario) -> Policy:
+        return LiteLLMFleet(seed, scenario, instances=instances, name=name)
+    make.__name__ = name
+    return make
+
+
+WORKERS_4, REPLICAS_4X4 = "ours, 4 workers", "ours, 4 replicas x 4 workers"
+UNSHARED_16 = "ours, 16 processes, no sharing"
+LITELLM_16 = "LiteLLM, 16 instances, Redis"
+#: The fleets, their targets against one process (ours) on detection, down share and failed.
+FLEET_LIMITS = {WORKERS_4: 1.25, REPLICAS_4X4: 2.0}
+
 POLICIES: tuple[Callable[[int, Scenario], Policy], ...] = (
-    Ours, OursWithProbes, RoundRobin, EnvoyConsecutive5xx, LiteLLMCooldown)
+    Ours, OursWithProbes, fleet(WORKERS_4, 1, 4, True), fleet(REPLICAS_4X4, 4, 4, True),
+    fleet(UNSHARED_16, 16, 1, False), RoundRobin, EnvoyConsecutive5xx, LiteLLMCooldown,
+    litellm_fleet(LITELLM_16, 16))
+#: What the single-process targets compare with (one process each).
+BASELINES = (RoundRobin.name, EnvoyConsecutive5xx.name, LiteLLMCooldown.name)
 
 
 # --- the replay and its measures ---------------------------------------------------------------
@@ -427,18 +653,15 @@ class Result:
 def replay(policy: Policy, scenario: Scenario, calls: list[tuple[float, float, float]]) -> Result:
     """Send every call through ``policy``; outcomes reach it when each call ends."""
     result = Result(policy.name)
-    # (ends, seq, provider, sent, outcome, permit)
-    pending: list[tuple[float, int, str, float, Outcome, Permit | None]] = []
+    # (ends, seq, provider, sent, outcome, ticket)
+    pending: list[tuple[float, int, str, float, Outcome, object]] = []
     known_cooldown_end = -math.inf  # the latest Retry-After deadline of bursty the policy was told
 
     def deliver(until: float) -> None:
         nonlocal known_cooldown_end
         while pending and pending[0][0] <= until:
-            ends, _, provider, sent, outcome, permit = heapq.heappop(pending)
-            if isinstance(policy, Ours):
-                policy.observe(provider, outcome, ends, permit)
-            else:
-                policy.observe(provider, outcome, ends)
+            ends, _, provider, sent, outcome, ticket = heapq.heappop(pending)
+            policy.observe(provider, outcome, ends, ticket)
             if provider == "bursty" and outcome.retry_after_s is not None:
                 known_cooldown_end = max(known_cooldown_end, ends + outcome.retry_after_s)
             if provider == "down" and outcome.ok:
@@ -447,13 +670,13 @@ def replay(policy: Policy, scenario: Scenario, calls: list[tuple[float, float, f
     for seq, (t, u, v) in enumerate(calls):
         deliver(t)
         provider = policy.pick(PROVIDERS, t)
-        permit = policy.last_permit if isinstance(policy, Ours) else None
+        ticket = policy.last_ticket
         outcome = respond(scenario, provider, t, u, v)
         result.sends.append((t, provider))
         result.failed += not outcome.ok
         if provider == "bursty" and t < known_cooldown_end:
             result.into_cooldown += 1
-        heapq.heappush(pending, (t + outcome.duration_s, seq, provider, t, outcome, permit))
+        heapq.heappush(pending, (t + outcome.duration_s, seq, provider, t, outcome, ticket))
     deliver(math.inf)
     return result
 
@@ -524,16 +747,28 @@ def measure(scenario: Scenario, seed: int, calls: list[tuple[float, float, float
     """Replay every policy through one incident: its table, the policies, seconds taken."""
     started = time.perf_counter()
     policies = [make(seed, scenario) for make in POLICIES]
-    results = [replay(policy, scenario, calls) for policy in policies]
+    results = []
+    for policy in policies:
+        results.append(replay(policy, scenario, calls))
+        close = getattr(policy, "close", None)
+        if close is not None:
+            close()
     cols = columns(scenario, len(calls))
     table = {r.name: [value_of(r) for _, value_of, _, _ in cols] for r in results}
     return table, policies, time.perf_counter() - started
 
 
 def misses(table: Table, cols: list[Column], variant: str) -> list[str]:
-    """The columns where a baseline beats ``variant``, against the targets: with probes every
-    column counts but round-robin's take back (it never stops calling ``down``, so nothing
-    that avoids it can match); without probes take back only has to stay within 15 s."""
+    """The columns where ``variant`` misses its targets.
+
+    One process (ours, ours + probes): a baseline of one process beats it; with probes
+    every column counts but round-robin's take back (it never stops calling ``down``, so
+    nothing that avoids it can match); without probes take back only has to stay within
+    15 s. A fleet of ours (``FLEET_LIMITS``): detection, down share and failed more than its
+    limit times ours' (one process); more calls into an announced cooldown than LiteLLM's
+    single instance; any column where LiteLLM's shared instances do better."""
+    if variant in FLEET_LIMITS:
+        return fleet_misses(table, cols, variant)
     found = []
     for i, (title, _, _, figure) in enumerate(cols):
         mine = figure(table[variant][i])
@@ -541,11 +776,28 @@ def misses(table: Table, cols: list[Column], variant: str) -> list[str]:
             if mine > TAKE_BACK_LIMIT_S:
                 found.append(f"take back {mine:.1f} s > {TAKE_BACK_LIMIT_S:.0f} s")
             continue
-        for name, values in table.items():
-            if name in (Ours.name, OursWithProbes.name) or (title == "take back" and name == RoundRobin.name):
+        for name in BASELINES:
+            if title == "take back" and name == RoundRobin.name:
                 continue
-            if figure(values[i]) < mine:
+            if figure(table[name][i]) < mine:
                 found.append(f"{title} ({name})")
+    return found
+
+
+def fleet_misses(table: Table, cols: list[Column], variant: str) -> list[str]:
+    limit = FLEET_LIMITS[variant]
+    found = []
+    for i, (title, _, show, figure) in enumerate(cols):
+        mine = figure(table[variant][i])
+        if title in ("detection", "down share", "failed"):
+            alone = figure(table[Ours.name][i])
+            if mine > limit * alone:
+                found.append(f"{title} {show(table[variant][i])} > {limit:g} x {show(table[Ours.name][i])} (ours)")
+        if title == "into cooldown" and mine > figure(table[LiteLLMCooldown.name][i]):
+            found.append(f"into cooldown {mine:.0f} > {LiteLLMCooldown.name}'s "
+                         f"{figure(table[LiteLLMCooldown.name][i]):.0f}")
+        if figure(table[LITELLM_16][i]) < mine:
+            found.append(f"{title} ({LITELLM_16}: {show(table[LITELLM_16][i])})")
     return found
 
 
@@ -567,17 +819,29 @@ def run_incident(scenario: Scenario, seed: int, calls: list[tuple[float, float, 
         print(f"| {name:<{width}} | " + " | ".join(f"{show(value):>{cells[i]}}" for i, (value, (_, _, show, _)) in
                                                    enumerate(zip(values, cols, strict=True))) + " |")
 
-    baselines = [name for name in table if name not in (Ours.name, OursWithProbes.name)]
     ok = True
     for variant in (Ours.name, OursWithProbes.name):
-        print(f"\n{variant} against every baseline, column by column (lower is better):")
+        print(f"\n{variant} against every baseline of one process, column by column (lower is better):")
         for i, (title, _, _, figure) in enumerate(cols):
             mine = figure(table[variant][i])
-            better = [b for b in baselines if figure(table[b][i]) < mine]
-            equal = [b for b in baselines if figure(table[b][i]) == mine]
+            better = [b for b in BASELINES if figure(table[b][i]) < mine]
+            equal = [b for b in BASELINES if figure(table[b][i]) == mine]
             verdict = ("worse than " + ", ".join(better) if better else
                        "tied with " + ", ".join(equal) if equal else "better than all")
             print(f"  {title:<13} {verdict}")
+        missed = misses(table, cols, variant)
+        ok = ok and not missed
+        print(f"  targets       {'met' if not missed else 'missed: ' + '; '.join(missed)}")
+    for variant, limit in FLEET_LIMITS.items():
+        print(f"\n{variant} against ours (one process; target: detection, down share and failed within "
+              f"{limit:g}x), {LiteLLMCooldown.name} (into cooldown) and {LITELLM_16} (every column):")
+        for i, (title, _, show, figure) in enumerate(cols):
+            mine, alone, rival = (figure(table[name][i]) for name in (variant, Ours.name, LITELLM_16))
+            ratio = ("same as ours" if mine == alone else "ours: 0" if alone == 0 else
+                     f"{mine / alone:.2f}x ours" if math.isfinite(mine / alone) else "never")
+            versus = "better than" if mine < rival else "tied with" if mine == rival else "worse than"
+            print(f"  {title:<13} {show(table[variant][i]):>14}  {ratio:<13} {versus} {LITELLM_16} "
+                  f"({show(table[LITELLM_16][i])})")
         missed = misses(table, cols, variant)
         ok = ok and not missed
         print(f"  targets       {'met' if not missed else 'missed: ' + '; '.join(missed)}")
@@ -601,7 +865,7 @@ def run_seeds(seeds: list[int], incidents: list[str], down_start: float) -> None
     print(f"## targets over seeds {seeds[0]}-{seeds[-1]} (each seed its own traffic)\n")
     for incident in incidents:
         scenario = Scenario(incident, down_start=down_start)
-        missed: dict[str, list[str]] = {Ours.name: [], OursWithProbes.name: []}
+        missed: dict[str, list[str]] = {name: [] for name in (Ours.name, OursWithProbes.name, *FLEET_LIMITS)}
         sums: dict[str, list[float]] = {}
         for seed in seeds:
             calls = traffic(seed)
@@ -625,7 +889,7 @@ def run_seeds(seeds: list[int], incidents: list[str], down_start: float) -> None
             print(f"| {name} | " + " | ".join(cells) + " |")
         print()
         for variant, found in missed.items():
-            print(f"  {variant:<14} targets met with {len(seeds) - len(found)} of {len(seeds)} seeds")
+            print(f"  {variant:<28} targets met with {len(seeds) - len(found)} of {len(seeds)} seeds")
             for line in found:
                 print(f"      {line}")
         print()

@@ -262,6 +262,8 @@ class HealthTracker:
             outcome = Outcome(item.outcome)
         except ValueError:
             return []  # an outcome this version does not know: no verdict
+        # A call went: the retrial of a provider ranked out is due once per fleet, not once per process.
+        state.last_granted = max(state.last_granted, min(now, item.at))
         breaker = state.breaker
         if outcome not in _SCORED:  # no verdict; its trial permit went back where it was held
             if item.throttled_until > state.throttled_until:
@@ -289,6 +291,11 @@ class HealthTracker:
         if counts and moves and moves[-1].to_state is Circuit.OPEN:
             # A failed trial: the next one is due a cooldown after it was sent, as in its process.
             breaker.next_trial_at = max(at, item.issued + breaker.cooldown_s)
+        elif item.trial and not counts and outcome in _ERRORS and breaker.state is Circuit.OPEN:
+            # Another process's trial failed while this circuit is still open (its cooldown
+            # ended first): the provider is still down, so this one waits a cooldown from that
+            # trial too, rather than send a trial of its own into it.
+            breaker.next_trial_at = max(breaker.next_trial_at, item.issued + breaker.cooldown_s)
         return moves
     # --- feeding it ---------------------------------------------------------------------
 
