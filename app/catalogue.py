@@ -85,6 +85,10 @@ INFERENCE_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0
 # Time to first token: interactive use feels instant under ~0.3 s and broken past ~5 s.
 TTFT_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 20.0)
 DB_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Time per output token: streaming runs at 20-200 tokens/s (5-50 ms a token) on today's
+# providers, 1-5 ms on the fastest (Cerebras, Groq); 0.25 s a token is a visible crawl and
+# past 1 s a token the stream is broken, whatever the model.
+TPOT_BUCKETS = (0.005, 0.01, 0.015, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
 
 Kind = Literal["counter", "gauge", "histogram"]
 Source = Literal["recorded", "collected", "derived"]
@@ -204,6 +208,10 @@ FAMILIES: tuple[Family, ...] = (
     _family("gatewayz_time_to_first_token_seconds", "histogram",
             "Time from the upstream request to the first streamed token, in seconds.",
             [_provider, _model], [_M, _PE], TTFT_BUCKETS),
+    _family("gatewayz_time_per_output_token_seconds", "histogram",
+            "Time per output token after the first of a successful streamed call, in seconds: "
+            "(duration - time to first token) / (output tokens - 1).",
+            [_provider, _model], [_M, _PE], TPOT_BUCKETS),
     _family("gatewayz_token_efficiency", "gauge", "Output tokens per input token since start.",
             [_provider, _model], [_M], source="derived"),
     # business
@@ -230,6 +238,46 @@ FAMILIES: tuple[Family, ...] = (
 )
 
 FAMILIES_BY_NAME: dict[str, Family] = {family.name: family for family in FAMILIES}
+
+# --- OpenTelemetry GenAI semantic conventions (GATEWAY_METRICS_GENAI_SEMCONV) ------------
+#
+# The instruments of the GenAI semantic conventions (OpenTelemetry semantic conventions
+# 1.41, status development; docs/EMBEDDING.md says which and why), under the names and
+# labels the OpenTelemetry Python SDK's Prometheus exporter gives them: dots become ``_``,
+# a ``{token}`` unit is dropped and ``s`` becomes ``_seconds`` (tests/test_genai.py runs the
+# SDK beside them). Registered only when the setting is on, so they are not in FAMILIES.
+
+#: ``gen_ai.token.type``.
+GENAI_TOKEN_TYPES = ("input", "output")
+#: ``error.type`` of a failed call: its inference status (our outcome taxonomy), ``_OTHER``
+#: (the spec's fallback) for an error of no known class; ``""`` on a success, as the SDK's
+#: exporter fills an attribute absent on some points of a family.
+GENAI_ERROR_TYPES = ("", *(status for status in INFERENCE_STATUSES if status not in ("success", "unknown")), "_OTHER")
+#: The spec's recommended ExplicitBucketBoundaries of each instrument.
+GENAI_TOKEN_BUCKETS = (1.0, 4.0, 16.0, 64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0,
+                       4194304.0, 16777216.0, 67108864.0)
+GENAI_DURATION_BUCKETS = (0.01, 0.02, 0.04, 0.08, 0.16, 0.32, 0.64, 1.28, 2.56, 5.12, 10.24, 20.48, 40.96, 81.92)
+GENAI_TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
+GENAI_TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+
+_operation = free("gen_ai_operation_name")
+_genai_provider = free("gen_ai_provider_name")
+_request_model = free("gen_ai_request_model")
+
+GENAI_FAMILIES: tuple[Family, ...] = (
+    _family("gen_ai_client_token_usage", "histogram", "Number of input and output tokens used.",
+            [_operation, _genai_provider, _request_model, enum("gen_ai_token_type", GENAI_TOKEN_TYPES)],
+            [_M], GENAI_TOKEN_BUCKETS),
+    _family("gen_ai_client_operation_duration_seconds", "histogram", "GenAI operation duration.",
+            [enum("error_type", GENAI_ERROR_TYPES, fallback="_OTHER"), _operation, _genai_provider, _request_model],
+            [_M], GENAI_DURATION_BUCKETS),
+    _family("gen_ai_server_time_to_first_token_seconds", "histogram",
+            "Time to generate first token for successful responses.",
+            [_operation, _genai_provider, _request_model], [_M], GENAI_TTFT_BUCKETS),
+    _family("gen_ai_server_time_per_output_token_seconds", "histogram",
+            "Time per output token generated after the first token for successful responses.",
+            [_operation, _genai_provider, _request_model], [_M], GENAI_TPOT_BUCKETS),
+)
 
 #: The multiprocess modes prometheus_client's Gauge accepts.
 MultiprocessMode = Literal[

@@ -168,6 +168,9 @@ class DemoTraffic:
         elif roll < timeout_rate + error_rate + profile.rate_limit_rate:
             status_code, duration = 429, 0.05
             headers = {"retry-after": str(rng.choice((1, 2, 5)))}
+        succeeded = status_code is None and error is None
+        if succeeded and rng.random() < 0.002:  # a provider bug: a negative usage count, dropped and counted
+            input_tokens = -input_tokens
         self.telemetry.record_upstream_call(
             profile.name,
             model,
@@ -177,15 +180,14 @@ class DemoTraffic:
             ttft_s=ttft if stream and status_code is None and error is None else None,
             headers=headers,
             permit=permit,  # the outcome counts for the breaker period the call was admitted in
+            input_tokens=input_tokens if succeeded else None,  # with a streamed call's time per output token
+            output_tokens=output_tokens if succeeded else None,
         )
         http_status = 200 if status_code is None and error is None else (status_code or 504)
         # An upstream timeout surfaces in the gateway as an exception its handler raises.
         exception = TimeoutError("upstream read timed out") if error == "timeout" else None
         self.telemetry.record_http_request("POST", "/v1/chat/completions", http_status, duration + 0.004, exception)
-        if status_code is None and error is None:
-            if rng.random() < 0.002:  # a provider bug: a negative usage count, dropped and counted
-                input_tokens = -input_tokens
-            self.telemetry.record_tokens_used(profile.name, model, input_tokens, output_tokens)
+        if succeeded:
             cost = (input_tokens + output_tokens) / 1000 * profile.usd_per_1k_tokens
             self.telemetry.record_provider_cost(profile.name, cost)
             self.telemetry.record_credits_used(profile.name, model, user, cost * 100, api_key=api_key)

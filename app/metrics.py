@@ -45,7 +45,9 @@ __all__ = [
 ]
 
 
-def track_model_inference(provider: Any, model: Any, *, permit: Permit | None = None) -> InferenceCall:
+def track_model_inference(
+    provider: Any, model: Any, *, permit: Permit | None = None, operation: Any = None
+) -> InferenceCall:
     """Time an upstream call and record its outcome; an exception in the block is a failure.
 
     ::
@@ -53,11 +55,13 @@ def track_model_inference(provider: Any, model: Any, *, permit: Permit | None = 
         with track_model_inference("openrouter", "gpt-4o") as call:
             response = await client.post(...)
             call.status_code = response.status_code
+            call.usage(usage.prompt_tokens, usage.completion_tokens)
 
     The call asks the health tracker for its permit as it begins and hands it back with
     its outcome; pass ``permit=`` when the gateway already took one with ``allow()``.
+    ``operation`` is the GenAI operation name (``chat`` if None).
     """
-    return default().track_model_inference(provider, model, permit=permit)
+    return default().track_model_inference(provider, model, permit=permit, operation=operation)
 
 
 def record_upstream_call(
@@ -71,10 +75,14 @@ def record_upstream_call(
     headers: Mapping[str, str] | None = None,
     error_code: str | None = None,
     permit: Permit | None = None,
+    input_tokens: Any = None,
+    output_tokens: Any = None,
+    operation: Any = None,
 ) -> None:
     """Record one finished upstream call (see :meth:`app.recording.Recorder.record_upstream_call`)."""
     default().record_upstream_call(provider, model, duration_s=duration_s, status_code=status_code, error=error,
-                                   ttft_s=ttft_s, headers=headers, error_code=error_code, permit=permit)
+                                   ttft_s=ttft_s, headers=headers, error_code=error_code, permit=permit,
+                                   input_tokens=input_tokens, output_tokens=output_tokens, operation=operation)
 
 
 def record_time_to_first_token(provider: Any, model: Any, seconds: Any) -> None:

@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any
 
 from app.catalogue import UNKNOWN_VALUE
+from app.genai import GenAISemconv
 from app.http_stats import HttpStats
 from app.registry import MAX_LABEL_LENGTH, MetricSet, safe_text
 from app.scoring import HealthTracker, Permit, classify
@@ -108,17 +109,21 @@ class InferenceCall(_Timed):
     """One upstream call being tracked by :meth:`Recorder.track_model_inference`.
 
     Mark what the block learned: ``call.first_token()`` when a stream yields its first
-    token, ``call.status_code = resp.status_code`` and ``call.headers = resp.headers``
-    for a provider's answer, ``call.fail(...)`` for a failure that raised nothing.
+    token, ``call.usage(input_tokens, output_tokens)`` when the answer (or a stream's last
+    chunk) reports its usage, ``call.status_code = resp.status_code`` and
+    ``call.headers = resp.headers`` for a provider's answer, ``call.fail(...)`` for a
+    failure that raised nothing.
     """
 
     __slots__ = ("recorder", "provider", "model", "name", "permit", "ttft_s", "status_code", "error",
-                 "error_code", "headers")
+                 "error_code", "headers", "operation", "input_tokens", "output_tokens", "_ended", "_usage_recorded")
 
-    def __init__(self, recorder: Recorder, provider: Any, model: Any, permit: Permit | None = None) -> None:
+    def __init__(self, recorder: Recorder, provider: Any, model: Any, permit: Permit | None = None,
+                 operation: Any = None) -> None:
         self.recorder = recorder
         self.provider = provider
         self.model = model
+        self.operation = operation
         self.started = 0.0
         # The provider as its labels (and the tracker) know it, cleaned once per call.
         self.name = name = recorder.provider_name(provider)
@@ -135,10 +140,32 @@ class InferenceCall(_Timed):
         self.error: BaseException | str | None = None
         self.error_code: str | None = None
         self.headers: Mapping[str, str] | None = None
+        self.input_tokens: Any = None
+        self.output_tokens: Any = None
+        #: (status, duration, ttft) of the call once recorded without a usage: one given later
+        #: is recorded at once, with its time per output token.
+        self._ended: tuple[str, float, float | None] | None = None
+        self._usage_recorded = False
 
     def first_token(self) -> None:
         if self.ttft_s is None:
             self.ttft_s = perf_counter() - self.started
+
+    def usage(self, input_tokens: Any = None, output_tokens: Any = None) -> None:
+        """The call's token usage (either may be None: not reported). Recorded once, when
+        the call ends, with the time per output token of a streamed call; a later value
+        replaces an earlier one. After the block, the first usage given is recorded at once."""
+        if input_tokens is not None:
+            self.input_tokens = input_tokens
+        if output_tokens is not None:
+            self.output_tokens = output_tokens
+        ended = self._ended
+        if ended is not None and not self._usage_recorded:
+            self._usage_recorded = True
+            recorder = self.recorder
+            status, duration, ttft = ended
+            recorder.record_usage(self.provider, self.model, self.name, self.operation, status, duration, ttft,
+                                  recorder.tokens(self.input_tokens), recorder.tokens(self.output_tokens), late=True)
 
     def fail(
         self,
@@ -165,8 +192,16 @@ class InferenceCall(_Timed):
         ttft = self.ttft_s
         if ttft is not None:  # set by first_token(), or by the caller: checked
             ttft = recorder.amount(ttft, "record_time_to_first_token")
-        recorder.record_call(self.provider, self.model, self.name, duration, self.status_code, error, ttft,
-                             self.headers, self.error_code, self.permit)
+        given_in, given_out = self.input_tokens, self.output_tokens
+        if given_in is None and given_out is None:
+            status = recorder.record_call(self.provider, self.model, self.name, duration, self.status_code, error,
+                                          ttft, self.headers, self.error_code, self.permit, None, None, self.operation)
+            self._ended = (status, duration, ttft)
+        else:
+            self._usage_recorded = True
+            recorder.record_call(self.provider, self.model, self.name, duration, self.status_code, error, ttft,
+                                 self.headers, self.error_code, self.permit, recorder.tokens(given_in),
+                                 recorder.tokens(given_out), self.operation)
 
 
 class HttpRequest(_Timed):
@@ -212,6 +247,7 @@ class Recorder:
         self._inference_duration = metrics["model_inference_duration_seconds"]
         self._provider_response = metrics["provider_response_time_seconds"]
         self._ttft = metrics["gatewayz_time_to_first_token_seconds"]
+        self._tpot = metrics["gatewayz_time_per_output_token_seconds"]
         self._tokens = metrics["tokens_used_total"]
         self._credits = metrics["credits_used_total"]
         self._cost = metrics["gatewayz_cost_by_provider"]
@@ -226,6 +262,8 @@ class Recorder:
         self._rejected = metrics["gatewayz_recording_rejected_total"]
         self._apdex = metrics["gatewayz_provider_apdex_total"]
         self._transitions = metrics["gatewayz_provider_circuit_transitions_total"]
+        #: The OpenTelemetry GenAI instruments, when the settings ask for them (app.genai).
+        self.genai: GenAISemconv | None = None
         # Counted where the move was caused: every process of a fleet makes the moves that
         # shared outcomes cause, and the counter is summed over them.
         tracker.add_listener(self._count_transition, remote=False)
@@ -263,6 +301,10 @@ class Recorder:
         self.reject(helper, reason)
         return None
 
+    def tokens(self, value: Any) -> float | None:
+        """A token count as recorded (None: not reported, or refused and counted)."""
+        return None if value is None else self.amount(value, "record_tokens_used")
+
     def provider_name(self, provider: Any) -> str:
         """``provider`` as the provider labels (and the health tracker) record it."""
         return self._provider_response.label_value("provider", provider)
@@ -272,7 +314,9 @@ class Recorder:
 
     # --- upstream calls ---------------------------------------------------------------
 
-    def track_model_inference(self, provider: Any, model: Any, *, permit: Permit | None = None) -> InferenceCall:
+    def track_model_inference(
+        self, provider: Any, model: Any, *, permit: Permit | None = None, operation: Any = None
+    ) -> InferenceCall:
         """Time an upstream call and record its outcome; an exception in the block is a failure.
 
         ::
@@ -280,11 +324,13 @@ class Recorder:
             with telemetry.track_model_inference("openrouter", "gpt-4o") as call:
                 response = await client.post(...)
                 call.status_code = response.status_code
+                call.usage(usage.prompt_tokens, usage.completion_tokens)
 
         The call asks the health tracker for its permit as it begins and hands it back with
         its outcome; pass ``permit=`` when the gateway already took one with ``allow()``.
+        ``operation`` is the GenAI operation (``gen_ai.operation.name``; ``chat`` if None).
         """
-        return InferenceCall(self, provider, model, permit)
+        return InferenceCall(self, provider, model, permit, operation)
 
     def record_upstream_call(
         self,
@@ -298,6 +344,9 @@ class Recorder:
         headers: Mapping[str, str] | None = None,
         error_code: str | None = None,
         permit: Permit | None = None,
+        input_tokens: Any = None,
+        output_tokens: Any = None,
+        operation: Any = None,
     ) -> None:
         """Record one finished upstream call: counters, latency histograms and health.
 
@@ -306,12 +355,17 @@ class Recorder:
         ``ttft_s`` the time to first token of a streamed call; ``headers`` the provider's
         response headers (rate-limit hints); ``error_code`` its error code
         (``insufficient_quota``); ``permit`` the call's permit from ``tracker.allow``, so the
-        breaker counts the outcome for the period the call was admitted in.
+        breaker counts the outcome for the period the call was admitted in;
+        ``input_tokens`` and ``output_tokens`` its usage (recorded as by
+        ``record_tokens_used``, and for a streamed call the time per output token);
+        ``operation`` the GenAI operation (``chat`` if None).
         """
         duration = self.amount(duration_s, "track_model_inference")
         ttft = None if ttft_s is None else self.amount(ttft_s, "record_time_to_first_token")
+        given_in = None if input_tokens is None else self.amount(input_tokens, "record_tokens_used")
+        given_out = None if output_tokens is None else self.amount(output_tokens, "record_tokens_used")
         self.record_call(provider, model, self.provider_name(provider), duration,
-                         status_code, error, ttft, headers, error_code, permit)
+                         status_code, error, ttft, headers, error_code, permit, given_in, given_out, operation)
 
     def record_call(
         self,
@@ -325,15 +379,25 @@ class Recorder:
         headers: Mapping[str, str] | None,
         error_code: str | None,
         permit: Permit | None,
-    ) -> None:
+        input_tokens: float | None = None,
+        output_tokens: float | None = None,
+        operation: Any = None,
+    ) -> str:
         """``record_upstream_call`` once its numbers are checked (None: dropped) and ``name``,
-        the provider as its labels record it, is known: one call deep, as it runs per call."""
-        self._requests.child(provider, model, inference_status(status_code, error)).inc()
+        the provider as its labels record it, is known: one call deep, as it runs per call.
+        Returns the call's inference status."""
+        status = inference_status(status_code, error)
+        self._requests.child(provider, model, status).inc()
         if duration is not None:
             self._inference_duration.child(provider, model).observe(duration)
             self._provider_response.child(provider).observe(duration)
         if ttft is not None:
             self._ttft.child(provider, model).observe(ttft)
+        genai = self.genai
+        if input_tokens is not None or output_tokens is not None:
+            self.record_usage(provider, model, name, operation, status, duration, ttft, input_tokens, output_tokens)
+        elif genai is not None:
+            genai.record_call(name, model, operation, status, duration, ttft, None)
         # Feed the health tracker; its failures never reach the caller. Without the call's
         # permit one is asked for now: in half-open the outcome then counts only when a trial
         # permit is free, never in place of a trial still in flight.
@@ -353,9 +417,48 @@ class Recorder:
             )
         except Exception:  # noqa: BLE001 - health scoring must never break a gateway call
             self.reject("health_tracker", "tracker_error")
-            return
+            return status
         if zone is not None:
             self._apdex.child(name, zone).inc()
+        return status
+
+    def record_usage(
+        self,
+        provider: Any,
+        model: Any,
+        name: str,
+        operation: Any,
+        status: str,
+        duration: float | None,
+        ttft: float | None,
+        input_tokens: float | None,
+        output_tokens: float | None,
+        late: bool = False,
+    ) -> None:
+        """The tokens of a finished call (checked numbers) and, for a successful streamed call
+        with at least two output tokens, its time per output token:
+        (duration - time to first token) / (output tokens - 1). ``late``: the call itself was
+        recorded before its usage came."""
+        if input_tokens is not None:
+            self._tokens.child(provider, model, "input").inc(input_tokens)
+        tpot = None
+        if output_tokens is not None:
+            self._tokens.child(provider, model, "output").inc(output_tokens)
+            if status == "success" and ttft is not None and duration is not None and output_tokens >= 2:
+                tpot = (duration - ttft) / (output_tokens - 1)
+                if tpot >= 0:
+                    self._tpot.child(provider, model).observe(tpot)
+                else:  # a first token after the call's end: the caller's clocks disagree
+                    self.reject("time_per_output_token", "negative")
+                    tpot = None
+        genai = self.genai
+        if genai is not None:
+            genai.record_tokens(name, model, operation, input_tokens, output_tokens)
+            if late:
+                if tpot is not None:
+                    genai.record_time_per_output_token(name, model, operation, tpot)
+            else:
+                genai.record_call(name, model, operation, status, duration, ttft, tpot)
 
     def record_time_to_first_token(self, provider: Any, model: Any, seconds: Any) -> None:
         value = self.amount(seconds, "record_time_to_first_token")
@@ -370,6 +473,8 @@ class Recorder:
             self._tokens.child(provider, model, "input").inc(given_in)
         if given_out is not None:
             self._tokens.child(provider, model, "output").inc(given_out)
+        if self.genai is not None:
+            self.genai.record_tokens(self.provider_name(provider), model, None, given_in, given_out)
 
     def record_credits_used(
         self, provider: Any, model: Any, user_id: Any, credits: Any, *, api_key: str | None = None

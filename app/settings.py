@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         "past it, new label sets record a free-text label as \"other\".",
     )
     top_n: int = Field(10, ge=1, le=1000, description="Length of the summary's top-N lists.")
+    genai_semconv: bool = Field(
+        False,
+        description="Also record the OpenTelemetry GenAI semantic conventions' instruments "
+        "(gen_ai_client_token_usage, gen_ai_client_operation_duration_seconds, ...) for every upstream call.",
+    )
 
     # Demo traffic
     demo: bool = Field(False, description="Feed the registry with simulated gateway traffic.")

@@ -10,7 +10,9 @@ calls it: the ``app.metrics`` function (which records into the process's default
 ``Telemetry``) and the same helper as a method of that ``Telemetry`` instance
 (``telemetry.record_upstream_call(...)``); the three are timed in turn. Then the health
 tracker's share of the upstream-call helpers (``begin``, ``allow``, ``record``), which
-the raw calls do not do.
+the raw calls do not do, and the cost of ``GATEWAY_METRICS_GENAI_SEMCONV`` (the OpenTelemetry
+GenAI instruments): the upstream-call helpers with the usage of a streamed call, on a
+telemetry with the option off and one with it on, timed in turn.
 
     .venv/bin/python benchmarks/hot_path.py            # scripts/setup.sh test,bench first
     .venv/bin/python benchmarks/hot_path.py --helpers  # part 2 alone
@@ -232,6 +234,31 @@ def measure_helpers(repeat: int, telemetry: Telemetry) -> None:
         print(f"{'':46} {'telemetry method':22} {method_s * 1e6:7.2f} {raw_s * 1e6:8.2f} "
               f"{method_s / raw_s:7.2f}")
     measure_tracker(repeat)
+    measure_genai(repeat)
+
+
+def measure_genai(repeat: int) -> None:
+    """A streamed call with its usage, recorded with the GenAI instruments off and on."""
+    off = Telemetry(Settings(access_log=False))
+    on = Telemetry(Settings(access_log=False, genai_semconv=True))
+
+    def upstream(t: Telemetry) -> Call:
+        return lambda: t.record_upstream_call("openai", "gpt-4o", duration_s=2.0, ttft_s=0.3, input_tokens=120,
+                                              output_tokens=300)
+
+    def tracked(t: Telemetry) -> Call:
+        def call() -> None:
+            with t.track_model_inference("openai", "gpt-4o") as inference:
+                inference.first_token()
+                inference.usage(120, 300)
+        return call
+
+    print("GenAI semantic conventions (GATEWAY_METRICS_GENAI_SEMCONV), a streamed call with its usage:")
+    print(f"  {'helper':44} {'off us':>8} {'on us':>8} {'on - off':>9}")
+    for name, make in (("record_upstream_call(..., input/output_tokens)", upstream),
+                       ("track_model_inference + first_token + usage", tracked)):
+        off_s, on_s = best_of([make(off), make(on)], 20_000, repeat)
+        print(f"  {name:44} {off_s * 1e6:8.2f} {on_s * 1e6:8.2f} {(on_s - off_s) * 1e6:9.2f}")
 
 
 def measure_tracker(repeat: int) -> None:

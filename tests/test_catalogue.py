@@ -33,6 +33,7 @@ SPEC_FAMILIES: dict[str, tuple[tuple[str, ...], set[str]]] = {
     "model_inference_duration_seconds": (("provider", "model"), {"models", "performance"}),
     "tokens_used_total": (("provider", "model", "token_type"), {"models"}),
     "gatewayz_time_to_first_token_seconds": (("provider", "model"), {"models", "performance"}),
+    "gatewayz_time_per_output_token_seconds": (("provider", "model"), {"models", "performance"}),
     "gatewayz_token_efficiency": (("provider", "model"), {"models"}),
     "credits_used_total": (("provider", "model"), {"business"}),
     "api_key_usage_total": (("status",), {"business"}),

@@ -243,3 +243,78 @@ def test_balance_may_be_negative_other_gauges_not() -> None:
     metrics.set_queue_size("q", -1)
     assert rejected("set_queue_size", "negative") == 1
     assert sample("queue_size", {"queue_name": "q"}) == 0
+
+
+# --- usage and time per output token ------------------------------------------------------
+
+def tokens(provider: str, model: str, token_type: str) -> float:
+    return sample("tokens_used_total", {"provider": provider, "model": model, "token_type": token_type})
+
+
+def tpot(provider: str, model: str, suffix: str) -> float:
+    return sample(f"gatewayz_time_per_output_token_seconds_{suffix}", {"provider": provider, "model": model})
+
+
+def test_record_upstream_call_takes_the_usage_and_records_time_per_output_token() -> None:
+    metrics.record_upstream_call("tp-openai", "gpt-4o", duration_s=2.5, ttft_s=0.5, input_tokens=100, output_tokens=41)
+    assert tokens("tp-openai", "gpt-4o", "input") == 100
+    assert tokens("tp-openai", "gpt-4o", "output") == 41
+    assert tpot("tp-openai", "gpt-4o", "count") == 1
+    assert tpot("tp-openai", "gpt-4o", "sum") == pytest.approx((2.5 - 0.5) / 40)
+
+
+@pytest.mark.parametrize(("ttft_s", "output_tokens", "status_code"), [
+    (None, 41, None),   # not streamed: no first token
+    (0.5, 1, None),     # one output token: no pace after the first
+    (0.5, 41, 500),     # a failed call: no completion's pace
+])
+def test_time_per_output_token_needs_a_successful_stream_of_two_tokens(
+    ttft_s: float | None, output_tokens: int, status_code: int | None
+) -> None:
+    metrics.record_upstream_call("tp-x", "m", duration_s=2.5, ttft_s=ttft_s, status_code=status_code,
+                                 input_tokens=10, output_tokens=output_tokens)
+    assert tpot("tp-x", "m", "count") == 0
+    assert tokens("tp-x", "m", "output") == output_tokens
+
+
+def test_call_usage_records_the_tokens_once_with_the_last_values() -> None:
+    with metrics.track_model_inference("tp-call", "m") as call:
+        call.first_token()
+        call.usage(10, 3)
+        call.usage(12, 5)       # a later chunk reports the final usage
+        call.usage(None, None)  # nothing new: kept
+    call.usage(99, 99)          # after the call was recorded with its usage: ignored
+    assert tokens("tp-call", "m", "input") == 12
+    assert tokens("tp-call", "m", "output") == 5
+    assert tpot("tp-call", "m", "count") == 1
+
+
+def test_call_usage_after_the_block_is_recorded_once_with_its_pace() -> None:
+    with metrics.track_model_inference("tp-late", "m") as call:
+        call.first_token()
+    call.usage(7, 9)
+    call.usage(7, 9)
+    assert tokens("tp-late", "m", "input") == 7
+    assert tokens("tp-late", "m", "output") == 9
+    assert tpot("tp-late", "m", "count") == 1
+    assert calls("tp-late", "m", "success") == 1
+
+
+@pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "12", None.__class__, 10**400])
+def test_bad_token_counts_are_dropped_and_counted_never_raised(bad: object) -> None:
+    with metrics.track_model_inference("tp-bad", "m") as call:
+        call.first_token()
+        call.usage(bad, 20)
+    metrics.record_upstream_call("tp-bad", "m", duration_s=1.0, ttft_s=0.1, input_tokens=5, output_tokens=bad)
+    assert tokens("tp-bad", "m", "input") == 5
+    assert tokens("tp-bad", "m", "output") == 20
+    assert tpot("tp-bad", "m", "count") == 1
+    assert calls("tp-bad", "m", "success") == 2
+    assert sum(rejected("record_tokens_used", reason)
+               for reason in ("negative", "not_finite", "not_a_number", "too_large")) == 2
+
+
+def test_a_first_token_after_the_end_gives_no_time_per_output_token() -> None:
+    metrics.record_upstream_call("tp-neg", "m", duration_s=1.0, ttft_s=2.0, output_tokens=10)
+    assert tpot("tp-neg", "m", "count") == 0
+    assert rejected("time_per_output_token", "negative") == 1
