@@ -30,14 +30,18 @@ per answer from its samples (:func:`result_nbytes`).
 
 from __future__ import annotations
 
+import base64
 import json
 import math
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from operator import attrgetter
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, Self
@@ -268,6 +272,70 @@ def _read_answer(status: int, body: bytes, finite_only: bool) -> QueryResult:
     return QueryResult(result_type, samples, tuple(warnings))
 
 
+@dataclass(frozen=True, slots=True)
+class RuleGroup:
+    """A recording rule group as the backend evaluates it."""
+
+    name: str
+    interval_s: float
+    #: Unix seconds of its last evaluation on the backend's clock; None: not evaluated yet.
+    last_evaluation: float | None
+    #: Its records whose last evaluation succeeded.
+    healthy: frozenset[str]
+
+
+@dataclass(frozen=True, slots=True)
+class RuleGroups:
+    """The answer of ``/api/v1/rules?type=record``, and the backend's clock when it
+    answered (its ``Date`` header; None without one)."""
+
+    groups: tuple[RuleGroup, ...]
+    backend_now: float | None
+
+
+_RFC3339 = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?(Z|[+-]\d\d:\d\d)")
+
+
+def _unix(timestamp: str) -> float | None:
+    """Unix seconds of an RFC 3339 time as Go writes it (nanoseconds); None for Go's zero
+    time (a rule not evaluated yet) or anything else."""
+    match = _RFC3339.fullmatch(timestamp)
+    if match is None:
+        return None
+    whole, fraction, zone = match.groups()
+    moment = datetime.fromisoformat(whole + ("+00:00" if zone == "Z" else zone))
+    if moment.year < 1970:
+        return None
+    return moment.timestamp() + float(fraction or 0.0)
+
+
+def parse_rule_groups(status: int, body: bytes, date: str | None = None) -> RuleGroups:
+    """The recording rule groups of a ``/api/v1/rules`` answer, or BackendFailure saying
+    what is wrong with it (every reading error included, as :func:`parse_response`)."""
+    try:
+        envelope = json.loads(body)
+        if status >= 400 or envelope.get("status") != "success":
+            raise _failure("http_error", f"HTTP {status}: {_snippet(body)}", status)
+        groups = []
+        for group in envelope["data"]["groups"]:
+            healthy = frozenset(str(rule["name"]) for rule in group["rules"]
+                                if rule.get("type", "recording") == "recording" and rule.get("health") == "ok")
+            groups.append(RuleGroup(str(group["name"]), float(group["interval"]),
+                                    _unix(str(group.get("lastEvaluation", ""))), healthy))
+    except BackendFailure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes make the reading raise is their fault
+        raise _failure("garbage", f"not a rules answer ({type(exc).__name__}: {_snippet(str(exc))})",
+                       status) from None
+    backend_now = None
+    if date:
+        try:
+            backend_now = parsedate_to_datetime(date).timestamp()
+        except (TypeError, ValueError):
+            backend_now = None
+    return RuleGroups(tuple(groups), backend_now)
+
+
 # --- the client ---------------------------------------------------------------------------
 
 
@@ -281,14 +349,19 @@ def _reason(exc: requests.RequestException) -> str:
 class _Connection(PrometheusConnect):
     """PrometheusConnect plus the call it lacks: an instant query's whole response."""
 
-    def query_response(self, query: str, timeout_s: float) -> requests.Response:
+    def query_response(self, query: str, timeout_s: float, at: float | None = None) -> requests.Response:
         # The request custom_query sends (same session, headers, auth, TLS settings),
         # returned whole; POST keeps long queries out of URLs and access logs.
         backend_timeout_ms = max(1, int(timeout_s * BACKEND_TIMEOUT_SHARE * 1000))
+        form = {"query": query, "timeout": f"{backend_timeout_ms}ms"}
+        if at is not None:
+            form["time"] = f"{at:.3f}"
+        return self.request("POST", "/api/v1/query", timeout_s, data=form)
+
+    def request(self, method: str, path: str, timeout_s: float, **options: Any) -> requests.Response:
         return self._session.request(
-            method="POST",
-            url=f"{self.url}/api/v1/query",
-            data={"query": query, "timeout": f"{backend_timeout_ms}ms"},
+            method=method,
+            url=f"{self.url}{path}",
             headers=self.headers,
             auth=self.auth,
             # Passed per request because requests lets REQUESTS_CA_BUNDLE override a
@@ -296,6 +369,7 @@ class _Connection(PrometheusConnect):
             verify=self._session.verify,
             cert=self._session.cert,
             timeout=timeout_s,
+            **options,
         )
 
 
@@ -321,11 +395,13 @@ def result_nbytes(result: QueryResult) -> int:
 
 class _Kept(NamedTuple):
     """A good answer as the store keeps it: served as fresh until ``fresh_until`` (on the
-    backend's clock), and as the last good answer after a failure, whatever its age."""
+    backend's clock) to queries for the same instant ``at``, and as the last good answer
+    after a failure, whatever its age or instant."""
 
     result: QueryResult
     fresh_until: float
     nbytes: int
+    at: float | None = None
 
 
 class PrometheusBackend:
@@ -368,10 +444,15 @@ class PrometheusBackend:
         self.cache_ttl_s = cache_ttl_s
         self.ping_timeout_s = ping_timeout_s
         self.finite_only = finite_only
-        self._headers = {"Accept": "application/json"}
+        # Credentials go as UTF-8 bytes (RFC 7617's charset="UTF-8", as curl and Go send
+        # them): requests and http.client would encode a str as Latin-1 and raise on
+        # anything beyond it, mid-request.
+        self._headers: dict[str, str | bytes] = {"Accept": "application/json"}
         if bearer_token is not None:
-            self._headers["Authorization"] = f"Bearer {bearer_token}"
-        self._auth = basic_auth
+            self._headers["Authorization"] = b"Bearer " + bearer_token.encode("utf-8")
+        if basic_auth is not None:
+            user, password = basic_auth
+            self._headers["Authorization"] = b"Basic " + base64.b64encode(f"{user}:{password}".encode())
         self._verify = verify_tls
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="promql")
         self._local = threading.local()
@@ -380,23 +461,26 @@ class PrometheusBackend:
         self._lock = threading.Lock()  # guards _kept, _inflight and _connections
         self._kept: LRUCache[str, _Kept] = bounded(LRUCache, max_entries=MAX_CACHED_QUERIES,
                                                    max_bytes=max_cache_bytes, nbytes=attrgetter("nbytes"))
-        self._inflight: dict[str, tuple[Future[Outcome], float]] = {}  # text -> (request, its deadline)
+        # (text, instant) -> (request, its deadline)
+        self._inflight: dict[tuple[str, float | None], tuple[Future[Outcome], float]] = {}
 
     # --- queries ----------------------------------------------------------------------
 
-    def query_many(self, queries: Mapping[str, str], deadline_s: float | None = None) -> BatchResult:
+    def query_many(self, queries: Mapping[str, str], deadline_s: float | None = None, *,
+                   at: float | None = None) -> BatchResult:
         """Run the named instant queries in parallel, all within ``deadline_s`` (by
-        default the backend's); never raises for anything the backend does."""
+        default the backend's), all evaluated at ``at`` (Unix seconds; the backend's
+        "now" when None); never raises for anything the backend does."""
         deadline_s = deadline_s or self.deadline_s
         deadline = time.monotonic() + deadline_s
         outcomes: dict[str, Outcome] = {}
         pending: dict[str, Future[Outcome]] = {}
         for name, text in queries.items():
-            cached = self._cached(text)
+            cached = self._cached(text, at)
             if cached is not None:
                 outcomes[name] = cached
             else:
-                pending[name] = self._submit(text, deadline)
+                pending[name] = self._submit(text, deadline, at)
         wait(pending.values(), timeout=max(0.0, deadline - time.monotonic()))
         for name, future in pending.items():
             answered = future.done() and not future.cancelled()  # cancelled: close() ran meanwhile
@@ -410,38 +494,40 @@ class PrometheusBackend:
         with self._lock:
             return int(self._kept.currsize)
 
-    def _cached(self, text: str) -> QueryResult | None:
-        """The answer to ``text`` if it is fresh."""
+    def _cached(self, text: str, at: float | None) -> QueryResult | None:
+        """The answer to ``text`` at ``at`` if it is fresh."""
         if self.cache_ttl_s <= 0:
             return None
         with self._lock:
             kept = self._kept.get(text)
-        return kept.result if kept is not None and self._clock() < kept.fresh_until else None
+        fresh = kept is not None and kept.at == at and self._clock() < kept.fresh_until
+        return kept.result if fresh and kept is not None else None
 
-    def _submit(self, text: str, deadline: float) -> Future[Outcome]:
-        # Concurrent batches asking for the same text share one request, unless that
-        # request's own deadline has passed (it is about to fail with a timeout).
+    def _submit(self, text: str, deadline: float, at: float | None) -> Future[Outcome]:
+        # Concurrent batches asking for the same text at the same instant share one
+        # request, unless its own deadline has passed (it is about to fail with a timeout).
+        key = (text, at)
         with self._lock:
-            inflight = self._inflight.get(text)
+            inflight = self._inflight.get(key)
             if inflight is not None and inflight[1] > time.monotonic():
                 return inflight[0]
-            future = self._executor.submit(self._run, text, deadline)
-            self._inflight[text] = (future, deadline)
-        future.add_done_callback(lambda done: self._forget_inflight(text, done))
+            future = self._executor.submit(self._run, text, deadline, at)
+            self._inflight[key] = (future, deadline)
+        future.add_done_callback(lambda done: self._forget_inflight(key, done))
         return future
 
-    def _forget_inflight(self, text: str, future: Future[Outcome]) -> None:
+    def _forget_inflight(self, key: tuple[str, float | None], future: Future[Outcome]) -> None:
         with self._lock:
-            if self._inflight.get(text, (None,))[0] is future:
-                del self._inflight[text]
+            if self._inflight.get(key, (None,))[0] is future:
+                del self._inflight[key]
 
-    def _run(self, text: str, deadline: float) -> Outcome:
+    def _run(self, text: str, deadline: float, at: float | None) -> Outcome:
         remaining = deadline - time.monotonic()
         if remaining <= 0:  # queued behind slower queries until the deadline passed
             return BackendError("timeout", "not started before the deadline (all workers busy)")
-        outcome = self._fetch(text, remaining)
+        outcome = self._fetch(text, remaining, at)
         if isinstance(outcome, QueryResult):
-            kept = _Kept(outcome, self._clock() + self.cache_ttl_s, result_nbytes(outcome) + sys.getsizeof(text))
+            kept = _Kept(outcome, self._clock() + self.cache_ttl_s, result_nbytes(outcome) + sys.getsizeof(text), at)
             with self._lock:
                 keep(self._kept, text, kept)
         return outcome
@@ -473,31 +559,45 @@ class PrometheusBackend:
             session.verify = self._verify
             # With a session given, PrometheusConnect ignores disable_ssl and mounts its
             # HTTPAdapter (with our Retry) on the session for this URL.
-            connection = _Connection(self.url, headers=self._headers,
-                                     auth=self._auth,  # type: ignore[arg-type]  # None is its default
-                                     retry=NO_RETRY, session=session)
+            connection = _Connection(self.url, headers=self._headers, retry=NO_RETRY, session=session)
             self._local.connection = connection
             with self._lock:
                 self._connections.append(connection)
         return connection
 
-    def _fetch(self, text: str, timeout_s: float) -> Outcome:
+    def _fetch(self, text: str, timeout_s: float, at: float | None = None) -> Outcome:
         try:
-            response = self._connection().query_response(text, timeout_s)
+            response = self._connection().query_response(text, timeout_s, at)
             return parse_response(response.status_code, response.content, finite_only=self.finite_only)
         except BackendFailure as failure:
             return failure.error
-        except requests.ConnectTimeout:
+        except requests.RequestException as exc:
+            return self._request_error(exc, timeout_s)
+
+    def _request_error(self, exc: requests.RequestException, timeout_s: float) -> BackendError:
+        if isinstance(exc, requests.ConnectTimeout):
             message = f"cannot reach {self._display_url}: connect timed out after {timeout_s:.2f} s"
             return BackendError("unreachable", message)
-        except requests.Timeout:
+        if isinstance(exc, requests.Timeout):
             return BackendError("timeout", f"no answer within {timeout_s:.2f} s")
-        except requests.exceptions.ChunkedEncodingError:
+        if isinstance(exc, requests.exceptions.ChunkedEncodingError):
             return BackendError("partial", "the answer was cut off before its announced end")
-        except requests.exceptions.ContentDecodingError as exc:
+        if isinstance(exc, requests.exceptions.ContentDecodingError):
             return BackendError("garbage", f"the answer's Content-Encoding does not decode: {_reason(exc)}")
+        return BackendError("unreachable", f"cannot reach {self._display_url}: {_reason(exc)}")
+
+    def recording_rules(self, timeout_s: float | None = None) -> RuleGroups | BackendError:
+        """The recording rule groups the backend evaluates (``/api/v1/rules?type=record``),
+        never cached; a backend without that API (VictoriaMetrics single-node) answers an
+        error, which means "none"."""
+        timeout_s = timeout_s or self.deadline_s
+        try:
+            response = self._connection().request("GET", "/api/v1/rules", timeout_s, params={"type": "record"})
+            return parse_rule_groups(response.status_code, response.content, response.headers.get("Date"))
+        except BackendFailure as failure:
+            return failure.error
         except requests.RequestException as exc:
-            return BackendError("unreachable", f"cannot reach {self._display_url}: {_reason(exc)}")
+            return self._request_error(exc, timeout_s)
 
     def ping(self, timeout_s: float | None = None) -> BackendState:
         """Whether the backend answers ``vector(1)`` through /api/v1/query (which every

@@ -246,9 +246,8 @@ def build_performance(results: Results) -> PerformanceSummary:
     scored = sum(value for outcome, value in outcomes if outcome in SCORED)
     overall: Group = lambda key: ()  # noqa: E731
     http_latency = _percentiles(results.get("http_buckets", {}), overall)
-    # The per-model buckets when the models category came along, else the overall ones.
-    inference = _percentiles(results.get("inference_buckets") or results.get("inference_buckets_all", {}), overall)
-    ttft = results.get("ttft_buckets") or results.get("ttft_buckets_all", {})
+    inference = _percentiles(results.get("inference_buckets_all", {}), overall)
+    ttft = results.get("ttft_buckets_all", {})
     hits = _one(results, "cache_hits_per_second")
     misses = _one(results, "cache_misses_per_second")
     lookups = None if hits is None and misses is None else (hits or 0.0) + (misses or 0.0)

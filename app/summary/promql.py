@@ -87,6 +87,17 @@ class Matcher:
 
 
 @dataclass(frozen=True, slots=True)
+class Recorded:
+    """A recording rule's series that holds a query's figure for one window, by ``job``
+    and ``labels`` (deploy/prometheus/rules/recording.yml): ``sum by (job, *labels)`` of
+    the query's rate over ``window_s``."""
+
+    record: str
+    labels: tuple[str, ...]
+    window_s: int = 300
+
+
+@dataclass(frozen=True, slots=True)
 class Query:
     """One figure of a summary, by the labels in ``by``."""
 
@@ -101,7 +112,11 @@ class Query:
     aggregate: Literal["sum", "max"] = "sum"
     #: Bucket queries: only groups with observations in the window. An idle model's
     #: buckets are all zero (its quantiles undefined), and a gateway has many idle models.
+    #: Applied to the answer (:func:`active_groups`), so PromQL reads no ``_count`` beside
+    #: the ``+Inf`` bucket that holds the same number.
     active_only: bool = False
+    #: The recorded series that hold this figure precomputed, if the shipped rules have one.
+    recorded: Recorded | None = None
 
     def selector(self, suffix: str = "", extra: tuple[Matcher, ...] = ()) -> str:
         inner = ",".join(m.promql() for m in (*self.matchers, *extra))
@@ -116,13 +131,35 @@ class Query:
             inner = f"rate({inner}[{duration(window_s)}])"
         if self.aggregate == "sum":
             inner = one_per_instance(self.metric, inner)
-        text = f"{self.aggregate} by ({by}) ({inner})" if by else f"{self.aggregate}({inner})"
-        if self.active_only:
-            groups = ", ".join(self.by[1:])  # by is (le, ...)
-            count = self.metric.removesuffix("_bucket") + "_count"
-            active = Query("", Kind.RATE, count, self.by[1:], self.matchers).promql(window_s, extra)
-            text = f"{text} and on ({groups}) ({active} > 0)"
-        return text
+        return f"{self.aggregate} by ({by}) ({inner})" if by else f"{self.aggregate}({inner})"
+
+    def covered(self, window_s: int) -> bool:
+        """Whether a recorded series holds this figure over ``window_s``."""
+        return self.recorded is not None and self.recorded.window_s == window_s and not self.matchers
+
+    def recorded_promql(self, extra: tuple[Matcher, ...] = ()) -> str:
+        """The PromQL of this query read from its recorded series (see :meth:`covered`).
+
+        A recorded series already sums the instances of one job, each once. ``max by
+        (job, <its labels>)`` keeps one copy of each where several answer (Prometheus
+        replicas behind Thanos differ in their external labels only), and the jobs are
+        summed: the rules are read only when no instance is scraped by two of the jobs
+        holding the series (app.summary.rules), so that sum counts every instance once,
+        as :func:`one_per_instance` does for the raw series.
+        """
+        assert self.recorded is not None, f"{self.name} has no recorded series"
+        inner = ",".join(m.promql() for m in extra)
+        series = f"{self.recorded.record}{{{inner}}}" if inner else self.recorded.record
+        copies = f"max by ({', '.join(('job', *self.recorded.labels))}) ({series})"
+        by = ", ".join(self.by)
+        return f"{self.aggregate} by ({by}) ({copies})" if by else f"{self.aggregate}({copies})"
+
+
+def active_groups(result: Result) -> Result:
+    """A bucket query's result, keyed (le, *labels), without the groups that had no
+    observations in the window (their ``+Inf`` bucket did not grow)."""
+    active = {key[1:] for key, value in result.items() if key[0] == "+Inf" and value > 0}
+    return {key: value for key, value in result.items() if key[1:] in active}
 
 
 def one_per_instance(metric: str, inner: str) -> str:
@@ -158,8 +195,9 @@ def duration(seconds: int) -> str:
     return f"{seconds // 60}m" if seconds % 60 == 0 else f"{seconds}s"
 
 
-def rate(name: str, metric: str, *by: str, matchers: tuple[Matcher, ...] = ()) -> Query:
-    return Query(name, Kind.RATE, metric, by, matchers)
+def rate(name: str, metric: str, *by: str, matchers: tuple[Matcher, ...] = (),
+         recorded: Recorded | None = None) -> Query:
+    return Query(name, Kind.RATE, metric, by, matchers, recorded=recorded)
 
 
 def current(name: str, metric: str, *by: str, aggregate: Literal["sum", "max"] = "sum",
@@ -167,16 +205,28 @@ def current(name: str, metric: str, *by: str, aggregate: Literal["sum", "max"] =
     return Query(name, Kind.CURRENT, metric, by, matchers, aggregate=aggregate)
 
 
-def buckets(name: str, histogram: str, *by: str) -> Query:
+def buckets(name: str, histogram: str, *by: str, recorded: Recorded | None = None) -> Query:
     """The rate of a histogram's buckets by ``le`` and ``by``: every quantile of every
     coarser grouping follows from it (app.summary.quantiles), so one query serves p50/p95/p99.
     Grouped by labels, only the groups with observations in the window are kept."""
-    return Query(name, Kind.RATE, f"{histogram}_bucket", ("le", *by), active_only=bool(by))
+    return Query(name, Kind.RATE, f"{histogram}_bucket", ("le", *by), active_only=bool(by), recorded=recorded)
 
 
-_CALLS = rate("calls_per_second", "model_inference_requests_total", "provider", "model", "status")
-_INFERENCE = buckets("inference_buckets", "model_inference_duration_seconds", "provider", "model")
-_TTFT = buckets("ttft_buckets", "gatewayz_time_to_first_token_seconds", "provider", "model")
+#: The recorded series the summaries read (deploy/prometheus/rules/recording.yml).
+CALLS_RECORD = Recorded("job_provider_model_status:model_inference_requests:rate5m", ("provider", "model", "status"))
+INFERENCE_RECORD = Recorded("job_provider_model_le:model_inference_duration_seconds_bucket:rate5m",
+                            ("provider", "model", "le"))
+TTFT_RECORD = Recorded("job_provider_model_le:gatewayz_time_to_first_token_seconds_bucket:rate5m",
+                       ("provider", "model", "le"))
+PROVIDER_LATENCY_RECORD = Recorded("job_provider_le:provider_response_time_seconds_bucket:rate5m", ("provider", "le"))
+HTTP_RECORD = Recorded("job_endpoint_le:http_request_duration_seconds_bucket:rate5m", ("endpoint", "le"))
+CREDITS_RECORD = Recorded("job_provider_model:credits_used:rate5m", ("provider", "model"))
+
+_CALLS = rate("calls_per_second", "model_inference_requests_total", "provider", "model", "status",
+              recorded=CALLS_RECORD)
+_INFERENCE = buckets("inference_buckets", "model_inference_duration_seconds", "provider", "model",
+                     recorded=INFERENCE_RECORD)
+_TTFT = buckets("ttft_buckets", "gatewayz_time_to_first_token_seconds", "provider", "model", recorded=TTFT_RECORD)
 _TOKENS = current("tokens_total", "tokens_used_total", "provider", "model", "token_type")
 _COST = current("cost_usd", "gatewayz_cost_by_provider", "provider")
 
@@ -184,7 +234,8 @@ _COST = current("cost_usd", "gatewayz_cost_by_provider", "provider")
 SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
     Category.PROVIDERS: (
         _CALLS,
-        buckets("provider_latency_buckets", "provider_response_time_seconds", "provider"),
+        buckets("provider_latency_buckets", "provider_response_time_seconds", "provider",
+                recorded=PROVIDER_LATENCY_RECORD),
         rate("provider_latency_sum", "provider_response_time_seconds_sum", "provider"),
         _COST,
     ),
@@ -201,15 +252,16 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
         current("trials", "trial_active", "status", aggregate="max"),
         _TOKENS,
         current("credits_total", "credits_used_total"),
-        rate("credits_per_second", "credits_used_total"),
+        rate("credits_per_second", "credits_used_total", recorded=CREDITS_RECORD),
         _COST,
     ),
     Category.PERFORMANCE: (
         rate("http_per_second", "http_requests_total", "status_code"),
-        buckets("http_buckets", "http_request_duration_seconds"),
-        # Overall only: the per-model buckets are many series, fetched for models alone.
-        buckets("inference_buckets_all", "model_inference_duration_seconds"),
-        buckets("ttft_buckets_all", "gatewayz_time_to_first_token_seconds"),
+        buckets("http_buckets", "http_request_duration_seconds", recorded=HTTP_RECORD),
+        # Overall only, unless the models category came along: then the sums of its
+        # per-model buckets (DERIVED), which are many series, read once.
+        buckets("inference_buckets_all", "model_inference_duration_seconds", recorded=INFERENCE_RECORD),
+        buckets("ttft_buckets_all", "gatewayz_time_to_first_token_seconds", recorded=TTFT_RECORD),
         buckets("database_buckets", "database_query_duration_seconds"),
         current("in_flight", "http_requests_in_flight"),
         rate("cache_hits_per_second", "cache_hits_total"),
@@ -230,22 +282,43 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
     ),
 }
 
+#: Figures that are sums of a finer figure over the same series and window: when both are
+#: wanted, only the finer one is asked for and the coarser is summed from it in Python
+#: (:func:`derive`), so no series is read twice for one summary. coarse -> finer.
+DERIVED: dict[str, str] = {
+    "inference_buckets_all": "inference_buckets",
+    "ttft_buckets_all": "ttft_buckets",
+    "fleet_calls": "calls_per_second",  # when the summary's window is the tracker's
+}
+
+
+def derive(coarse: Query, finer: Query, result: Result) -> Result:
+    """``coarse``'s result summed from ``finer``'s (whose ``by`` holds all of coarse's)."""
+    positions = [finer.by.index(label) for label in coarse.by]
+    summed: Result = {}
+    for key, value in result.items():
+        group = tuple(key[position] for position in positions)
+        summed[group] = summed.get(group, 0.0) + value
+    return summed
+
 
 #: The label that tells the queries of a packed request apart.
 PACK_LABEL = "summary_query"
 
 
-def packed_promql(queries: list[Query], window_s: int, extra: tuple[Matcher, ...] = ()) -> str:
+def packed_promql(queries: list[Query], window_s: int, extra: tuple[Matcher, ...] = (),
+                  recorded: frozenset[str] = frozenset()) -> str:
     """Several queries as one PromQL request: each one's series tagged with its name.
 
     Every query is one backend round trip and about a millisecond of the client's CPU,
     so a category's queries travel together; the backend evaluates them in one request
     and :func:`unpack` splits the answer. The series cannot collide: each carries its
-    query's name in PACK_LABEL.
+    query's name in PACK_LABEL. Queries named in ``recorded`` read their recorded series.
     """
     return " or ".join(
-        f'label_replace({query.promql(window_s, extra)}, "{PACK_LABEL}", "{query.name}", "", "")'
+        f'label_replace({text}, "{PACK_LABEL}", "{query.name}", "", "")'
         for query in queries
+        for text in (query.recorded_promql(extra) if query.name in recorded else query.promql(window_s, extra),)
     )
 
 
@@ -257,15 +330,21 @@ def unpack(samples: Iterable[tuple[Mapping[str, str], float]], queries: list[Que
         query = by_name.get(labels.get(PACK_LABEL, ""))
         if query is not None:
             results[query.name][tuple(labels.get(name, "") for name in query.by)] = value
+    for query in queries:
+        if query.active_only:
+            results[query.name] = active_groups(results[query.name])
     return results
 
 
 def packs_for(categories: list[Category]) -> dict[str, list[Query]]:
-    """The queries of ``categories`` as one pack per category, each query in one pack."""
+    """The queries of ``categories`` as one pack per category, each query in one pack,
+    and none whose figure is summed from another one of them (DERIVED)."""
+    wanted = {query.name for query in queries_for(categories)}
     packs: dict[str, list[Query]] = {}
     seen: set[str] = set()
     for category in categories:
-        pack = [query for query in SUMMARY_QUERIES[category] if query.name not in seen]
+        pack = [query for query in SUMMARY_QUERIES[category]
+                if query.name not in seen and DERIVED.get(query.name) not in wanted]
         seen.update(query.name for query in pack)
         if pack:
             packs[category.value] = pack
@@ -276,7 +355,6 @@ def queries_for(categories: list[Category]) -> list[Query]:
     """The queries the categories need, each once (categories share some)."""
     unique = {query.name: query for category in categories for query in SUMMARY_QUERIES[category]}
     return list(unique.values())
-
 
 
 def status_matcher(statuses: frozenset[str]) -> Matcher:

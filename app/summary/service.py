@@ -3,13 +3,18 @@ from this process's registry otherwise, never with an error status.
 
 With a backend, each category's named queries travel as one packed request
 (app.summary.promql.packed_promql), the categories in parallel under one deadline
-(app.summary.backend); a request that fails there is answered from its last good value (``stale: true``) or, when
-it never had one, from the local registry, and ``errors`` says which and why.
+(app.summary.backend), all evaluated at one instant, the summary's ``timestamp``. A figure
+that is a sum of another one of the summary is summed here rather than asked for
+(app.summary.promql.DERIVED), and figures the shipped recording rules hold for the
+window are read from their series while the backend evaluates them (app.summary.rules).
+A request that fails is answered from its last good value (``stale: true``) or, when it
+never had one, from the local registry, and ``errors`` says which and why.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 
@@ -23,8 +28,20 @@ from app.summary.caches import bounded, keep
 from app.summary.figures import HealthFigures, build_metrics
 from app.summary.fleet_health import FLEET_HEALTH_QUERIES, fleet_health
 from app.summary.models import BackendReadiness, Summary, SummaryError, SummarySource
-from app.summary.promql import Matcher, Query, packed_promql, packs_for, queries_for, unpack
+from app.summary.promql import (
+    DERIVED,
+    SUMMARY_QUERIES,
+    Matcher,
+    Query,
+    Recorded,
+    derive,
+    packed_promql,
+    packs_for,
+    queries_for,
+    unpack,
+)
 from app.summary.quantiles import Result
+from app.summary.rules import RecordingRules
 from app.summary.snapshots import Snapshots
 from app.topn import TopLists
 
@@ -36,6 +53,14 @@ FLEET_PACK = "fleet_health"
 #: (benchmarks/summary_memory.py).
 ANSWER_CACHE_ENTRIES = 256
 ANSWER_CACHE_BYTES = 16 * 2**20
+#: Every query a summary or the fleet health may run, by name.
+ALL_QUERIES: dict[str, Query] = {
+    query.name: query for queries in (*SUMMARY_QUERIES.values(), FLEET_HEALTH_QUERIES) for query in queries
+}
+#: The recorded series the summaries can read.
+SUMMARY_RECORDS: frozenset[Recorded] = frozenset(
+    query.recorded for query in ALL_QUERIES.values() if query.recorded is not None
+)
 
 
 def local_health(tracker: HealthTracker) -> dict[str, HealthFigures]:
@@ -113,6 +138,11 @@ class SummaryService:
             if settings.query_cache_seconds > 0 else None
         )
         self._answers_lock = threading.Lock()
+        self.rules: RecordingRules | None = (
+            RecordingRules(backend, SUMMARY_RECORDS, job=settings.prometheus_job) if backend is not None else None
+        )
+        self._instant: tuple[float, float] | None = None  # (Unix seconds, monotonic when chosen)
+        self._instant_lock = threading.Lock()
 
     def cached_json(self, categories: list[Category], window_s: int | None = None, local: bool = False) -> bytes | None:
         """A summary answered less than ``query_cache_seconds`` ago, if any (never blocks
@@ -138,31 +168,55 @@ class SummaryService:
     def summary(self, categories: list[Category], window_s: int | None = None, local: bool = False) -> Summary:
         self.snapshots.start()  # no-op once running; an embedding app may skip our lifespan
         window = int(window_s or self.settings.summary_window_seconds)
-        queries = queries_for(categories)
+        packs = packs_for(categories)
+        queries = [query for pack in packs.values() for query in pack]
         if self.backend is None or local:
             local_results = self.snapshots.evaluate(queries, window)
+            _add_derived(local_results, queries_for(categories))
             return self._summary("local", window, categories, local_results, local_health(self.tracker), False, [])
 
-        packs = packs_for(categories)
-        texts = {name: packed_promql(pack, window, self.extra_matchers) for name, pack in packs.items()}
+        at = self.instant()
+        usable = self.rules.usable() if self.rules is not None else frozenset()
+        recorded = frozenset(query.name for query in queries
+                             if query.covered(window) and query.recorded is not None
+                             and query.recorded.record in usable)
+        texts = {name: packed_promql(pack, window, self.extra_matchers, recorded) for name, pack in packs.items()}
         if Category.PROVIDERS in categories:  # the fleet's health, over the tracker's window
-            packs[FLEET_PACK] = list(FLEET_HEALTH_QUERIES)
-            texts[FLEET_PACK] = packed_promql(packs[FLEET_PACK], self._health_window(), self.extra_matchers)
-        batch = self.backend.query_many(texts)
+            health_window = self._health_window()
+            asked = {query.name for query in queries}
+            fleet = [query for query in FLEET_HEALTH_QUERIES
+                     if health_window != window or DERIVED.get(query.name) not in asked]
+            packs[FLEET_PACK] = fleet
+            texts[FLEET_PACK] = packed_promql(fleet, health_window, self.extra_matchers)
+        batch = self.backend.query_many(texts, at=at)
         results: dict[str, Result] = {}
         for name, pack in packs.items():
             answer = batch.results.get(name)
             if answer is not None:
                 results.update(unpack(answer.samples, pack))
+        answered = frozenset(results)
         errors = summary_errors(batch.errors)
         missing = [q for q in queries if q.name not in results]
         if missing:
             results.update(self.snapshots.evaluate(missing, window))
             errors.append(_fallback_error(missing, queries))
         source: SummarySource = "local" if len(missing) == len(queries) else "prometheus"
-        fleet = FLEET_PACK in batch.results
-        health = fleet_health(results, self.tracker.config) if fleet else local_health(self.tracker)
-        return self._summary(source, window, categories, results, health, batch.stale, errors)
+        fleet_answered = FLEET_PACK in batch.results
+        _add_derived(results, [*queries_for(categories), *(FLEET_HEALTH_QUERIES if fleet_answered else ())])
+        health = fleet_health(results, self.tracker.config) if fleet_answered else local_health(self.tracker)
+        return self._summary(source, window, categories, results, health, batch.stale, errors,
+                             at=at, recorded=sorted(recorded & answered))
+
+    def instant(self) -> float:
+        """The instant a summary asked now is evaluated at (Unix seconds, to the
+        millisecond): now, or the instant chosen less than ``query_cache_seconds`` ago,
+        so summaries of other categories within the cache's TTL share its answers."""
+        with self._instant_lock:
+            chosen = self._instant
+            now = time.monotonic()
+            if chosen is None or now - chosen[1] >= self.settings.query_cache_seconds:
+                chosen = self._instant = (round(time.time(), 3), now)
+            return chosen[0]
 
     def _health_window(self) -> int:
         return max(10, int(self.tracker.config.window_s))
@@ -173,7 +227,7 @@ class SummaryService:
             return {}, [SummaryError(kind="not_configured", message="no Prometheus backend is configured")], False
         queries = list(FLEET_HEALTH_QUERIES)
         text = packed_promql(queries, self._health_window(), self.extra_matchers)
-        batch = self.backend.query_many({FLEET_PACK: text})
+        batch = self.backend.query_many({FLEET_PACK: text}, at=self.instant())
         answer = batch.results.get(FLEET_PACK)
         results = unpack(answer.samples, queries) if answer is not None else {}
         return fleet_health(results, self.tracker.config), summary_errors(batch.errors), batch.stale
@@ -187,9 +241,13 @@ class SummaryService:
         health: Mapping[str, HealthFigures],
         stale: bool,
         errors: list[SummaryError],
+        *,
+        at: float | None = None,
+        recorded: list[str] | None = None,
     ) -> Summary:
         return Summary(
-            timestamp=datetime.now(UTC),
+            timestamp=datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC),
+            recorded_queries=recorded or [],
             source=source,
             window_seconds=window,
             stale=stale,
@@ -211,6 +269,14 @@ class SummaryService:
     def close(self) -> None:
         if self.backend is not None:
             self.backend.close()
+
+
+def _add_derived(results: dict[str, Result], wanted: list[Query] | tuple[Query, ...]) -> None:
+    """Sum the wanted figures that were not asked for from the finer ones (DERIVED)."""
+    for query in wanted:
+        finer = DERIVED.get(query.name)
+        if query.name not in results and finer is not None and finer in results:
+            results[query.name] = derive(query, ALL_QUERIES[finer], results[finer])
 
 
 def _fallback_error(missing: list[Query], queries: list[Query]) -> SummaryError:

@@ -56,7 +56,7 @@ from app.client_internals import (
     registered_collectors,
 )
 from app.summary.fleet_health import FLEET_HEALTH_QUERIES
-from app.summary.promql import SUMMARY_QUERIES, Kind, Matcher, Query
+from app.summary.promql import SUMMARY_QUERIES, Kind, Matcher, Query, active_groups
 from app.summary.quantiles import Result
 
 #: Longest window a summary may ask for.
@@ -415,8 +415,5 @@ def evaluate(query: Query, now: Snapshot, base: Snapshot | None) -> Result:
         # A series born in the window, or a counter reset: all of it is new.
         increase = value if previous is None or value < previous else value - previous
         rates[key] = rates.get(key, 0.0) + increase / elapsed
-    if query.active_only:  # as its PromQL: drop groups whose +Inf bucket did not grow
-        active = {key[1:] for key, value in rates.items() if key[0] == "+Inf" and value > 0}
-        rates = {key: value for key, value in rates.items() if key[1:] in active}
-    return rates
+    return active_groups(rates) if query.active_only else rates
 

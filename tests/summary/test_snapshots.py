@@ -214,9 +214,9 @@ def test_promql_rendering() -> None:
     assert rate("r", "calls_total", "provider").promql(300) == (
         "sum by (provider) (max without (job) (rate(calls_total[5m])))"
     )
+    # Idle groups are dropped from the answer (active_groups), not by a second selector.
     assert buckets("b", "lat_seconds", "provider", "model").promql(90) == (
-        "sum by (le, provider, model) (max without (job) (rate(lat_seconds_bucket[90s]))) and on (provider, model) "
-        "(sum by (provider, model) (max without (job) (rate(lat_seconds_count[90s]))) > 0)"
+        "sum by (le, provider, model) (max without (job) (rate(lat_seconds_bucket[90s])))"
     )
     assert buckets("b", "database_query_duration_seconds").promql(60) == (
         "sum by (le) (max by (instance, table, le) (rate(database_query_duration_seconds_bucket[1m])))"

@@ -1,0 +1,175 @@
+"""Summaries against a real Prometheus scraping the demo service every second: one
+instant per summary, no series read twice, and the shipped recording rules read while
+Prometheus evaluates them (raw expressions otherwise, the same figures)."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import promql_parser
+import pytest
+
+from app.catalogue import Category
+from app.settings import Settings
+from app.summary.models import Summary
+from app.summary.service import SUMMARY_RECORDS, SummaryService, backend_from_settings
+from app.telemetry import Telemetry
+from tests.deploy.sources import RULE_FILES
+from tests.support.servers import MetricsServer, ServiceProcess, poll, start_prometheus, start_service
+
+DEMO_ENV = {"GATEWAY_METRICS_DEMO": "true", "GATEWAY_METRICS_DEMO_RATE": "60", "GATEWAY_METRICS_ACCESS_LOG": "false"}
+RECORDING_RULES = [path for path in RULE_FILES if path.name == "recording.yml"]
+#: What the summary reads from the rules at the default window, all categories asked.
+EXPECTED_RECORDED = {"calls_per_second", "credits_per_second", "http_buckets", "inference_buckets",
+                     "provider_latency_buckets", "ttft_buckets"}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MetricsServer, MetricsServer]]:
+    """(Prometheus with the recording rules, Prometheus without), both scraping one demo."""
+    tmp = tmp_path_factory.mktemp("fleet-rules")
+    service: ServiceProcess = start_service(tmp, env=DEMO_ENV, recipe=False)
+    try:
+        with start_prometheus(tmp, [service.address], rule_files=RECORDING_RULES) as ruled, \
+                start_prometheus(tmp, [service.address]) as bare:
+            names = "|".join(recorded.record for recorded in SUMMARY_RECORDS)
+            poll(lambda: len(ruled.query(f'count by (__name__) ({{__name__=~"{names}"}})')["result"])
+                 == len(SUMMARY_RECORDS), 40, "every record the summaries read to have data")
+            bare.wait_until("model_inference_duration_seconds_bucket", timeout=40)
+            yield ruled, bare
+    finally:
+        service.stop()
+
+
+class Recording:
+    """A summary service whose batches of queries are kept, with their instant."""
+
+    def __init__(self, prometheus: MetricsServer) -> None:
+        settings = Settings(prometheus_url=prometheus.url, query_cache_seconds=0, access_log=False)
+        telemetry = Telemetry(settings)
+        self.service = SummaryService(settings, telemetry.snapshots, backend_from_settings(settings),
+                                      tracker=telemetry.tracker, top_lists=telemetry.top_lists)
+        assert self.service.backend is not None
+        self.batches: list[tuple[dict[str, str], float | None]] = []
+        query_many = self.service.backend.query_many
+
+        def recording(texts: Mapping[str, str], deadline_s: float | None = None, *, at: float | None = None) -> Any:
+            self.batches.append((dict(texts), at))
+            return query_many(texts, deadline_s, at=at)
+
+        self.service.backend.query_many = recording  # type: ignore[method-assign]
+
+    def summary(self, window_s: int | None = None) -> Summary:
+        assert self.service.rules is not None
+        self.service.rules.refresh()
+        self.batches.clear()
+        return self.service.summary(list(Category), window_s)
+
+    def close(self) -> None:
+        self.service.close()
+
+
+@pytest.fixture
+def ruled(demo: tuple[MetricsServer, MetricsServer]) -> Iterator[Recording]:
+    recording = Recording(demo[0])
+    yield recording
+    recording.close()
+
+
+@pytest.fixture
+def bare(demo: tuple[MetricsServer, MetricsServer]) -> Iterator[Recording]:
+    recording = Recording(demo[1])
+    yield recording
+    recording.close()
+
+
+def subexpressions(node: Any) -> Iterator[str]:
+    """Every function call and series selector of a PromQL tree, as text."""
+    match node:
+        case promql_parser.VectorSelector() | promql_parser.MatrixSelector():
+            yield str(node)
+            return
+        case promql_parser.Call():
+            if node.func.name != "label_replace":
+                yield str(node)
+            for arg in node.args:
+                yield from subexpressions(arg)
+        case promql_parser.BinaryExpr():
+            yield from subexpressions(node.lhs)
+            yield from subexpressions(node.rhs)
+        case promql_parser.AggregateExpr() | promql_parser.ParenExpr() | promql_parser.UnaryExpr():
+            yield from subexpressions(node.expr)
+
+
+def test_every_query_of_a_summary_carries_its_instant(ruled: Recording) -> None:
+    summary = ruled.summary()
+    assert len(ruled.batches) == 1  # one batch, every pack in it
+    texts, at = ruled.batches[0]
+    assert len(texts) == 6 and at is not None
+    assert summary.timestamp.timestamp() == pytest.approx(at, abs=1e-3)
+
+
+@pytest.mark.parametrize("which", ["ruled", "bare"])
+def test_no_subexpression_is_evaluated_twice(which: str, request: pytest.FixtureRequest) -> None:
+    recording: Recording = request.getfixturevalue(which)
+    recording.summary()
+    [(texts, _)] = recording.batches
+    seen = Counter(part for text in texts.values() for part in subexpressions(promql_parser.parse(text)))
+    assert [part for part, count in seen.items() if count > 1] == []
+
+
+def test_recorded_series_are_read_while_the_rules_evaluate(ruled: Recording) -> None:
+    summary = ruled.summary()
+    assert summary.source == "prometheus" and summary.errors == []
+    assert set(summary.recorded_queries) == EXPECTED_RECORDED
+    text = " ".join(ruled.batches[0][0].values())
+    assert "job_provider_model_le:model_inference_duration_seconds_bucket:rate5m" in text
+    assert "rate(model_inference_duration_seconds_bucket" not in text
+
+
+def test_raw_expressions_without_the_rules(bare: Recording) -> None:
+    summary = bare.summary()
+    assert summary.source == "prometheus" and summary.errors == []
+    assert summary.recorded_queries == []
+    assert "rate(model_inference_duration_seconds_bucket[5m])" in " ".join(bare.batches[0][0].values())
+
+
+def test_recorded_and_raw_figures_agree(ruled: Recording, demo: tuple[MetricsServer, MetricsServer]) -> None:
+    """Evaluated at the instant the upstream rules last ran, the recorded series hold
+    exactly what the raw expressions compute (at any later instant, what the traffic of
+    less than one evaluation interval changes)."""
+    assert ruled.summary().recorded_queries
+    service = ruled.service
+    assert service.backend is not None
+    # The instant the upstream group's last evaluation wrote its samples at.
+    data = demo[0].query("max(timestamp(job_provider_model_status:model_inference_requests:rate5m))")
+    evaluated = float(data["result"][0]["value"][1])
+    service.instant = lambda: evaluated  # type: ignore[method-assign]
+    with_rules = service.summary([Category.MODELS, Category.PERFORMANCE])
+    service.rules = None  # the same Prometheus, every figure from raw expressions
+    raw = service.summary([Category.MODELS, Category.PERFORMANCE])
+    assert {"calls_per_second", "inference_buckets", "ttft_buckets"} <= set(with_rules.recorded_queries)
+    assert raw.recorded_queries == []
+    assert with_rules.metrics.models is not None and raw.metrics.models is not None
+    recorded_models = {(m.provider, m.model): m for m in with_rules.metrics.models.models}
+    raw_models = {(m.provider, m.model): m for m in raw.metrics.models.models}
+    assert recorded_models.keys() == raw_models.keys() and raw_models
+    for key, model in raw_models.items():
+        mine = recorded_models[key]
+        for figure in ("requests_per_second", "error_rate", "p50_ms", "p95_ms", "ttft_p95_ms"):
+            expected = getattr(model, figure)
+            assert getattr(mine, figure) == (None if expected is None else pytest.approx(expected, rel=1e-9)), figure
+    assert with_rules.metrics.performance is not None and raw.metrics.performance is not None
+    assert with_rules.metrics.performance.inference_p95_ms == pytest.approx(
+        raw.metrics.performance.inference_p95_ms, rel=1e-9)
+
+
+def test_a_window_the_rules_do_not_cover_is_computed_raw_over_itself(ruled: Recording) -> None:
+    summary = ruled.summary(600)
+    assert summary.window_seconds == 600 and summary.recorded_queries == []
+    [(texts, _)] = ruled.batches
+    windows = Counter(part.rpartition("[")[2] for text in texts.values()
+                      for part in subexpressions(promql_parser.parse(text)) if part.endswith("]"))
+    assert set(windows) - {"1m]"} == {"10m]"}  # the fleet health keeps the tracker's minute
