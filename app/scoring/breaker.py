@@ -248,7 +248,9 @@ class Breaker:
         self.recent_failures = 0
 
     def _maybe_half_open(self, now: float) -> list[Transition]:
-        """Make the move ``effective_state`` reads: open, and its cooldown over."""
+        """Make the move ``effective_state`` reads (open, and its cooldown over), and forget
+        the trials presumed lost: their late answers are no trials."""
+        self._expire_trials(now)
         if self.effective_state(now) is not self.state:
             self._enter(_HALF_OPEN, now)
             return [Transition(_OPEN, _HALF_OPEN, f"cooldown of {self.cooldown_s:g} s over")]
