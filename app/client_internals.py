@@ -21,6 +21,11 @@ What it reads, and why:
   ``MultiProcessCollector`` parses every file in full on every scrape;
 * ``utils.floatToGoString``: the text prometheus_client writes for a float (``le``
   labels), so the values read here are labelled exactly as ``collect()`` labels them;
+* the values of the multiprocess files in place (:func:`file_values`): the entries' values
+  are 8-byte aligned doubles, so the exporter reads a mapped file as an array of doubles
+  and takes each series' value at the index it found once (:func:`value_index`);
+* which metric classes yield exactly their cells' values (:func:`renders_values_only`): the
+  scrape renderer formats those values itself instead of calling ``collect()``;
 * a metric class's ``_child_samples`` (the samples of one child): a gauge set to a
   function replaces it per child, and :func:`without_created` overrides it to drop the
   ``_created`` samples of one set of metrics, where prometheus_client only offers a
@@ -41,11 +46,12 @@ Hot paths keep their cost: the per-value readers (:data:`read_value`, :data:`rea
 from __future__ import annotations
 
 import json
+import mmap
 import os
 import struct
 from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import PackageNotFoundError, version
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import Any, BinaryIO, Protocol, TypeAlias, TypeVar, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
@@ -110,6 +116,18 @@ def reads_directly(collector: object) -> bool:
     class of :func:`without_created`), whose samples are its cells' values. Any other
     collector, another subclass included, is read through ``collect()``."""
     return type(collector) in _DIRECT_TYPES
+
+
+#: Gauge, and the classes of :func:`without_created`: each child's samples are its cells'
+#: values and nothing else (a plain Counter or Histogram adds ``_created``).
+_VALUES_ONLY_TYPES: set[type] = {Gauge}
+
+
+def renders_values_only(collector: object) -> bool:
+    """Whether ``collector`` is read directly (:func:`reads_directly`) and its samples are
+    exactly its cells' values: a gauge (unless a child is set to a function, see
+    :func:`has_value_function`), or a counter or histogram of :func:`without_created`."""
+    return type(collector) in _VALUES_ONLY_TYPES
 
 
 def family_name(metric: ClientMetric) -> str:
@@ -262,6 +280,7 @@ _INT = struct.Struct("i")
 _VALUE = struct.Struct("dd")
 #: Where the first entry of a file starts.
 FIRST_ENTRY_OFFSET = 8
+_DOUBLE_SIZE = 8
 #: (value, timestamp) of the entry whose value is at an offset of :func:`scan_entries`.
 read_entry_value: Callable[[bytes, int], tuple[float, float]] = _VALUE.unpack_from
 
@@ -274,7 +293,7 @@ def read_used(file: BinaryIO) -> tuple[bytes, int]:
     return data + file.read(max(0, used - FIRST_ENTRY_OFFSET)), used
 
 
-def scan_entries(data: bytes, start: int, used: int) -> tuple[list[tuple[str, int]], int]:
+def scan_entries(data: bytes | mmap.mmap, start: int, used: int) -> tuple[list[tuple[str, int]], int]:
     """(key, offset of its value) of the complete entries between ``start`` (an entry's
     start, :data:`FIRST_ENTRY_OFFSET` at first) and ``used``, and where the next scan
     starts: an entry still being written is left for the next one."""
@@ -289,6 +308,62 @@ def scan_entries(data: bytes, start: int, used: int) -> tuple[list[tuple[str, in
         found.append((key, value_at))
         position = value_at + _VALUE.size
     return found, position
+
+
+def value_index(value_at: int) -> int:
+    """The index in :func:`file_values` of the value at ``value_at`` (an offset of
+    :func:`scan_entries`; its timestamp is at the next index). Entries are padded so that
+    values start on 8 bytes."""
+    return value_at // _DOUBLE_SIZE
+
+
+def map_file(path: str) -> mmap.mmap | None:
+    """The file at ``path`` mapped read-only (None while it is still empty: its writer
+    sizes it right after creating it). Writers only append, so what is mapped stays valid."""
+    with open(path, "rb") as file:
+        if os.fstat(file.fileno()).st_size < FIRST_ENTRY_OFFSET:
+            return None
+        return mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def file_used(path: str) -> int:
+    """How many bytes the header of the file at ``path`` says are used (0 if none yet)."""
+    with open(path, "rb") as file:
+        header = file.read(FIRST_ENTRY_OFFSET)
+    used: int = _INT.unpack_from(header, 0)[0] if len(header) >= FIRST_ENTRY_OFFSET else 0
+    return used
+
+
+def mapped_used(mapped: mmap.mmap) -> int:
+    """How many bytes the header of a mapped file says are used."""
+    used: int = _INT.unpack_from(mapped, 0)[0]
+    return used
+
+
+def file_values(mapped: mmap.mmap) -> memoryview[float]:
+    """A mapped file as doubles: the value of the entry at offset ``value_at`` is at
+    ``value_index(value_at)``, its timestamp right after it."""
+    return memoryview(mapped)[: len(mapped) - len(mapped) % _DOUBLE_SIZE].cast("d")
+
+
+def values_reader(indices: Sequence[int]) -> Callable[[memoryview[float]], tuple[float, ...]]:
+    """Reads the values at ``indices`` (of :func:`file_values`) of a mapped file, in that
+    order, in one call: a struct that skips the bytes between them."""
+    order = sorted(range(len(indices)), key=indices.__getitem__)
+    parts, previous = ["d"], indices[order[0]]
+    for position in order[1:]:
+        gap = (indices[position] - previous - 1) * _DOUBLE_SIZE
+        parts.append(f"{gap}xd" if gap else "d")
+        previous = indices[position]
+    unpack = struct.Struct("=" + "".join(parts)).unpack_from
+    offset = indices[order[0]] * _DOUBLE_SIZE
+    if order == list(range(len(indices))):
+        return lambda values: unpack(values, offset)
+    inverse = [0] * len(order)
+    for place, position in enumerate(order):
+        inverse[position] = place
+    reorder = itemgetter(*inverse)  # two indices at least: a single one is in order
+    return lambda values: reorder(unpack(values, offset))
 
 
 def read_file_entries(path: str) -> list[tuple[str, float, float]]:
@@ -364,4 +439,5 @@ def without_created(metric_type: _MetricType) -> _MetricType:
 
     made = type(metric_type.__name__, (metric_type,), {"_child_samples": _child_samples})
     _DIRECT_TYPES.add(made)  # its values are its cells', as its base's: read directly
+    _VALUES_ONLY_TYPES.add(made)
     return made  # type: ignore[return-value]

@@ -23,16 +23,18 @@ import logging
 import threading
 from collections import Counter as Tally
 from collections.abc import Callable, Iterable, Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
-from prometheus_client import Gauge
+from prometheus_client import Counter, Gauge
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from app import multiprocess
 from app.catalogue import CIRCUIT_STATE_VALUES, FAMILIES, FAMILIES_BY_NAME, MULTIPROCESS_MODES, Family
+from app.client_internals import children, read_value
 from app.http_stats import DurationCollector, HttpStats, RequestsCollector
 from app.registry import MetricSet, clean_label_value
+from app.render import ComputedGauge, FamilyText
 
 if TYPE_CHECKING:  # the exporter imports this module: it serves neither
     from app.middleware import InFlight
@@ -76,27 +78,50 @@ class InFlightCollector(ComputedCollector):
         yield gauge
 
 
+#: The ``tokens_used_total`` series: their (provider, model, token_type) and their counts.
+TokenCounts = Callable[[], tuple[Iterable[tuple[str, ...]], Iterable[float]]]
+
+
+def counter_token_counts(counter: Counter) -> TokenCounts:
+    """This process's ``tokens_used_total``, read from its children (no Sample built)."""
+
+    def counts() -> tuple[Iterable[tuple[str, ...]], Iterable[float]]:
+        by_labels = children(counter)
+        return by_labels.keys(), map(read_value, by_labels.values())
+
+    return counts
+
+
 class TokenEfficiencyCollector(ComputedCollector):
-    """Output per input token, from ``tokens_used_total`` as ``source`` collects it (this
-    process's counter by default; every worker's files with several workers)."""
+    """Output per input token, from the ``tokens_used_total`` counts of ``source`` (this
+    process's counter; every worker's files with several workers)."""
 
     families = ("gatewayz_token_efficiency",)
 
-    def __init__(self, source: Callable[[], Iterable[Metric]]) -> None:
+    def __init__(self, source: TokenCounts) -> None:
         self.source = source
+        family = FAMILIES_BY_NAME[self.families[0]]
+        self._lines = ComputedGauge(family.name, family.help, family.label_names)
+
+    def efficiency(self) -> list[tuple[tuple[str, str], float]]:
+        """((provider, model), output per input token) of every pair with input tokens."""
+        inputs: dict[tuple[str, str], float] = {}
+        outputs: dict[tuple[str, str], float] = {}
+        keys, counts = self.source()
+        for (provider, model, token_type), count in zip(keys, counts, strict=True):
+            (inputs if token_type == "input" else outputs)[provider, model] = count
+        get_output = outputs.get
+        return [(pair, get_output(pair, 0.0) / count) for pair, count in inputs.items() if count]
 
     def collect(self) -> Iterator[Metric]:
         _, gauge = _gauge("gatewayz_token_efficiency")
-        tokens: dict[tuple[str, str], dict[str, float]] = {}
-        for metric in self.source():
-            for sample in metric.samples:
-                if sample.name.endswith("_total"):
-                    key = (sample.labels["provider"], sample.labels["model"])
-                    tokens.setdefault(key, {})[sample.labels["token_type"]] = sample.value
-        for (provider, model), counts in sorted(tokens.items()):
-            if counts.get("input"):
-                gauge.add_metric([provider, model], counts.get("output", 0.0) / counts["input"])
+        for pair, value in self.efficiency():
+            gauge.add_metric(list(pair), value)
         yield gauge
+
+    def family_texts(self, openmetrics: bool) -> list[FamilyText]:
+        """The family's lines for ``app.render.Renderer`` (one per provider/model pair)."""
+        return [self._lines.family_text(openmetrics, self.efficiency())]
 
 
 class ProviderHealthCollector(ComputedCollector):
@@ -162,7 +187,8 @@ def register_collectors(
         return published
     metrics.register(RequestsCollector(http_stats), FAMILIES_BY_NAME["http_requests_total"].categories)
     metrics.register(DurationCollector(http_stats), FAMILIES_BY_NAME["http_request_duration_seconds"].categories)
-    metrics.register(TokenEfficiencyCollector(metrics["tokens_used_total"].metric.collect),
+    tokens = cast(Counter, metrics["tokens_used_total"].metric)
+    metrics.register(TokenEfficiencyCollector(counter_token_counts(tokens)),
                      FAMILIES_BY_NAME["gatewayz_token_efficiency"].categories)
     for collector in published:
         metrics.register(collector, FAMILIES_BY_NAME[collector.families[0]].categories)
@@ -173,11 +199,13 @@ def register_files_collectors(metrics: MetricSet, path: str) -> None:
     """Every registry of ``metrics`` reads every worker's files: /metrics, the categories and
     the local summaries report all workers. One reader per family, so a category endpoint or
     a snapshot of a few families reads only their entries."""
+    directory = multiprocess.Directory(path)  # the files, mapped and parsed once for every family
     for family in FAMILIES:
         if family.source != "derived":
-            metrics.register(multiprocess.FilesCollector(path, [(family.name, family.kind)]), family.categories)
-    tokens = multiprocess.FilesCollector(path, [("tokens_used_total", "counter")])
-    metrics.register(TokenEfficiencyCollector(tokens.collect),
+            metrics.register(multiprocess.FilesCollector(directory, [(family.name, family.kind)]), family.categories)
+    tokens = multiprocess.FilesCollector(directory, [("tokens_used_total", "counter")])
+    labels = FAMILIES_BY_NAME["tokens_used_total"].label_names  # provider, model, token_type
+    metrics.register(TokenEfficiencyCollector(lambda: tokens.keyed(labels)),
                      FAMILIES_BY_NAME["gatewayz_token_efficiency"].categories)
 
 

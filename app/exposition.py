@@ -2,7 +2,9 @@
 
 Decided in one place for ``/metrics``, ``/prometheus/metrics/all``, the category
 endpoints and the internal metrics port: Prometheus text 0.0.4 by default, OpenMetrics
-1.0 when the ``Accept`` header asks for it, gzip when ``Accept-Encoding`` allows it.
+1.0 when the ``Accept`` header asks for it, gzip when ``Accept-Encoding`` allows it. The
+body is written by an ``app.render.Renderer``, which keeps each series' line prefix
+between scrapes (the metric set's own, so the next scrape formats values only).
 """
 
 from __future__ import annotations
@@ -14,9 +16,12 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import choose_encoder
 
+from app.render import Renderer
+
 #: Scrapes are small and frequent: level 1 gets most of gzip's gain at a fraction of level
 #: 9's CPU (prometheus_client uses 9).
 GZIP_LEVEL = 1
+OPENMETRICS_MEDIA_TYPE = "application/openmetrics-text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,12 +53,13 @@ def render(
     accept: str | None = None,
     accept_encoding: str | None = None,
     names: Sequence[str] = (),
+    renderer: Renderer | None = None,
 ) -> Exposition:
-    """``registry`` (restricted to the families in ``names`` when given) as a scrape body."""
+    """``registry`` (restricted to the families of the sample names in ``names`` when
+    given) as a scrape body, by ``renderer`` (one that keeps nothing when None)."""
     encoder, media_type = choose_encoder(accept or "")
-    if names:
-        registry = registry.restricted_registry(list(names))  # type: ignore[assignment]
-    body = encoder(registry)
+    openmetrics = media_type.startswith(OPENMETRICS_MEDIA_TYPE)
+    body = (renderer or Renderer()).render(registry, openmetrics, encoder, names)
     headers = {"Vary": "Accept, Accept-Encoding"}
     if accepts_gzip(accept_encoding):
         body = gzip.compress(body, compresslevel=GZIP_LEVEL)

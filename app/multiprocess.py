@@ -10,8 +10,9 @@ file is written before ``inc`` returns).
 This module holds what the rest of the package needs of that mode:
 
 * :data:`DIRECTORY`: the directory, or ``None`` in single-process mode;
-* :class:`FilesCollector`: the directory's families (all of them, or one category's),
-  summed as client_python documents, reading only the entries of the families asked for;
+* :class:`Directory`: the directory's files, mapped, each entry's key parsed once;
+* :class:`FilesCollector`: the directory's families (all of them, or one family), summed
+  as client_python documents; a scrape reads each series' value where its file keeps it;
 * :func:`prepare_directory` for the process that owns the directory (the console script,
   the gunicorn config), and :func:`mark_dead_processes` for the files of dead workers.
 """
@@ -19,10 +20,13 @@ This module holds what the rest of the package needs of that mode:
 from __future__ import annotations
 
 import glob
+import mmap
+import operator
 import os
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from itertools import accumulate
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
@@ -30,8 +34,8 @@ from prometheus_client.multiprocess import mark_process_dead
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-from app import client_internals
-from app.client_internals import FIRST_ENTRY_OFFSET, format_float, read_entry_value
+from app import client_internals, render
+from app.client_internals import FIRST_ENTRY_OFFSET, format_float
 
 #: prometheus_client's own variable, read the way prometheus_client reads it (once, at
 #: import): the package cannot choose a mode prometheus_client did not choose.
@@ -65,32 +69,313 @@ class _Entry:
         self.series = (sample_name if le is None else metric_name,) + tuple(sorted(labels.items()))
 
 
-class _File:
-    """One process's file of one type: its entries, read incrementally. Entries are
-    appended, never moved, so only the bytes past the last read are parsed again; the
-    entries of families not asked for are skipped once, then never looked at."""
+class _MappedFile:
+    """One process's file of one type, mapped: its entries are parsed once (entries are
+    appended, never moved, so only the bytes past the last scan are read again), and a
+    scrape reads their values in place."""
 
-    __slots__ = ("path", "kind", "mode", "pid", "inode", "read_to", "entries")
+    __slots__ = ("path", "inode", "kind", "mode", "pid", "mapped", "values", "read_to", "entries")
+
+    def __init__(self, path: str, inode: int) -> None:
+        self.path = path
+        self.inode = inode
+        self.kind, self.mode, self.pid = client_internals.file_name_parts(path)
+        self.mapped: mmap.mmap | None = None
+        #: The mapped bytes as doubles (client_internals.file_values).
+        self.values: memoryview[float] = memoryview(b"").cast("d")
+        self.read_to = FIRST_ENTRY_OFFSET  # the header holds the used length
+        #: family name (as the files key it) -> (index of the value in ``values``, entry)
+        self.entries: dict[str, list[tuple[int, _Entry]]] = {}
+
+    def refresh(self) -> None:
+        """Map what the file has grown to and parse the entries added since the last call
+        (an entry still being written is left for the next one)."""
+        if self.mapped is None or client_internals.mapped_used(self.mapped) > len(self.mapped):
+            mapped = client_internals.map_file(self.path)
+            if mapped is None:
+                return
+            self.mapped, self.values = mapped, client_internals.file_values(mapped)
+        used = min(client_internals.mapped_used(self.mapped), len(self.mapped))
+        if used <= self.read_to:
+            return
+        found, self.read_to = client_internals.scan_entries(self.mapped, self.read_to, used)
+        for key, value_at in found:
+            entry = _Entry(key)
+            self.entries.setdefault(entry.metric_name, []).append((client_internals.value_index(value_at), entry))
+
+
+class Directory:
+    """The files of one multiprocess directory, mapped and parsed once, shared by the
+    collectors of its families. Use it with its ``lock`` held (scrapes may run at once)."""
+
+    #: A directory changed this recently is listed again even if its mtime did not move
+    #: (a file created within the filesystem's timestamp granularity of the last listing).
+    RECENT_NS = 2_000_000_000
+    #: Seconds between two searches for dead processes' live gauges.
+    REAP_INTERVAL_S = 1.0
 
     def __init__(self, path: str) -> None:
         self.path = path
-        self.kind, self.mode, self.pid = client_internals.file_name_parts(path)
-        self.inode = -1
-        self.read_to = FIRST_ENTRY_OFFSET  # the header holds the used length
-        self.entries: list[tuple[int, _Entry]] = []  # (offset of the value, entry)
+        self.lock = threading.RLock()
+        self._files: dict[str, _MappedFile] = {}
+        self._sorted: list[_MappedFile] = []
+        self._listed_mtime = -1
+        self._reaped_at = float("-inf")
 
-    def read(self, prefixes: tuple[str, ...] | None) -> bytes:
-        with open(self.path, "rb") as file:
-            inode = os.fstat(file.fileno()).st_ino
-            data, used = client_internals.read_used(file)  # preallocated: only what is used
-        if inode != self.inode or used < self.read_to:  # a new file under the same name
-            self.inode, self.read_to, self.entries = inode, FIRST_ENTRY_OFFSET, []
-        # An entry being written is left for the next read.
-        found, self.read_to = client_internals.scan_entries(data, self.read_to, used)
-        self.entries.extend(
-            (value_at, _Entry(key)) for key, value_at in found if prefixes is None or key.startswith(prefixes)
-        )
-        return data
+    def refresh(self) -> list[_MappedFile]:
+        """Every file, sorted by path, with the entries written so far."""
+        now = time.monotonic()
+        if now - self._reaped_at >= self.REAP_INTERVAL_S:
+            self._reaped_at = now
+            mark_dead_processes(self.path)
+        self._list()
+        for file in self._sorted:
+            try:
+                file.refresh()
+            except FileNotFoundError:  # a dead worker's live gauges, removed meanwhile
+                continue
+        return self._sorted
+
+    def _list(self) -> None:
+        try:
+            mtime = os.stat(self.path).st_mtime_ns
+        except FileNotFoundError:
+            mtime = -1
+        if mtime == self._listed_mtime and time.time_ns() - mtime > self.RECENT_NS:
+            return
+        files: dict[str, _MappedFile] = {}
+        for path in glob.glob(os.path.join(self.path, client_internals.FILE_GLOB)):
+            try:
+                inode = os.stat(path).st_ino
+            except FileNotFoundError:
+                continue
+            known = self._files.get(path)
+            if known is not None and known.inode == inode and not self._replaced(known):
+                files[path] = known
+            else:
+                files[path] = _MappedFile(path, inode)
+        self._files, self._sorted, self._listed_mtime = files, [files[path] for path in sorted(files)], mtime
+
+    @staticmethod
+    def _replaced(file: _MappedFile) -> bool:
+        """Whether a new file took the place (and the freed inode number) of one read before:
+        it uses fewer bytes than were read of the old one (files only grow)."""
+        try:
+            return client_internals.file_used(file.path) < file.read_to
+        except FileNotFoundError:
+            return True
+
+
+#: How the values of one series in several files combine: counters and histograms (and
+#: "sum" gauges) add up; "min" and "max" gauges keep the least and the greatest.
+_COMBINE: dict[str, Callable[[float, float], float]] = {
+    "sum": operator.add, "livesum": operator.add, "min": min, "livemin": min, "max": max, "livemax": max,
+}
+_PER_PROCESS_MODES = ("all", "liveall")
+_MOST_RECENT_MODES = ("mostrecent", "livemostrecent")
+
+
+def _getter(indices: list[int]) -> Callable[[Any], tuple[float, ...]]:
+    """Reads the values at ``indices`` of a sequence in one C call, always as a tuple."""
+    if len(indices) == 1:
+        index = indices[0]
+        return lambda values: (values[index],)
+    return operator.itemgetter(*indices)
+
+
+class _FamilyLines:
+    """One family's series over the files that hold it, laid out once per set of entries.
+
+    Its *cells* are the series as the files key them (summed across files by the family's
+    combination rule); they are grouped by the files that hold them, so a group's values
+    are read with one ``itemgetter`` per file and combined with one ``map``. Histogram
+    buckets are made cumulative per label set, and ``_count`` is the last bucket, as
+    ``MultiProcessCollector`` does.
+    """
+
+    __slots__ = ("signature", "kind", "mode", "metric", "headers", "_files", "_groups", "_combine",
+                 "_prefixes", "_samples", "_order", "_sets", "_recent", "_prefix_of", "_texts", "_keys")
+
+    def __init__(self, name: str, sources: list[tuple[_MappedFile, list[tuple[int, _Entry]]]],
+                 signature: tuple[Any, ...], previous: _FamilyLines | None) -> None:
+        self.signature = signature
+        first_file, first_entries = sources[0]
+        self.kind, self.mode = first_file.kind, first_file.mode
+        help_text = first_entries[0][1].help
+        self.metric: Metric
+        self.headers: dict[bool, bytes]
+        if previous is not None and previous.metric.documentation == help_text and previous.kind == self.kind:
+            self.metric, self.headers = previous.metric, previous.headers
+        else:
+            self.metric = Metric(name, help_text, self.kind)
+            self.headers = {
+                openmetrics: render.header(self.metric, openmetrics) for openmetrics in (False, True)
+            }
+        self._prefix_of: dict[Any, bytes] = {} if previous is None else previous._prefix_of
+        self._texts: render.ValueTexts = render.ValueTexts() if previous is None else previous._texts
+        self._texts.limit = max(render.ValueTexts.LIMIT, sum(len(entries) for _file, entries in sources))
+        self._files = [file for file, _ in sources]
+        per_process = self.kind == "gauge" and self.mode in _PER_PROCESS_MODES
+        self._combine = _COMBINE.get(self.mode if self.kind == "gauge" else "sum", operator.add)
+        # cell key -> ([(file number, value index)], entry, labels of its line)
+        cells: dict[Any, tuple[list[tuple[int, int]], _Entry, dict[str, str]]] = {}
+        for number, (file, entries) in enumerate(sources):
+            for index, entry in entries:
+                if entry.le is not None:
+                    key: Any = (entry.series, entry.le)
+                elif per_process:
+                    key = (entry.series, file.pid)
+                else:
+                    key = entry.series
+                cell = cells.get(key)
+                if cell is None:
+                    labels = entry.labels
+                    if entry.bucket_labels is not None:
+                        labels = entry.bucket_labels
+                    elif self.kind == "gauge":  # MultiProcessCollector's pid label, kept for "all"
+                        labels = {**labels, "pid": file.pid} if per_process else labels
+                    cell = cells[key] = ([], entry, labels)
+                cell[0].append((number, index))
+        groups: dict[tuple[int, ...], list[Any]] = {}
+        for key, (places, _entry, _labels) in cells.items():
+            groups.setdefault(tuple(number for number, _ in places), []).append(key)
+        self._groups: list[tuple[tuple[int, ...], list[Callable[[Any], tuple[float, ...]]]]] = []
+        ordered_keys: list[Any] = []
+        index_in = {key: dict(places) for key, (places, _entry, _labels) in cells.items()}
+        for numbers, keys in groups.items():
+            getters = [client_internals.values_reader([index_in[key][number] for key in keys]) for number in numbers]
+            self._groups.append((numbers, getters))
+            ordered_keys.extend(keys)
+        self._recent: list[tuple[bytes, list[tuple[int, int]], tuple[str, dict[str, str]]]] | None = None
+        self._sets: list[tuple[int, int]] = []
+        self._order: Callable[[Any], tuple[float, ...]] | None = None
+        prefix_of: dict[Any, bytes] = {}
+
+        def prefix(key: Any, sample_name: str, labels: dict[str, str]) -> bytes:
+            text = self._prefix_of.get(key)
+            if text is None:
+                text = render.line_prefix(sample_name, labels.items())
+            prefix_of[key] = text
+            return text
+
+        self._prefixes: list[bytes] = []
+        self._samples: list[tuple[str, dict[str, str]]] = []
+        if self.kind == "gauge" and self.mode in _MOST_RECENT_MODES:
+            self._recent = [(prefix(key, cells[key][1].sample_name, cells[key][2]), cells[key][0],
+                             (cells[key][1].sample_name, cells[key][2])) for key in cells]
+        elif self.kind == "histogram":
+            position = {key: number for number, key in enumerate(ordered_keys)}
+            by_set: dict[tuple[Any, ...], tuple[list[Any], list[Any]]] = {}
+            for key in cells:
+                entry = cells[key][1]
+                buckets, others = by_set.setdefault(tuple(sorted(entry.labels.items())), ([], []))
+                (buckets if entry.le is not None else others).append(key)
+            order: list[int] = []
+            for set_key, (buckets, others) in by_set.items():
+                buckets.sort(key=lambda key: cells[key][1].le or 0.0)
+                for key in buckets:
+                    entry, labels = cells[key][1], cells[key][2]
+                    self._prefixes.append(prefix(key, name + "_bucket", labels))
+                    self._samples.append((name + "_bucket", labels))
+                if buckets:
+                    labels = cells[buckets[0]][1].labels
+                    self._prefixes.append(prefix(("count", set_key), name + "_count", labels))
+                    self._samples.append((name + "_count", labels))
+                for key in others:
+                    entry, labels = cells[key][1], cells[key][2]
+                    self._prefixes.append(prefix(key, entry.sample_name, labels))
+                    self._samples.append((entry.sample_name, labels))
+                order.extend(position[key] for key in buckets + others)
+                self._sets.append((len(buckets), len(others)))
+            self._order = _getter(order)
+        else:
+            for key in ordered_keys:
+                entry, labels = cells[key][1], cells[key][2]
+                self._prefixes.append(prefix(key, entry.sample_name, labels))
+                self._samples.append((entry.sample_name, labels))
+        self._prefix_of = prefix_of
+        self._keys: dict[tuple[str, ...], list[tuple[str, ...]]] = {}
+
+    def _cell_values(self) -> list[float]:
+        values: list[float] = []
+        combine = self._combine
+        for numbers, getters in self._groups:
+            combined: Any = None
+            for number, getter in zip(numbers, getters, strict=True):
+                read = getter(self._files[number].values)
+                combined = read if combined is None else list(map(combine, combined, read))
+            values.extend(combined)
+        return values
+
+    def lines(self) -> tuple[list[bytes], list[float], list[tuple[str, dict[str, str]]]]:
+        """(prefixes, values, (sample name, labels)) of the family's lines now."""
+        if self._recent is not None:
+            return self._most_recent()
+        values = self._cell_values()
+        if self._order is None:
+            return self._prefixes, values, self._samples
+        ordered = self._order(values)
+        lines: list[float] = []
+        extend, append = lines.extend, lines.append
+        start = 0
+        for number, (buckets, others) in enumerate(self._sets):
+            if not number % render.CHILDREN_PER_SLICE:
+                time.sleep(0)  # the GIL to a worker's event loop now and then (render.LINES_PER_SLICE)
+            if buckets:
+                cumulative = list(accumulate(ordered[start : start + buckets]))
+                extend(cumulative)
+                append(cumulative[-1])
+            extend(ordered[start + buckets : start + buckets + others])
+            start += buckets + others
+        return self._prefixes, lines, self._samples
+
+    def _most_recent(self) -> tuple[list[bytes], list[float], list[tuple[str, dict[str, str]]]]:
+        """A "mostrecent" gauge: each series' value of the latest write (by its timestamp);
+        a series never set (timestamp 0 everywhere) is left out, as MultiProcessCollector does."""
+        prefixes: list[bytes] = []
+        values: list[float] = []
+        samples: list[tuple[str, dict[str, str]]] = []
+        assert self._recent is not None
+        for prefix, places, sample in self._recent:
+            newest, value = 0.0, None
+            for number, index in places:
+                file_values = self._files[number].values
+                if file_values[index + 1] > newest:
+                    newest, value = file_values[index + 1], file_values[index]
+            if value is not None:
+                prefixes.append(prefix)
+                values.append(value)
+                samples.append(sample)
+        return prefixes, values, samples
+
+    def keyed(self, label_names: tuple[str, ...]) -> tuple[list[tuple[str, ...]], list[float]]:
+        """(the values of ``label_names`` of each line, each line's value)."""
+        _prefixes, values, samples = self.lines()
+        keys = self._keys.get(label_names) if self._recent is None else None
+        if keys is None:
+            keys = [tuple(labels[name] for name in label_names) for _name, labels in samples]
+            if self._recent is None:
+                self._keys[label_names] = keys
+        return keys, values
+
+    def text(self, openmetrics: bool) -> render.FamilyText:
+        prefixes, values, _ = self.lines()
+        body = render.join_lines(prefixes, values, self._texts)
+        return render.FamilyText(_sample_names(self.metric), self.headers[openmetrics], body)
+
+    def collected(self) -> Metric:
+        metric = Metric(self.metric.name, self.metric.documentation, self.metric.type)
+        _prefixes, values, samples = self.lines()
+        metric.samples = [Sample(name, labels, value) for (name, labels), value in zip(samples, values, strict=True)]
+        return metric
+
+
+def _sample_names(metric: Metric) -> frozenset[str]:
+    if metric.type == "counter":
+        return frozenset({metric.name + "_total"})
+    if metric.type == "histogram":
+        return frozenset({metric.name + "_bucket", metric.name + "_count", metric.name + "_sum"})
+    return frozenset({metric.name})
 
 
 class FilesCollector(Collector):
@@ -98,22 +383,20 @@ class FilesCollector(Collector):
 
     The sums follow client_python's ``MultiProcessCollector`` (counters and histograms
     summed, histogram buckets made cumulative, gauges by their multiprocess mode), but
-    each file's keys are parsed once and kept, and a category's collector keeps only its
-    own families' entries, so a scrape costs what it returns.
+    each file's keys are parsed once and kept, and each family's lines are laid out once:
+    a scrape reads the values at their known places in the mapped files and formats them
+    (:meth:`family_texts`, for ``app.render.Renderer``), and a category's collectors read
+    only their own families. Collectors of one directory share its :class:`Directory`.
     """
 
-    def __init__(self, path: str, families: Iterable[tuple[str, str]] | None = None) -> None:
+    def __init__(self, path: str | Directory, families: Iterable[tuple[str, str]] | None = None) -> None:
         """``families``: (name, type) of the catalogue families to read; None: all."""
-        self.path = path
+        self.directory = path if isinstance(path, Directory) else Directory(path)
+        self.path = self.directory.path
         self._families = None if families is None else [
             (file_metric_name(name, kind), kind) for name, kind in families
         ]
-        self._prefixes = (
-            None if self._families is None
-            else tuple(client_internals.key_prefix(name) for name, _ in self._families)
-        )
-        self._files: dict[str, _File] = {}
-        self._lock = threading.Lock()
+        self._lines: dict[str, _FamilyLines] = {}
 
     def describe(self) -> Iterator[Metric]:
         # The registry learns the names without reading the files.
@@ -121,77 +404,46 @@ class FilesCollector(Collector):
             yield Metric(name, "", kind)
 
     def collect(self) -> Iterator[Metric]:
-        _reap_dead_processes(self.path)
-        with self._lock:  # the file cache is shared by concurrent scrapes
-            metrics = self._sum()
-        yield from metrics.values()
+        with self.directory.lock:  # the files and the layouts are shared by concurrent scrapes
+            metrics = [lines.collected() for lines in self._current()]
+        yield from metrics
 
-    def _sum(self) -> dict[str, Metric]:
-        paths = set(glob.glob(os.path.join(self.path, client_internals.FILE_GLOB)))
-        for gone in set(self._files) - paths:
-            del self._files[gone]
-        values: dict[tuple[Any, ...], float] = {}
-        newest: dict[tuple[Any, ...], float] = {}
-        buckets: dict[tuple[Any, ...], dict[float, list[Any]]] = {}
-        infos: dict[tuple[Any, ...], tuple[_Entry, str, dict[str, str]]] = {}
-        for path in sorted(paths):
-            file = self._files.get(path)
-            if file is None:
-                file = self._files[path] = _File(path)
-            try:
-                data = file.read(self._prefixes)
-            except FileNotFoundError:  # a dead worker's live gauges, removed meanwhile
+    def family_texts(self, openmetrics: bool) -> list[render.FamilyText]:
+        with self.directory.lock:
+            return [lines.text(openmetrics) for lines in self._current()]
+
+    def keyed(self, label_names: tuple[str, ...]) -> tuple[list[tuple[str, ...]], list[float]]:
+        """Every line's values of ``label_names`` and its value (no Sample built): for
+        families computed from these (token efficiency from the token counts)."""
+        keys: list[tuple[str, ...]] = []
+        values: list[float] = []
+        with self.directory.lock:
+            for lines in self._current():
+                more_keys, more_values = lines.keyed(label_names)
+                keys += more_keys
+                values += more_values
+        return keys, values
+
+    def _current(self) -> list[_FamilyLines]:
+        files = self.directory.refresh()
+        if self._families is None:
+            names = sorted({name for file in files for name in file.entries})
+        else:
+            names = [name for name, _ in self._families]
+        current: list[_FamilyLines] = []
+        kept: dict[str, _FamilyLines] = {}
+        for name in names:
+            sources = [(file, file.entries[name]) for file in files if name in file.entries]
+            if not sources:
                 continue
-            kind, mode = file.kind, file.mode
-            for value_at, entry in file.entries:
-                value, timestamp = read_entry_value(data, value_at)
-                if entry.le is not None:
-                    per_le = buckets.setdefault(entry.series, {})
-                    bucket = per_le.get(entry.le)
-                    if bucket is None:
-                        per_le[entry.le] = [value, entry.bucket_labels]
-                    else:
-                        bucket[0] += value
-                    infos.setdefault(entry.series, (entry, kind, entry.labels))
-                    continue
-                series, labels = entry.series, entry.labels
-                if kind == "gauge" and mode in ("all", "liveall"):  # one series per process
-                    series = series + (("pid", file.pid),)
-                    labels = {**labels, "pid": file.pid}
-                current = values.get(series)
-                if current is None:
-                    values[series] = value
-                    newest[series] = timestamp
-                    infos[series] = (entry, kind, labels)
-                elif kind != "gauge" or mode in ("sum", "livesum"):
-                    values[series] = current + value
-                elif mode in ("min", "livemin"):
-                    values[series] = min(current, value)
-                elif mode in ("max", "livemax"):
-                    values[series] = max(current, value)
-                elif mode in ("mostrecent", "livemostrecent") and timestamp > newest[series]:
-                    values[series], newest[series] = value, timestamp
-        metrics: dict[str, Metric] = {}
-
-        def metric_of(entry: _Entry, kind: str) -> Metric:
-            metric = metrics.get(entry.metric_name)
-            if metric is None:
-                metric = metrics[entry.metric_name] = Metric(entry.metric_name, entry.help, kind)
-            return metric
-
-        for series, value in values.items():
-            entry, kind, labels = infos[series]
-            metric_of(entry, kind).samples.append(Sample(entry.sample_name, labels, value))
-        for series, per_le in buckets.items():
-            entry, kind, _ = infos[series]
-            metric = metric_of(entry, kind)
-            cumulative = 0.0
-            for le in sorted(per_le):
-                value, labels = per_le[le]
-                cumulative += value
-                metric.samples.append(Sample(entry.sample_name, labels, cumulative))
-            metric.samples.append(Sample(entry.metric_name + "_count", entry.labels, cumulative))
-        return metrics
+            signature = tuple((file.path, file.inode, len(entries)) for file, entries in sources)
+            lines = self._lines.get(name)
+            if lines is None or lines.signature != signature:
+                lines = _FamilyLines(name, sources, signature, lines)
+            kept[name] = lines
+            current.append(lines)
+        self._lines = kept
+        return current
 
 
 def prepare_directory(path: str) -> str:
@@ -217,17 +469,6 @@ def mark_dead_processes(path: str) -> list[int]:
                 pass
             dead.append(int(pid_text))
     return dead
-
-
-_reaped_at: dict[str, float] = {}
-
-
-def _reap_dead_processes(path: str) -> None:
-    """mark_dead_processes, at most once a second however many collectors read ``path``."""
-    now = time.monotonic()
-    if now - _reaped_at.get(path, -1.0) >= 1.0:
-        _reaped_at[path] = now
-        mark_dead_processes(path)
 
 
 def _alive(pid: int) -> bool:

@@ -42,6 +42,7 @@ from app.catalogue import (
     Label,
 )
 from app.client_internals import without_created
+from app.render import Renderer
 
 #: Longest label value kept, in characters; longer free text is cut (it is capped in count anyway).
 MAX_LABEL_LENGTH = 200
@@ -348,6 +349,8 @@ class MetricSet:
         self.category_registries = {
             category: CollectorRegistry(auto_describe=True) for category in Category
         }
+        #: Writes the scrape bodies of these registries, keeping each series' line prefix.
+        self.renderer = Renderer()
         #: The metrics write to prometheus_client's multiprocess files (several workers):
         #: the registries then read every worker's files instead (app.collectors).
         self.in_files = multiprocess.ENABLED if in_files is None else in_files

@@ -1,21 +1,22 @@
 """Scrapes of a big registry against the gateway's own requests, side by side in one run.
 
-Part 1 fills a multiprocess directory with about ``--lines`` exposition lines (providers x
-models of inference traffic), serves an instrumented gateway route with uvicorn in
-multiprocess mode, and drives it with one closed-loop client for ``--seconds`` each:
-quiet; while the exporter process (``app.exporter``) is scraped back to back; and, for
-contrast, while the worker's own ``/metrics`` is scraped back to back (the single-process
-design, where the worker renders). It prints throughput and p99 and their ratios to quiet.
+Part 1, one process: an instrumented gateway served by uvicorn (one worker) holds about
+``--lines`` exposition lines in its own registry (providers x models of inference traffic,
+the series cap raised to hold them) and one closed-loop client calls a gateway route for
+each phase: while ``/metrics`` is scraped once a second (as Prometheus would, at a short
+interval), then back to back, in windows of ``--window`` seconds alternated with quiet ones
+(``--rounds`` of each), so the machine's drifting load weighs on both alike. It prints
+throughput and p99 of the scraped windows and their ratios to the quiet ones.
 
-Part 2 times one scrape at 1k, 10k and 100k lines: the exporter's reader
-(``app.multiprocess.FilesCollector``, one per family, as the exporter registers them)
-against ``prometheus_client.generate_latest`` over client_python's
-``MultiProcessCollector`` on the same files, with the files' bytes per series; then each
-category endpoint's time beside its share of the lines.
+Part 2, several workers: the same traffic recorded into a multiprocess directory; the route
+served by a worker in multiprocess mode; the exporter process (``app.exporter``) scraped
+back to back, in windows alternated with quiet ones.
 
-    .venv/bin/python benchmarks/scrape_stall.py            # about a minute
+    .venv/bin/python benchmarks/scrape_stall.py            # about two minutes
 
-Targets: throughput while the exporter is scraped >= 0.8x quiet, p99 <= 2x quiet.
+Targets: scraped once a second, throughput >= 0.9x quiet and p99 <= 1.5x quiet; the exporter
+scraped back to back, >= 0.8x and <= 2x. The summaries' snapshots are set to every 300 s in
+both parts (they read the registry too, a cost of their own, not the scrape's).
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -45,7 +45,7 @@ def fill(directory: str, lines: int) -> None:
     code = f"""
 from app import metrics, telemetry
 from app.settings import Settings
-telemetry.set_default(telemetry.Telemetry(Settings(label_cap=100_000)))
+telemetry.set_default(telemetry.Telemetry(Settings(label_cap=100_000, series_cap=1_000_000)))
 for p in range({PROVIDERS}):
     for m in range({models}):
         metrics.record_upstream_call(f"provider-{{p}}", f"model-{{m}}", duration_s=0.4)
@@ -56,10 +56,17 @@ for p in range({PROVIDERS}):
                    env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory})
 
 
-def gateway_app():  # noqa: ANN201 - the uvicorn factory of part 1
+def gateway_app():  # noqa: ANN201 - the uvicorn factory of both parts
+    from app import metrics
     from app.main import create_app
 
     app = create_app()
+    models = int(os.environ.get("SCRAPE_STALL_MODELS", "0"))
+    for p in range(PROVIDERS):  # part 1: the registry filled in the gateway's own process
+        for m in range(models):
+            metrics.record_upstream_call(f"provider-{p}", f"model-{m}", duration_s=0.4)
+            metrics.record_tokens_used(f"provider-{p}", f"model-{m}", 100, 300)
+            metrics.record_credits_used(f"provider-{p}", f"model-{m}", "user", 0.5)
 
     @app.get("/v1/route")
     async def route() -> dict[str, bool]:
@@ -93,103 +100,137 @@ def closed_loop(url: str, seconds: float) -> tuple[float, float]:
     return len(latencies) / seconds, statistics.quantiles(latencies, n=100)[98]
 
 
-def scrape_loop(url: str, stop: threading.Event, counts: list[int]) -> None:
-    with httpx.Client(timeout=60) as client:
-        while not stop.is_set():
-            client.get(url)
-            counts[0] += 1
+SCRAPER = """
+import sys, time, httpx
+url, interval, start, window = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+rounds = int(sys.argv[5])
+count = 0
+with httpx.Client(timeout=60) as client:
+    for number in range(1, 2 * rounds, 2):  # the odd windows: scraped
+        begin, end = start + number * window, start + (number + 1) * window
+        time.sleep(max(0.0, begin - time.time()))
+        while time.time() < end - LAST_START_S:
+            started = time.time()
+            with client.stream("GET", url, headers={"Accept-Encoding": "gzip"}) as response:
+                for _chunk in response.iter_raw():  # as Prometheus: gzip, not decoded here
+                    pass
+            count += 1
+            if interval:
+                time.sleep(max(0.0, min(started + interval, end) - time.time()))
+print(count)
+"""
+#: A scrape starts no later than this before its window ends, so it rarely spills into
+#: the next (quiet) window.
+LAST_START_S = 0.4
 
 
-def part1(lines: int, seconds: float) -> None:
+def phase(route: str, scrape_url: str, interval: float, window: float, rounds: int
+          ) -> tuple[tuple[float, float], tuple[float, float], int]:
+    """Quiet and scraped windows of ``window`` seconds, alternated ``rounds`` times (the
+    machine's load drifts under both alike): ((req/s, p99) quiet, (req/s, p99) scraped,
+    scrapes). The scraper is a process of its own: its work never shares a GIL with the
+    measuring client."""
+    start = time.time() + 1.0
+    code = SCRAPER.replace("LAST_START_S", repr(LAST_START_S))
+    scraping = subprocess.Popen([sys.executable, "-c", code, scrape_url, str(interval), repr(start), str(window),
+                                 str(rounds)], stdout=subprocess.PIPE, text=True)
+    latencies: list[list[float]] = [[], []]
+    with httpx.Client(timeout=30) as client:
+        for number in range(2 * rounds):
+            begin, end = start + number * window, start + (number + 1) * window
+            time.sleep(max(0.0, begin - time.time()))
+            while time.time() < end:
+                started = time.perf_counter()
+                client.get(route)
+                latencies[number % 2].append(time.perf_counter() - started)
+    count = int(scraping.communicate()[0].strip() or 0)
+    seconds = window * rounds
+    quiet, scraped = ((len(found) / seconds, statistics.quantiles(found, n=100)[98]) for found in latencies)
+    return quiet, scraped, count
+
+
+def phases(route: str, window: float, rounds: int, scrapes: list[tuple[str, str, float]]) -> None:
+    """Each (name, scraped url, interval): throughput and p99 against the quiet windows
+    around it."""
+    closed_loop(route, 1.0)  # warm up
+    print(f"| {'phase':44} | {'quiet req/s':>11} | {'req/s':>8} | {'x quiet':>8} | {'quiet p99 ms':>12} "
+          f"| {'p99 ms':>8} | {'x quiet':>8} | {'scrapes':>8} |")
+    print(f"|{'-' * 46}|{'-' * 12}:|{'-' * 9}:|{'-' * 9}:|{'-' * 13}:|{'-' * 9}:|{'-' * 9}:|{'-' * 9}:|")
+    for name, scrape_url, interval in scrapes:
+        (quiet_rps, quiet_p99), (rps, p99), count = phase(route, scrape_url, interval, window, rounds)
+        print(f"| {name:44} | {quiet_rps:11.0f} | {rps:8.0f} | {rps / quiet_rps:8.2f} | {quiet_p99 * 1e3:12.2f} "
+              f"| {p99 * 1e3:8.2f} | {p99 / quiet_p99:8.2f} | {count:8} |")
+
+
+def gateway(env: dict[str, str], port: int) -> subprocess.Popen[bytes]:
+    return serve([sys.executable, "-m", "uvicorn", "--factory", "benchmarks.scrape_stall:gateway_app",
+                  "--port", str(port), "--log-level", "warning", "--no-access-log"],
+                 env, f"http://127.0.0.1:{port}/health")
+
+
+def base_env() -> dict[str, str]:
+    return {**os.environ, "GATEWAY_METRICS_ACCESS_LOG": "false", "GATEWAY_METRICS_LABEL_CAP": "100000",
+            "GATEWAY_METRICS_SERIES_CAP": "1000000", "GATEWAY_METRICS_SNAPSHOT_INTERVAL_SECONDS": "300",
+            "PYTHONPATH": str(ROOT)}
+
+
+def part1(lines: int, window: float, rounds: int) -> None:
+    models = max(1, lines // (LINES_PER_MODEL * PROVIDERS))
+    env = {**base_env(), "SCRAPE_STALL_MODELS": str(models)}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    port = 18931
+    process = gateway(env, port)
+    try:
+        metrics_url = f"http://127.0.0.1:{port}/metrics"
+        started = time.perf_counter()
+        body = httpx.get(metrics_url, timeout=60).text
+        first = time.perf_counter() - started
+        started = time.perf_counter()
+        httpx.get(metrics_url, timeout=60)
+        again = time.perf_counter() - started
+        print(f"Part 1: one process, one gateway route, one closed-loop client; {rounds} quiet and {rounds} "
+              f"scraped windows of {window:g} s, alternated, per phase; "
+              f"registry of {body.count(chr(10)):,} lines ({os.cpu_count()} cores, load average "
+              f"{os.getloadavg()[0]:.1f}); one scrape over HTTP: first {first * 1e3:.0f} ms, then {again * 1e3:.0f} ms")
+        print()
+        phases(f"http://127.0.0.1:{port}/v1/route", window, rounds,
+               [("/metrics scraped once a second", metrics_url, 1.0),
+                ("/metrics scraped back to back", metrics_url, 0.0)])
+    finally:
+        process.terminate()
+        process.wait()
+
+
+def part2(lines: int, window: float, rounds: int) -> None:
     with tempfile.TemporaryDirectory() as directory:
         fill(directory, lines)
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory, "GATEWAY_METRICS_ACCESS_LOG": "false",
-               "GATEWAY_METRICS_LABEL_CAP": "100000", "PYTHONPATH": str(ROOT)}
-        port, metrics_port = 18931, 18932
-        gateway = serve([sys.executable, "-m", "uvicorn", "--factory", "benchmarks.scrape_stall:gateway_app",
-                         "--port", str(port), "--log-level", "warning", "--no-access-log"],
-                        env, f"http://127.0.0.1:{port}/health")
+        env = {**base_env(), "PROMETHEUS_MULTIPROC_DIR": directory}
+        port, metrics_port = 18933, 18934
+        worker = gateway(env, port)
         exporter = serve([sys.executable, "-m", "app.exporter", "--port", str(metrics_port)],
                          env, f"http://127.0.0.1:{metrics_port}/prometheus/metrics/business")
         try:
             body = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=60).text
-            print(f"Part 1: one gateway route, one closed-loop client, {seconds:g} s per phase; "
-                  f"registry of {body.count(chr(10)):,} lines ({os.cpu_count()} cores)")
-            route = f"http://127.0.0.1:{port}/v1/route"
-            closed_loop(route, 1.0)  # warm up
-            quiet_rps, quiet_p99 = closed_loop(route, seconds)
-            print(f"{'phase':44} {'req/s':>8} {'x quiet':>8} {'p99 ms':>8} {'x quiet':>8} {'scrapes':>8}")
-            print(f"{'quiet':44} {quiet_rps:8.0f} {1:8.2f} {quiet_p99 * 1e3:8.2f} {1:8.2f} {0:8}")
-            for name, scrape_url in (("scraped back to back: exporter process", f"http://127.0.0.1:{metrics_port}/metrics"),
-                                     ("scraped back to back: the worker's /metrics", f"http://127.0.0.1:{port}/metrics")):
-                stop, counts = threading.Event(), [0]
-                scraper = threading.Thread(target=scrape_loop, args=(scrape_url, stop, counts))
-                scraper.start()
-                rps, p99 = closed_loop(route, seconds)
-                stop.set()
-                scraper.join()
-                print(f"{name:44} {rps:8.0f} {rps / quiet_rps:8.2f} {p99 * 1e3:8.2f} {p99 / quiet_p99:8.2f} "
-                      f"{counts[0]:8}")
+            print()
+            print(f"Part 2: a worker in multiprocess mode and the exporter; registry of {body.count(chr(10)):,} "
+                  "lines in the workers' files")
+            print()
+            phases(f"http://127.0.0.1:{port}/v1/route", window, rounds,
+                   [("exporter scraped back to back", f"http://127.0.0.1:{metrics_port}/metrics", 0.0)])
         finally:
-            for process in (gateway, exporter):
+            for process in (worker, exporter):
                 process.terminate()
                 process.wait()
-
-
-def part2(repeat: int) -> None:
-    code = r"""
-import os, sys, time, glob
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.multiprocess import MultiProcessCollector
-from app.catalogue import Category, FAMILIES
-from app.multiprocess import FilesCollector, file_metric_name
-from app.exposition import render
-path = os.environ["PROMETHEUS_MULTIPROC_DIR"]; repeat = int(sys.argv[1])
-def best(f):
-    times = []
-    for _ in range(repeat):
-        s = time.perf_counter(); out = f(); times.append(time.perf_counter() - s)
-    return min(times), out
-from app.collectors import register_files_collectors
-from app.registry import MetricSet
-metric_set = MetricSet(in_files=True)  # the exporter's registries
-register_files_collectors(metric_set, path)
-ours = metric_set.all_registry
-theirs = CollectorRegistry(); MultiProcessCollector(theirs, path)
-ours_s, body = best(lambda: render(ours).body)
-theirs_s, _ = best(lambda: generate_latest(theirs))
-lines = body.count(b"\n")
-series = sum(1 for l in body.splitlines() if not l.startswith(b"#"))
-size = sum(os.path.getsize(f) for f in glob.glob(os.path.join(path, "*.db")))
-print(f"{lines:>9,} {ours_s*1e3:10.1f} {theirs_s*1e3:10.1f} {ours_s/theirs_s:8.2f} {size/series:10.0f}")
-if lines > 50_000:
-    print()
-    print(f"Category endpoints at {lines:,} lines: time beside the share of lines")
-    print(f"{'category':12} {'lines':>9} {'share':>7} {'ms':>9} {'x all':>7}")
-    for category in Category:
-        reg = metric_set.category_registries[category]
-        s, out = best(lambda: render(reg).body)
-        n = out.count(b"\n")
-        print(f"{category.value:12} {n:9,} {n/lines:7.2f} {s*1e3:9.1f} {s/ours_s:7.2f}")
-"""
-    print()
-    print(f"Part 2: one scrape of every worker's files (best of {repeat})")
-    print(f"{'lines':>9} {'ours ms':>10} {'client ms':>10} {'x client':>8} {'bytes/series':>10}")
-    for lines in (1_000, 10_000, 100_000):
-        with tempfile.TemporaryDirectory() as directory:
-            fill(directory, lines)
-            subprocess.run([sys.executable, "-c", code, str(repeat)], check=True, cwd=ROOT,
-                           env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory})
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--lines", type=int, default=100_000)
-    parser.add_argument("--seconds", type=float, default=8.0)
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--window", type=float, default=2.0, help="seconds of one quiet or scraped window")
+    parser.add_argument("--rounds", type=int, default=5, help="quiet and scraped windows per phase")
     args = parser.parse_args()
-    part1(args.lines, args.seconds)
-    part2(args.repeat)
+    part1(args.lines, args.window, args.rounds)
+    part2(args.lines, args.window, args.rounds)
 
 
 if __name__ == "__main__":

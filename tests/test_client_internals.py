@@ -211,11 +211,22 @@ def test_the_classes_without_created_samples_read_as_their_base() -> None:
               [(s.name, s.labels, s.value) for s in samples(plain) if not s.name.endswith("_created")],
               f"{base.__name__}._child_samples (without_created keeps the rest)")
         agree((seam.reads_directly(plain), seam.reads_directly(trimmed)), (True, True), "reads_directly")
+        # A plain one adds _created to its cells' values; the trimmed one yields them only.
+        agree((seam.renders_values_only(plain), seam.renders_values_only(trimmed)), (False, True),
+              f"{base.__name__}._child_samples (renders_values_only)")
 
     class Custom(Counter):
         pass
 
     agree(seam.reads_directly(Custom("ci_custom", "custom", registry=None)), False, "reads_directly of a subclass")
+    agree(seam.renders_values_only(Custom("ci_custom", "custom", registry=None)), False,
+          "renders_values_only of a subclass")
+    gauge = Gauge("ci_values_only", "gauge", ["a"], registry=None)
+    gauge.labels("x").set(2.5)
+    agree(seam.renders_values_only(gauge), True, "Gauge._child_samples (a child's one value)")
+    child_value = seam.read_value(seam.children(gauge)[("x",)])
+    agree([(s.name, s.value) for s in samples(gauge)], [("ci_values_only", child_value)],
+          "Gauge._child_samples (its cell's value only)")
     agree(seam.reads_directly(Custom), False, "reads_directly of a class")
 
 
@@ -422,3 +433,33 @@ def test_an_entry_being_written_is_left_for_the_next_scan(directory: tuple[Path,
     agree(tail, [(last_key, last_value_at)], "mmap_dict's entries (resuming where a scan stopped)")
     agree(seam.read_entry_value(data, last_value_at)[0], seam.read_file_entries(str(file))[-1][1],
           "mmap_dict's value (two doubles: value, timestamp)")
+
+
+def test_a_mapped_file_reads_each_value_and_timestamp_in_place(directory: tuple[Path, list[dict[str, Any]]]) -> None:
+    path, _reports = directory
+    for file in sorted(path.glob(seam.FILE_GLOB)):
+        mapped = seam.map_file(str(file))
+        assert mapped is not None, f"{file.name}: empty"
+        with open(file, "rb") as handle:
+            data, used = seam.read_used(handle)
+        agree(seam.mapped_used(mapped), used, "mmap_dict's header, mapped (the bytes used)")
+        agree(seam.file_used(str(file)), used, "mmap_dict's header (the bytes used)")
+        found, _end = seam.scan_entries(mapped, seam.FIRST_ENTRY_OFFSET, seam.mapped_used(mapped))
+        agree(found, seam.scan_entries(data, seam.FIRST_ENTRY_OFFSET, used)[0], "mmap_dict's entries, mapped")
+        doubles = seam.file_values(mapped)
+        in_place = [(key, doubles[seam.value_index(value_at)], doubles[seam.value_index(value_at) + 1])
+                    for key, value_at in found]
+        agree(in_place, seam.read_file_entries(str(file)),
+              f"the layout of {file.name} (values 8-byte aligned doubles, the timestamp after the value)")
+        indices = [seam.value_index(value_at) for _key, value_at in found]
+        for some in (indices, indices[::-1], indices[::2], indices[-1:]):
+            agree(list(seam.values_reader(some)(doubles)), [doubles[index] for index in some],
+                  f"the layout of {file.name} (native doubles, read in one struct)")
+        del doubles
+        mapped.close()
+
+
+def test_an_empty_file_is_not_mapped(tmp_path: Path) -> None:
+    empty = tmp_path / "counter_1.db"
+    empty.touch()
+    agree(seam.map_file(str(empty)), None, "map_file of a file its writer has not sized yet")

@@ -63,3 +63,20 @@ def test_openapi_lists_every_route(client: TestClient) -> None:
     paths = client.get("/openapi.json").json()["paths"]
     for path in ["/metrics", "/prometheus/metrics/all", "/prometheus/metrics/system", "/health", "/ready"]:
         assert path in paths
+
+
+def test_openmetrics_body_parses_and_ends_with_eof(client: TestClient) -> None:
+    from prometheus_client.openmetrics.parser import text_string_to_metric_families
+
+    record_cache_hit("openmetrics-test")
+    response = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.text.endswith("# EOF\n")
+    names = {family.name for family in text_string_to_metric_families(response.text)}
+    assert "cache_hits" in names
+
+
+def test_name_filter_keeps_only_the_wanted_samples_of_a_family(client: TestClient) -> None:
+    client.get("/health")  # one request: http_request_duration_seconds has a series
+    response = client.get("/metrics", params={"name[]": ["http_request_duration_seconds_count"]})
+    samples = [line for line in response.text.splitlines() if line and not line.startswith("#")]
+    assert samples and all(line.startswith("http_request_duration_seconds_count{") for line in samples)

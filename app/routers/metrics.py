@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, FastAPI, Header, Query, Request, Response
-from prometheus_client import CollectorRegistry
 
 from app.catalogue import Category
 from app.dependencies import ApiKeyDep, telemetry_of
@@ -29,9 +28,10 @@ _SCRAPE_RESPONSE: dict[int | str, dict[str, Any]] = {
 }
 
 
-def scrape(registry: CollectorRegistry, accept: str | None, accept_encoding: str | None,
+def scrape(metric_set: MetricSet, category: Category | None, accept: str | None, accept_encoding: str | None,
            names: list[str] | None) -> Response:
-    exposition = render(registry, accept, accept_encoding, names or ())
+    registry = metric_set.all_registry if category is None else metric_set.category_registries[category]
+    exposition = render(registry, accept, accept_encoding, names or (), metric_set.renderer)
     return Response(exposition.body, media_type=exposition.media_type, headers=exposition.headers)
 
 
@@ -53,8 +53,7 @@ def _add_scrape_route(path: str, category: Category | None, summary: str, name: 
         metric_set: MetricSet | None = getattr(request.app.state, "metric_set", None)
         if metric_set is None:
             metric_set = telemetry_of(request.app).metrics
-        registry = metric_set.all_registry if category is None else metric_set.category_registries[category]
-        return scrape(registry, accept, accept_encoding, names)
+        return scrape(metric_set, category, accept, accept_encoding, names)
 
     router.add_api_route(path, scrape_route, methods=["GET"], response_class=Response,
                          responses=_SCRAPE_RESPONSE, summary=summary, name=name)

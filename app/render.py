@@ -1,0 +1,430 @@
+"""Scrape bodies at the cost of formatting their values.
+
+A :class:`Renderer` writes a registry in the Prometheus text format 0.0.4 or in
+OpenMetrics 1.0. The line prefix of each series (its sample name and escaped labels) is
+rendered once, the first time the series is scraped, and kept; a scrape then reads the
+values and formats only them:
+
+* a Gauge, or a Counter or Histogram of ``without_created`` (the catalogue's families),
+  through ``app.client_internals``: its children are compared with the last scrape's (one
+  identity check per child), so a new or removed child shows in the next scrape;
+* a collector that renders itself (:class:`RendersItself`): the multiprocess files'
+  ``FilesCollector``, which reads each series' value at a known offset of a worker's file,
+  and computed families with many series (token efficiency, through :class:`ComputedGauge`);
+* any other collector (process, platform and GC collectors, HTTP stats, the small computed
+  families) through ``collect()``, each line's prefix looked up by its name and labels;
+  families of other types (info, stateset...) or with timestamps or exemplars are written
+  by prometheus_client's own encoder.
+
+HELP and TYPE lines are prometheus_client's (its encoder renders each family once, without
+samples); a value is ``repr(value)``, which parses to the same float as prometheus_client's
+``floatToGoString``, or exactly its text for NaN and the infinities. The ``name[]`` filter
+keeps what prometheus_client's ``restricted_registry()`` keeps: the families of the wanted
+sample names, through ``collect()`` when only some of a family's samples are wanted. The
+body is built as bytes (prefixes and value texts are kept UTF-8), so no scrape encodes it.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from itertools import accumulate, chain
+from typing import Any, Protocol
+
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client import generate_latest as text_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_encoder
+from prometheus_client.registry import Collector
+
+from app import client_internals as seam
+
+#: prometheus_client's encoders: a collector (anything with ``collect()``) to bytes.
+Encoder = Callable[[Any], bytes]
+
+#: Names every format writes as they are (prometheus_client escapes others by the negotiated
+#: scheme): families with other names are rendered by its encoder.
+_LEGACY_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
+_LEGACY_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+_EOF = b"# EOF\n"
+
+
+def escape_label_value(value: str) -> str:
+    """A label value as both formats write it: backslash, newline and quote escaped."""
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def line_prefix(sample_name: str, labels: Iterable[tuple[str, str]]) -> bytes:
+    """What a sample's line holds before its value, UTF-8: the name and the labels
+    (sorted by name, as prometheus_client writes them), then a space."""
+    pairs = sorted(labels)
+    if not pairs:
+        return (sample_name + " ").encode()
+    text = ",".join(f'{name}="{escape_label_value(value)}"' for name, value in pairs)
+    return f"{sample_name}{{{text}}} ".encode()
+
+
+class ValueTexts(dict[float, bytes]):
+    """The text of each value with its line's end, remembered: most values of a scrape are the last scrape's
+    (idle series, bucket counts), so most lines cost one dict lookup (a C call through
+    ``map``) instead of a float's ``repr``. A value's text is its ``repr``, which parses to
+    the float prometheus_client's ``floatToGoString`` writes, or exactly that function's
+    text for NaN and the infinities. Values equal as floats share a text (``0.0`` and
+    ``-0.0``, ``1`` and ``1.0``: the same sample value once parsed)."""
+
+    __slots__ = ("limit",)
+
+    #: Texts kept at least (a family keeps up to one per line): past its limit the memo
+    #: starts over, so values that never repeat (histogram sums) cannot grow it forever.
+    LIMIT = 4096
+
+    def __init__(self, limit: int = LIMIT) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def __missing__(self, value: float) -> bytes:
+        text = ((repr(float(value)) if math.isfinite(value) else seam.format_float(value)) + "\n").encode()
+        if len(self) >= self.limit:
+            self.clear()
+        self[value] = text
+        return text
+
+
+#: Lines of a family joined in one C call. A C call keeps the GIL to its end, and a scrape
+#: runs in a thread beside the event loop that serves the gateway: between two slices the
+#: scrape lets go of the GIL (``time.sleep(0)``), so the loop waits for it about a slice's
+#: time (a millisecond or so), not a whole big family's (tens of milliseconds at 100,000
+#: lines). Each pause is a system call that may hand the core to another process, so small
+#: families (most of them) are joined whole, without one.
+LINES_PER_SLICE = 4096
+#: Histogram children whose values are read between two such pauses (16 lines each at most).
+CHILDREN_PER_SLICE = LINES_PER_SLICE // 16
+
+
+def join_lines(prefixes: Sequence[bytes], values: Sequence[float], texts: ValueTexts) -> bytes:
+    """The sample lines of ``prefixes`` (from :func:`line_prefix`) with ``values``."""
+    if len(prefixes) <= LINES_PER_SLICE:
+        return b"".join(chain.from_iterable(zip(prefixes, map(texts.__getitem__, values), strict=True)))
+    slices = []
+    for start in range(0, len(prefixes), LINES_PER_SLICE):
+        end = start + LINES_PER_SLICE
+        lines = zip(prefixes[start:end], map(texts.__getitem__, values[start:end]), strict=True)
+        slices.append(b"".join(chain.from_iterable(lines)))
+        time.sleep(0)
+    return b"".join(slices)
+
+
+def header(metric: Metric, openmetrics: bool) -> bytes:
+    """The HELP, TYPE (and UNIT) lines of ``metric`` (its samples are ignored), as
+    prometheus_client's encoder writes them."""
+    bare = Metric(metric.name, metric.documentation, metric.type, metric.unit)
+    encoder: Encoder = openmetrics_encoder if openmetrics else text_encoder
+    return encoder(_Families([bare])).removesuffix(_EOF)
+
+
+@dataclass(frozen=True, slots=True)
+class FamilyText:
+    """One family of a scrape body: its header lines and its sample lines."""
+
+    #: The sample names its lines may carry (what the ``name[]`` filter matches).
+    sample_names: frozenset[str]
+    header: bytes
+    body: bytes
+
+
+class RendersItself(Protocol):
+    """A collector that writes its own families' lines (``FilesCollector``)."""
+
+    def family_texts(self, openmetrics: bool) -> list[FamilyText] | None:
+        """Its families, or None to be rendered through ``collect()`` this time."""
+
+
+class _Families:
+    """Metrics already collected, as an encoder reads a registry."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self._metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self._metrics
+
+
+def _names_are_legacy(family: str, labels: Iterable[str]) -> bool:
+    return _LEGACY_METRIC_NAME.match(family) is not None and all(
+        _LEGACY_LABEL_NAME.match(label) is not None for label in labels
+    )
+
+
+class _MetricLines:
+    """The kept lines of one Gauge, Counter or Histogram: a prefix per sample line, in the
+    order of ``collect()``, rebuilt when the children change."""
+
+    __slots__ = ("name", "kind", "sample_names", "headers", "_label_names", "_le", "_has_sum",
+                 "_children", "_prefixes", "_cells", "_by_labels", "_texts", "_lock")
+
+    def __init__(self, metric: seam.ClientMetric) -> None:
+        described = next(iter(metric.describe()))
+        # Not the metric itself: the renderer keeps this per metric, in a weak dictionary.
+        self.name = seam.family_name(metric)
+        self.kind: str = described.type
+        name = described.name
+        self.headers = {False: header(described, False), True: header(described, True)}
+        self._label_names = seam.label_names(metric)
+        self._le: list[str] = []
+        self._has_sum = False
+        if isinstance(metric, Histogram):
+            bounds = seam.bucket_bounds(metric)
+            self._le = [seam.format_float(bound) for bound in bounds]
+            self._has_sum = bounds[0] >= 0  # prometheus_client writes no _sum below 0
+            self.sample_names = frozenset({name + "_bucket", name + "_count", name + "_sum"})
+        else:
+            self.sample_names = frozenset({name + "_total" if self.kind == "counter" else name})
+        self._children: list[Any] = []
+        self._prefixes: list[bytes] = []
+        self._cells: list[tuple[Sequence[seam.ValueCell], Any]] = []
+        #: label values -> that child's prefixes, kept while the child exists
+        self._by_labels: dict[seam.LabelKey, list[bytes]] = {}
+        self._texts = ValueTexts()
+        self._lock = threading.Lock()
+
+    def family_texts(self, metric: seam.ClientMetric, openmetrics: bool) -> list[FamilyText] | None:
+        with self._lock:
+            by_labels = seam.children(metric)
+            children: list[Any] = list(by_labels.values())
+            if children != self._children:  # identity first: equal unless a child came or went
+                self._rebuild(by_labels, children)
+            if self.kind == "histogram":
+                body = join_lines(self._prefixes, self._histogram_values(), self._texts)
+            elif self.kind == "gauge" and any(map(seam.has_value_function, children)):
+                return None  # a function's value: collect() calls it
+            else:
+                body = join_lines(self._prefixes, list(map(seam.read_value, children)), self._texts)
+        return [FamilyText(self.sample_names, self.headers[openmetrics], body)]
+
+    def _rebuild(self, by_labels: dict[seam.LabelKey, Any], children: list[Any]) -> None:
+        kept: dict[seam.LabelKey, list[bytes]] = {}
+        prefixes: list[bytes] = []
+        for key in by_labels:
+            lines = self._by_labels.get(key)
+            if lines is None:
+                lines = self._child_prefixes(key)
+            kept[key] = lines
+            prefixes.extend(lines)
+        self._by_labels, self._prefixes, self._children = kept, prefixes, children
+        self._texts.limit = max(ValueTexts.LIMIT, len(prefixes))
+        if self.kind == "histogram":
+            self._cells = [(seam.bucket_cells(child), child) for child in children]
+
+    def _child_prefixes(self, key: seam.LabelKey) -> list[bytes]:
+        labels = list(zip(self._label_names, key, strict=True))
+        name = self.name
+        if self.kind == "histogram":
+            lines = [line_prefix(name + "_bucket", [*labels, ("le", le)]) for le in self._le]
+            lines.append(line_prefix(name + "_count", labels))
+            if self._has_sum:
+                lines.append(line_prefix(name + "_sum", labels))
+            return lines
+        return [line_prefix(name + "_total" if self.kind == "counter" else name, labels)]
+
+    def _histogram_values(self) -> list[float]:
+        values: list[float] = []
+        extend, append, read_cell, read_sum = values.extend, values.append, seam.read_cell, seam.read_sum
+        has_sum = self._has_sum
+        for number, (cells, child) in enumerate(self._cells):
+            if not number % CHILDREN_PER_SLICE:
+                time.sleep(0)  # the GIL to the event loop now and then (see LINES_PER_SLICE)
+            cumulative = list(accumulate(map(read_cell, cells)))
+            extend(cumulative)
+            append(cumulative[-1])
+            if has_sum:
+                append(read_sum(child))
+        return values
+
+
+class ComputedGauge:
+    """The lines of a gauge computed at scrape time from (label values, value) pairs (a
+    computed collector's ``family_texts``): each label set's prefix is kept while it is
+    reported, so a scrape formats values only."""
+
+    __slots__ = ("metric", "_label_names", "_headers", "_prefixes", "_texts", "_lock")
+
+    def __init__(self, name: str, documentation: str, label_names: Sequence[str]) -> None:
+        self.metric = Metric(name, documentation, "gauge")
+        self._label_names = tuple(label_names)
+        self._headers = {openmetrics: header(self.metric, openmetrics) for openmetrics in (False, True)}
+        self._prefixes: dict[tuple[str, ...], bytes] = {}
+        self._texts = ValueTexts()
+        self._lock = threading.Lock()
+
+    def family_text(self, openmetrics: bool, series: Iterable[tuple[tuple[str, ...], float]]) -> FamilyText:
+        name, label_names = self.metric.name, self._label_names
+        prefixes: list[bytes] = []
+        values: list[float] = []
+        with self._lock:
+            kept, seen = self._prefixes, {}
+            for label_values, value in series:
+                prefix = kept.get(label_values)
+                if prefix is None:
+                    prefix = line_prefix(name, zip(label_names, label_values, strict=True))
+                seen[label_values] = prefix
+                prefixes.append(prefix)
+                values.append(value)
+            self._prefixes = seen
+            body = join_lines(prefixes, values, self._texts)
+        return FamilyText(frozenset({name}), self._headers[openmetrics], body)
+
+
+#: The types whose samples both encoders write as they come (no ``_created``, ``_gsum`` or
+#: ``_gcount`` family moved apart, no name changed): others go to prometheus_client's encoder.
+_PLAIN_TYPES = frozenset({"counter", "gauge", "histogram", "summary", "unknown"})
+_MOVED_SUFFIXES = ("_created", "_gsum", "_gcount")
+
+
+class _CollectedLines:
+    """The kept prefixes of a collector read through ``collect()`` (the HTTP stats, the
+    computed families): its samples are built at each scrape, but each line's prefix is
+    looked up by (name, labels) rather than escaped again."""
+
+    __slots__ = ("plain", "_prefixes", "_headers", "_texts", "_lock")
+
+    def __init__(self) -> None:
+        #: False once it yielded a family the encoder must write: it goes there from then on.
+        self.plain = True
+        self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+        self._headers: dict[tuple[str, str, str, str, bool], bytes] = {}
+        self._texts = ValueTexts()
+        self._lock = threading.Lock()
+
+    def family_texts(self, collector: Collector, openmetrics: bool) -> list[FamilyText] | None:
+        """Its families as text, or None when one of them is not plain (prometheus_client's
+        encoder writes those)."""
+        if not self.plain:
+            return None
+        metrics = list(collector.collect())
+        with self._lock:
+            texts: list[FamilyText] = []
+            seen: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
+            for metric in metrics:
+                text = self._family(metric, openmetrics, seen)
+                if text is None:
+                    self.plain = False
+                    return None
+                texts.append(text)
+            self._prefixes = seen  # only the series that still exist are kept
+        return texts
+
+    def _family(self, metric: Metric, openmetrics: bool,
+                seen: dict[tuple[str, tuple[tuple[str, str], ...]], bytes]) -> FamilyText | None:
+        if metric.type not in _PLAIN_TYPES or not _LEGACY_METRIC_NAME.match(metric.name):
+            return None
+        kept = self._prefixes
+        prefixes: list[bytes] = []
+        values: list[float] = []
+        moved = tuple(metric.name + suffix for suffix in _MOVED_SUFFIXES)
+        for sample in metric.samples:
+            key = (sample.name, tuple(sample.labels.items()))
+            prefix = kept.get(key)
+            if prefix is None:
+                if sample.name in moved or not _names_are_legacy(sample.name, sample.labels):
+                    return None
+                prefix = line_prefix(sample.name, sample.labels.items())
+            if sample.timestamp is not None or sample.exemplar is not None or sample.native_histogram is not None:
+                return None
+            seen[key] = prefix
+            prefixes.append(prefix)
+            values.append(sample.value)
+        header_key = (metric.name, metric.documentation, metric.type, metric.unit, openmetrics)
+        text = self._headers.get(header_key)
+        if text is None:
+            text = self._headers[header_key] = header(metric, openmetrics)
+        names = frozenset(sample.name for sample in metric.samples)
+        return FamilyText(names, text, join_lines(prefixes, values, self._texts))
+
+
+class Renderer:
+    """Scrape bodies of registries, keeping each series' line prefix between scrapes.
+
+    One renderer may serve several registries that share collectors (``/metrics`` and the
+    category endpoints): what it keeps is per collector. Concurrent scrapes are safe; each
+    family's lines are guarded by a lock of their own.
+    """
+
+    def __init__(self) -> None:
+        self._lines: weakref.WeakKeyDictionary[Any, _MetricLines | _CollectedLines] = weakref.WeakKeyDictionary()
+        self._lock = threading.Lock()
+
+    def render(
+        self,
+        registry: CollectorRegistry,
+        openmetrics: bool = False,
+        encoder: Encoder | None = None,
+        names: Sequence[str] = (),
+    ) -> bytes:
+        """``registry`` in OpenMetrics or the text format (restricted to the families of the
+        sample names in ``names`` when given); ``encoder`` renders what prometheus_client
+        must (prometheus_client's, as ``choose_encoder`` picked it)."""
+        if encoder is None:
+            encoder = openmetrics_encoder if openmetrics else text_encoder
+        wanted = frozenset(names) if names else None
+        chunks: list[bytes] = []
+        for collector, registered in seam.registered_collectors(registry).items():
+            if wanted is not None and wanted.isdisjoint(registered):
+                continue
+            texts = self._texts(collector, openmetrics, wanted is None)
+            if texts is not None and wanted is not None and not all(text.sample_names <= wanted for text in texts):
+                texts = None  # some of its samples only: restricted as prometheus_client does
+            if texts is None:
+                chunks.append(self._encoded(list(collector.collect()), encoder, openmetrics, wanted))
+                continue
+            for text in texts:
+                if wanted is None or text.body:  # a restricted registry drops empty families
+                    chunks.append(text.header)
+                    chunks.append(text.body)
+        if openmetrics:
+            chunks.append(_EOF)
+        return b"".join(chunks)
+
+    def _texts(self, collector: Collector, openmetrics: bool, whole: bool) -> list[FamilyText] | None:
+        """The families of ``collector`` as text, or None: collected for the encoder."""
+        renders_itself = getattr(collector, "family_texts", None)
+        if renders_itself is not None:
+            texts: list[FamilyText] | None = renders_itself(openmetrics)
+            return texts
+        lines = self._lines_of(collector)
+        if lines is None or (isinstance(lines, _CollectedLines) and not whole):
+            return None
+        return lines.family_texts(collector, openmetrics)  # type: ignore[arg-type]
+
+    def _lines_of(self, collector: Collector) -> _MetricLines | _CollectedLines | None:
+        try:
+            return self._lines[collector]
+        except KeyError:
+            pass
+        except TypeError:  # not weakly referenceable: collect() every time
+            return None
+        lines: _MetricLines | _CollectedLines = _CollectedLines()
+        if seam.renders_values_only(collector):
+            metric: seam.ClientMetric = collector  # type: ignore[assignment]
+            if _names_are_legacy(seam.family_name(metric), seam.label_names(metric)):
+                lines = _MetricLines(metric)
+        with self._lock:
+            return self._lines.setdefault(collector, lines)
+
+    @staticmethod
+    def _encoded(metrics: list[Metric], encoder: Encoder, openmetrics: bool, wanted: frozenset[str] | None) -> bytes:
+        if wanted is not None:
+            restricted = []
+            for metric in metrics:
+                samples = [sample for sample in metric.samples if sample.name in wanted]
+                if samples:
+                    kept = Metric(metric.name, metric.documentation, metric.type)
+                    kept.samples = samples
+                    restricted.append(kept)
+            metrics = restricted
+        body = encoder(_Families(metrics))
+        return body.removesuffix(_EOF) if openmetrics else body

@@ -1,0 +1,227 @@
+"""One scrape's cost against prometheus_client and against the formatting limit, side by side.
+
+At about 1k, 10k and 100k lines, in one run:
+
+* one process: a registry filled through the helpers (providers x models of inference
+  traffic, the series cap raised to hold them), rendered by ``app.render.Renderer`` (the
+  prefixes kept by an earlier scrape) against ``prometheus_client.generate_latest`` (and its
+  OpenMetrics encoder) over the same registry;
+* the exporter: the same traffic recorded by two worker processes into a multiprocess
+  directory, rendered from the exporter's registries (``FilesCollector`` per family) against
+  ``generate_latest`` over client_python's ``MultiProcessCollector``;
+* "the limit": the same sample lines joined from prefixes rendered once, with only the
+  values formatted: ``"".join(f"{prefix}{value!r}\\n" ...)`` over lists in memory;
+
+text 0.0.4 and OpenMetrics, with and without gzip (level 1, as the endpoints use it), best
+of ``--repeat``; then the memory the renderer keeps per series (tracemalloc, one process),
+and each category endpoint of the exporter at the largest size beside its share of lines.
+
+    .venv/bin/python benchmarks/scrape_render.py          # about two minutes on 2 cores
+
+Targets: ours within 3x of the limit at 10k lines and more, in one process and in the
+exporter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import gzip
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.openmetrics.exposition import generate_latest as openmetrics_latest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from app.catalogue import Category  # noqa: E402
+from app.collectors import register_files_collectors  # noqa: E402
+from app.exposition import GZIP_LEVEL  # noqa: E402
+from app.registry import MetricSet  # noqa: E402
+from app.render import Renderer  # noqa: E402
+from app.settings import Settings  # noqa: E402
+from app.telemetry import Telemetry  # noqa: E402
+
+PROVIDERS = 8
+#: Lines one provider/model pair adds: requests, tokens, credits, the histograms' buckets...
+LINES_PER_MODEL = 19
+SIZES = (1_000, 10_000, 100_000)
+
+RECORD = """
+def record(target, models, providers):
+    for p in range(providers):
+        for m in range(models):
+            provider, model = f"provider-{p}", f"model-{m}"
+            target.record_upstream_call(provider, model, duration_s=0.4 + 0.001 * m)
+            target.record_tokens_used(provider, model, 100 + m, 300)
+            target.record_credits_used(provider, model, "user", 0.5)
+"""
+namespace: dict[str, Callable[..., None]] = {}
+exec(RECORD, namespace)  # noqa: S102 - the same code runs in the worker processes
+record = namespace["record"]
+
+
+def models_for(lines: int) -> int:
+    return max(1, lines // (LINES_PER_MODEL * PROVIDERS))
+
+
+def best(function: Callable[[], object], repeat: int) -> float:
+    """The least time of ``repeat`` calls, the garbage collector off (as timeit does)."""
+    times = []
+    gc.collect()
+    gc.disable()
+    try:
+        for _ in range(repeat):
+            started = time.perf_counter()
+            function()
+            times.append(time.perf_counter() - started)
+    finally:
+        gc.enable()
+    return min(times)
+
+
+def limit_of(body: bytes) -> Callable[[], str]:
+    """The limit for ``body``: its sample lines from prefixes and values held in lists."""
+    prefixes: list[str] = []
+    values: list[float] = []
+    for line in body.decode().splitlines():
+        if line and not line.startswith("#"):
+            cut = line.rindex(" ") + 1
+            prefixes.append(line[:cut])
+            values.append(float(line[cut:]))
+    pairs = list(zip(prefixes, values, strict=True))
+    return lambda: "".join(f"{prefix}{value!r}\n" for prefix, value in pairs)
+
+
+def compare(label: str, ours: Callable[[bool], bytes], theirs: Callable[[bool], bytes], repeat: int) -> None:
+    """One row per format and compression: ours, prometheus_client's and the limit (the
+    gzip rows add ``gzip.compress`` at level 1 to each)."""
+    for openmetrics in (False, True):
+        body = ours(openmetrics)
+        lines = body.count(b"\n")
+        limit = limit_of(body)
+        ours_s, limit_s = float("inf"), float("inf")
+        for _round in range(3):  # interleaved: the machine's load changes under both alike
+            ours_s = min(ours_s, best(lambda om=openmetrics: ours(om), repeat))
+            limit_s = min(limit_s, best(limit, repeat))
+        theirs_s = best(lambda om=openmetrics: theirs(om), max(1, repeat // 2) if lines > 50_000 else repeat)
+        ours_gz = best(lambda om=openmetrics: gzip.compress(ours(om), GZIP_LEVEL), repeat)
+        theirs_gz = theirs_s + best(lambda b=body: gzip.compress(b, GZIP_LEVEL), repeat)
+        limit_gz = best(lambda f=limit: gzip.compress(f().encode(), GZIP_LEVEL), repeat)
+        fmt = "OpenMetrics" if openmetrics else "text"
+        for gzipped, (o, t, lim) in ((False, (ours_s, theirs_s, limit_s)), (True, (ours_gz, theirs_gz, limit_gz))):
+            print(f"| {label} | {lines:,} | {fmt}{' + gzip' if gzipped else ''} | {o * 1e3:.2f} | {t * 1e3:.1f} "
+                  f"| {lim * 1e3:.2f} | {o / lim:.2f} | {t / o:.1f} |")
+
+
+def one_process(lines: int, repeat: int) -> tuple[int, float]:
+    """The in-process rows at about ``lines`` lines; returns (series, bytes kept per series)."""
+    settings = Settings(label_cap=100_000, series_cap=1_000_000)
+    telemetry = Telemetry(settings)
+    record(telemetry, models_for(lines), PROVIDERS)
+    registry = telemetry.metrics.all_registry
+    renderer = telemetry.metrics.renderer
+    renderer.render(registry)  # the first scrape renders the prefixes
+
+    def ours(openmetrics: bool) -> bytes:
+        return renderer.render(registry, openmetrics)
+
+    def theirs(openmetrics: bool) -> bytes:
+        return openmetrics_latest(registry) if openmetrics else generate_latest(registry)  # type: ignore[no-any-return]
+
+    compare("one process", ours, theirs, repeat)
+    # What a renderer keeps: a fresh one's memory after its first scrape, the body dropped.
+    fresh = Renderer()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    body = fresh.render(registry)
+    series = sum(1 for line in body.splitlines() if line and not line.startswith(b"#"))
+    del body
+    gc.collect()
+    kept = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    return series, kept / series
+
+
+def fill_directory(directory: str, lines: int) -> None:
+    """Two worker processes record the same traffic into ``directory`` (every series in two
+    files, as with two workers), then exit: their files stay, as a dead worker's do."""
+    code = RECORD + f"""
+from app.settings import Settings
+from app.telemetry import Telemetry
+record(Telemetry(Settings(label_cap=100_000, series_cap=1_000_000)), {models_for(lines)}, {PROVIDERS})
+"""
+    for _worker in range(2):
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT,
+                       env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": directory, "PYTHONPATH": str(ROOT)})
+
+
+def exporter(lines: int, repeat: int, categories: bool) -> None:
+    with tempfile.TemporaryDirectory() as directory:
+        fill_directory(directory, lines)
+        metric_set = MetricSet(in_files=True)  # the exporter's registries
+        register_files_collectors(metric_set, directory)
+        registry = metric_set.all_registry
+        renderer = metric_set.renderer
+        renderer.render(registry)
+        theirs_registry = CollectorRegistry()
+        MultiProcessCollector(theirs_registry, directory)
+
+        def ours(openmetrics: bool) -> bytes:
+            return renderer.render(registry, openmetrics)
+
+        def theirs(openmetrics: bool) -> bytes:
+            if openmetrics:
+                return openmetrics_latest(theirs_registry)  # type: ignore[no-any-return]
+            return generate_latest(theirs_registry)
+
+        compare("exporter", ours, theirs, repeat)
+        if categories:
+            all_s = best(lambda: ours(False), repeat)
+            total = ours(False).count(b"\n")
+            print()
+            print(f"| category (exporter, {total:,} lines) | lines | share of lines | ms | x all |")
+            print("|---|---:|---:|---:|---:|")
+            for category in Category:
+                category_registry = metric_set.category_registries[category]
+                renderer.render(category_registry)
+                seconds = best(lambda r=category_registry: renderer.render(r), repeat)
+                count = renderer.render(category_registry).count(b"\n")
+                print(f"| {category.value} | {count:,} | {count / total:.2f} | {seconds * 1e3:.2f} "
+                      f"| {seconds / all_s:.2f} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
+    args = parser.parse_args()
+    print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; ours and the limit: best of "
+          f"3 x {args.repeat}, interleaved; times in ms; x limit = ours / limit; x faster = prometheus_client / ours "
+          "(generate_latest in one process, over MultiProcessCollector for the exporter)")
+    print()
+    print("| registry | lines | format | ours | prometheus_client | the limit | x limit | x faster |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|")
+    memory: list[tuple[int, float]] = []
+    for lines in args.sizes:
+        memory.append(one_process(lines, args.repeat))
+        exporter(lines, args.repeat, categories=lines == max(args.sizes))
+    print()
+    print("| series (one process) | bytes kept per series |")
+    print("|---:|---:|")
+    for series, per_series in memory:
+        print(f"| {series:,} | {per_series:.0f} |")
+
+
+if __name__ == "__main__":
+    main()
