@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from app.catalogue import FAMILIES
 from app.demo import FLAKY, DemoTraffic, flaky_phase
 from app.settings import Settings
@@ -40,6 +42,35 @@ def test_demo_drives_every_recorded_family() -> None:
             continue  # only real requests, overflows, bad input and failed sharing produce these
         exposed = family.name.removesuffix("_total") if family.kind == "counter" else family.name
         assert exposed in collected, family.name
+
+
+def test_demo_streams_yield_time_per_output_token_at_each_providers_pace() -> None:
+    """Streamed successful calls give (duration - ttft) / (output tokens - 1) = 1 / the
+    profile's tokens per second, give or take the integer token count."""
+    from app.demo import PROFILES
+
+    clock = FakeClock()
+    settings = Settings(demo_rate=400, demo_cycle_seconds=60)
+    telemetry = Telemetry(settings)
+    traffic = DemoTraffic(settings, telemetry, clock=clock)
+    for _ in range(10):
+        traffic.tick(1.0)
+        clock.now += 1.0
+    counts: dict[str, float] = {}
+    sums: dict[str, float] = {}
+    for metric in telemetry.metrics.all_registry.collect():
+        if metric.name == "gatewayz_time_per_output_token_seconds":
+            for sample in metric.samples:
+                provider = sample.labels["provider"]
+                if sample.name.endswith("_count"):
+                    counts[provider] = counts.get(provider, 0.0) + sample.value
+                elif sample.name.endswith("_sum"):
+                    sums[provider] = sums.get(provider, 0.0) + sample.value
+    assert set(counts) == set(PROFILES)
+    for provider, count in counts.items():
+        assert count > 0
+        pace = count / sums[provider]  # 1 / mean time per output token
+        assert pace == pytest.approx(PROFILES[provider].tokens_per_s, rel=0.05), provider
 
 
 def test_tick_makes_the_configured_rate() -> None:

@@ -47,6 +47,7 @@
     calls: (v) => `${en(v, 0)} ${v === 1 ? "call" : "calls"}`,
     requests: (v) => en(v, 0),
     inflight: (v) => `${en(v, 0)} ${v === 1 ? "request" : "requests"}`,
+    pace: (v) => `${en(v, v < 10 ? 1 : 0)} tokens/s`,
   };
 
   /** A span showing one figure of an answer, tagged with where it comes from. */
@@ -316,6 +317,7 @@
       tile("Latency p95", figure("summary", p("p95_ms"), perf.p95_ms, "ms"), "gateway response"),
       tile("Latency p99", figure("summary", p("p99_ms"), perf.p99_ms, "ms"), "gateway response"),
       tile("First token p95", figure("summary", p("ttft_p95_ms"), perf.ttft_p95_ms, "ms"), "streamed calls"),
+      tile("Per output token p95", figure("summary", p("tpot_p95_ms"), perf.tpot_p95_ms, "ms"), "streamed, after the first"),
       tile("Tokens", figure("summary", b("total_tokens_used"), biz.total_tokens_used, "tokens"), "input + output, since start"),
       tile("Cost", figure("summary", b("total_cost_usd"), biz.total_cost_usd, "usd"), "upstream, since start"),
       tile("Cache hit rate", figure("summary", p("cache_hit_rate"), perf.cache_hit_rate, "percent"), "of lookups"),
@@ -343,12 +345,13 @@
       if (isNum(m.error_rate) && m.error_rate >= 0.05) error.classList.add("bad");
       const row = el("tr", null, model, el("td", null, String(m.provider ?? "?")),
         cell("requests_total", "requests"), cell("requests_per_second", "rate"), error,
-        cell("p95_ms", "ms"), cell("ttft_p95_ms", "ms"));
+        cell("p95_ms", "ms"), cell("ttft_p95_ms", "ms"), cell("tpot_p50_ms", "ms"), cell("tpot_p95_ms", "ms"),
+        cell("output_tokens_per_second", "pace"));
       return row;
     });
     if (!rows.length) {
       const empty = el("td", "nodata", "No model has been called yet.");
-      empty.colSpan = 7;
+      empty.colSpan = $("models").tHead.rows[0].cells.length;
       rows.push(el("tr", null, empty));
     }
     $("models").tBodies[0].replaceChildren(...rows);
@@ -359,7 +362,9 @@
     toggle.textContent = state.allModels ? `Show the ${FEW_MODEL_ROWS} busiest` : `Show all ${Math.min(models.length, MAX_MODEL_ROWS)}`;
     const window = isNum(summary.window_seconds) ? `rates, errors and percentiles over the last ${duration(summary.window_seconds)}` : "";
     $("models-note").textContent =
-      `${models.length} provider/model pairs${shown}. Requests since start; ${window}. TTFT: time to first token.`;
+      `${models.length} provider/model pairs${shown}. Requests since start; ${window}. ` +
+      "TTFT: time to first token. TPOT: time per output token after the first. " +
+      "Tokens/s: the pace of a streamed answer after its first token (1 / mean TPOT), not the model's throughput.";
   }
 
   // ---- Trend charts (inline SVG) ------------------------------------------------------------

@@ -185,6 +185,12 @@ def build_models(results: Results) -> ModelsSummary:
     totals = results.get("calls_total", {})
     latency = _percentiles(results.get("inference_buckets", {}), by_model)
     ttft = _percentiles(results.get("ttft_buckets", {}), by_model)
+    tpot_buckets = results.get("tpot_buckets", {})
+    tpot = _percentiles(tpot_buckets, by_model)
+    # Streamed calls per second over the seconds per second they spent per token after the
+    # first: 1 / the mean time per output token (models.OUTPUT_TOKENS_PER_SECOND).
+    tpot_calls = observations_by(tpot_buckets, by_model)
+    tpot_sum = results.get("tpot_sum", {})
     tokens: dict[tuple[str, ...], dict[str, float]] = {}
     for (provider, model, token_type), value in results.get("tokens_total", {}).items():
         tokens.setdefault((provider, model), {})[token_type] = value
@@ -205,6 +211,9 @@ def build_models(results: Results) -> ModelsSummary:
                 p99_ms=ms(latency["p99"].get(key)),
                 ttft_p50_ms=ms(ttft["p50"].get(key)),
                 ttft_p95_ms=ms(ttft["p95"].get(key)),
+                tpot_p50_ms=ms(tpot["p50"].get(key)),
+                tpot_p95_ms=ms(tpot["p95"].get(key)),
+                output_tokens_per_second=ratio(tpot_calls.get(key), tpot_sum.get(key)),
                 tokens_input=counts.get("input", 0.0),
                 tokens_output=counts.get("output", 0.0),
                 token_efficiency=ratio(counts.get("output", 0.0), counts.get("input")),
@@ -261,6 +270,7 @@ def build_performance(results: Results) -> PerformanceSummary:
         inference_p95_ms=ms(inference["p95"].get(())),
         inference_p99_ms=ms(inference["p99"].get(())),
         ttft_p95_ms=ms(quantiles_by(ttft, 0.95).get(())),
+        tpot_p95_ms=ms(quantiles_by(results.get("tpot_buckets_all", {}), 0.95).get(())),
         database_p95_ms=ms(quantiles_by(results.get("database_buckets", {}), 0.95).get(())),
         cache_hit_rate=ratio(hits or 0.0, lookups),
         rate_limited_per_second=_one(results, "rate_limited_per_second"),

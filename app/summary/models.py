@@ -20,6 +20,13 @@ SummarySource = Literal["prometheus", "local"]
 ERROR_RATE = ("Failed and unreached calls (5xx, timeouts, connection errors) over the calls the health "
               "score counts (all but throttled, 401/403/404 and cancelled ones), in the window.")
 THROTTLED_SHARE = "Share of all calls in the window that were throttled (429, overloaded, quota spent)."
+#: How a model's streaming pace is measured, in the local and the Prometheus source alike.
+TPOT = ("Time per output token of the window's successful streamed calls with two output tokens or more: "
+        "(duration - time to first token) / (output tokens - 1), gatewayz_time_per_output_token_seconds.")
+OUTPUT_TOKENS_PER_SECOND = (
+    "The pace of a streamed answer after its first token, in output tokens per second: 1 / the mean time per "
+    "output token of the window's streamed calls (each call counts once: the histogram's _count over its _sum). "
+    "Not the model's token throughput (see tokens_output); null without streamed calls in the window.")
 CLIENT_ERROR_SHARE = "Share of all calls in the window that were the caller's fault (4xx but 429)."
 
 
@@ -99,6 +106,9 @@ class ModelSummary(BaseModel):
     p99_ms: Ms
     ttft_p50_ms: Ms = None
     ttft_p95_ms: Ms = None
+    tpot_p50_ms: Ms = Field(None, description="p50 of the " + TPOT[0].lower() + TPOT[1:])
+    tpot_p95_ms: Ms = Field(None, description="p95 of the " + TPOT[0].lower() + TPOT[1:])
+    output_tokens_per_second: float | None = Field(None, description=OUTPUT_TOKENS_PER_SECOND)
     tokens_input: float = 0
     tokens_output: float = 0
     token_efficiency: float | None = Field(None, description="Output tokens per input token.")
@@ -141,6 +151,7 @@ class PerformanceSummary(BaseModel):
     inference_p95_ms: Ms
     inference_p99_ms: Ms
     ttft_p95_ms: Ms
+    tpot_p95_ms: Ms = Field(None, description="p95 of the " + TPOT[0].lower() + TPOT[1:] + " All models together.")
     database_p95_ms: Ms
     cache_hit_rate: float | None
     rate_limited_per_second: float | None

@@ -218,6 +218,10 @@ INFERENCE_RECORD = Recorded("job_provider_model_le:model_inference_duration_seco
                             ("provider", "model", "le"))
 TTFT_RECORD = Recorded("job_provider_model_le:gatewayz_time_to_first_token_seconds_bucket:rate5m",
                        ("provider", "model", "le"))
+TPOT_RECORD = Recorded("job_provider_model_le:gatewayz_time_per_output_token_seconds_bucket:rate5m",
+                       ("provider", "model", "le"))
+TPOT_SUM_RECORD = Recorded("job_provider_model:gatewayz_time_per_output_token_seconds_sum:rate5m",
+                           ("provider", "model"))
 PROVIDER_LATENCY_RECORD = Recorded("job_provider_le:provider_response_time_seconds_bucket:rate5m", ("provider", "le"))
 HTTP_RECORD = Recorded("job_endpoint_le:http_request_duration_seconds_bucket:rate5m", ("endpoint", "le"))
 CREDITS_RECORD = Recorded("job_provider_model:credits_used:rate5m", ("provider", "model"))
@@ -227,6 +231,11 @@ _CALLS = rate("calls_per_second", "model_inference_requests_total", "provider", 
 _INFERENCE = buckets("inference_buckets", "model_inference_duration_seconds", "provider", "model",
                      recorded=INFERENCE_RECORD)
 _TTFT = buckets("ttft_buckets", "gatewayz_time_to_first_token_seconds", "provider", "model", recorded=TTFT_RECORD)
+_TPOT = buckets("tpot_buckets", "gatewayz_time_per_output_token_seconds", "provider", "model", recorded=TPOT_RECORD)
+#: With the +Inf bucket of _TPOT (the observations), the mean time per output token, whose
+#: inverse is a model's ``output_tokens_per_second`` (app.summary.models).
+_TPOT_SUM = rate("tpot_sum", "gatewayz_time_per_output_token_seconds_sum", "provider", "model",
+                 recorded=TPOT_SUM_RECORD)
 _TOKENS = current("tokens_total", "tokens_used_total", "provider", "model", "token_type")
 _COST = current("cost_usd", "gatewayz_cost_by_provider", "provider")
 
@@ -244,6 +253,8 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
         current("calls_total", "model_inference_requests_total", "provider", "model"),
         _INFERENCE,
         _TTFT,
+        _TPOT,
+        _TPOT_SUM,
         _TOKENS,
     ),
     Category.BUSINESS: (
@@ -262,6 +273,7 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
         # per-model buckets (DERIVED), which are many series, read once.
         buckets("inference_buckets_all", "model_inference_duration_seconds", recorded=INFERENCE_RECORD),
         buckets("ttft_buckets_all", "gatewayz_time_to_first_token_seconds", recorded=TTFT_RECORD),
+        buckets("tpot_buckets_all", "gatewayz_time_per_output_token_seconds", recorded=TPOT_RECORD),
         buckets("database_buckets", "database_query_duration_seconds"),
         current("in_flight", "http_requests_in_flight"),
         rate("cache_hits_per_second", "cache_hits_total"),
@@ -288,6 +300,7 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
 DERIVED: dict[str, str] = {
     "inference_buckets_all": "inference_buckets",
     "ttft_buckets_all": "ttft_buckets",
+    "tpot_buckets_all": "tpot_buckets",
     "fleet_calls": "calls_per_second",  # when the summary's window is the tracker's
 }
 

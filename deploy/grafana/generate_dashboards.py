@@ -52,6 +52,8 @@ HTTP_BUCKETS = "job_endpoint_le:http_request_duration_seconds_bucket:rate5m"
 HTTP_P95 = "job_endpoint:http_request_duration_seconds:p95_rate5m"
 CALLS = "job_provider_model:model_inference_requests:rate5m"
 CALL_BUCKETS = "job_provider_model_le:model_inference_duration_seconds_bucket:rate5m"
+TPOT_BUCKETS = "job_provider_model_le:gatewayz_time_per_output_token_seconds_bucket:rate5m"
+TPOT_SUM = "job_provider_model:gatewayz_time_per_output_token_seconds_sum:rate5m"
 TOKENS = "job_provider_model_token_type:tokens_used:rate5m"
 CREDITS = "job_provider_model:credits_used:rate5m"
 COST = "job_provider:gatewayz_cost_by_provider:rate5m"
@@ -333,7 +335,8 @@ def cost() -> Board:
 
 def models() -> Board:
     b = Board("gateway-metrics-models", "gateway-metrics / Model performance",
-              "Per model and provider: traffic, latency percentiles, failures, time to first token, tokens.")
+              "Per model and provider: traffic, latency percentiles, failures, time to first token, time per "
+              "output token, tokens.")
     b.add(timeseries_panel("Requests per second by model", "Upstream calls per second by provider and model.",
                            "reqps", q(f"sum by (provider, model) ({CALLS}{{{PM}}})", "{{provider}} {{model}}"),
                            stacked=True), width=12, height=8)
@@ -353,6 +356,19 @@ def models() -> Board:
                            "s", q("histogram_quantile(0.95, sum by (le, provider, model) "
                                   f"(rate(gatewayz_time_to_first_token_seconds_bucket{{{PM}}}[$__rate_interval])))",
                                   "{{provider}} {{model}}")), width=12, height=8)
+    b.add(timeseries_panel(
+        "Time per output token p50 / p95", "Time per output token after the first, of successful streamed calls "
+        "(duration - time to first token) / (output tokens - 1), by provider and model, last 5 minutes (recorded "
+        "from the buckets summed by le).", "s",
+        *[q(f"histogram_quantile({p}, sum by (le, provider, model) ({TPOT_BUCKETS}{{{PM}}}))",
+            f"p{label} {{{{provider}}}} {{{{model}}}}") for p, label in (("0.5", "50"), ("0.95", "95"))]),
+        width=12, height=8)
+    b.add(timeseries_panel(
+        "Streaming pace", "Output tokens per second of a streamed answer after its first token: 1 / the mean time "
+        "per output token of the streamed calls (each call counts once), by provider and model, last 5 minutes.",
+        "short", q(f'sum by (provider, model) ({TPOT_BUCKETS}{{{PM}, le="+Inf"}}) '
+                   f"/ sum by (provider, model) ({TPOT_SUM}{{{PM}}})", "{{provider}} {{model}}")),
+        width=12, height=8)
     b.add(timeseries_panel("Tokens per second", "Input and output tokens per second by model.", "short",
                            q(f"sum by (model, token_type) ({TOKENS}{{{PM}}})", "{{model}} {{token_type}}"),
                            stacked=True), width=12, height=8)

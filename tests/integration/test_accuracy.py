@@ -89,7 +89,7 @@ def test_request_rates_agree(steady: tuple) -> None:
 
 def test_percentiles_and_ratios_agree(steady: tuple) -> None:
     remote, local = _both(steady[1])
-    for field in ("inference_p50_ms", "inference_p95_ms", "p50_ms", "cache_hit_rate"):
+    for field in ("inference_p50_ms", "inference_p95_ms", "p50_ms", "cache_hit_rate", "tpot_p95_ms"):
         assert close(remote["performance"][field], local["performance"][field]), field
     assert close(remote["providers"]["avg_response_time_ms"], local["providers"]["avg_response_time_ms"])
 

@@ -23,7 +23,7 @@ DEMO_ENV = {"GATEWAY_METRICS_DEMO": "true", "GATEWAY_METRICS_DEMO_RATE": "60", "
 RECORDING_RULES = [path for path in RULE_FILES if path.name == "recording.yml"]
 #: What the summary reads from the rules at the default window, all categories asked.
 EXPECTED_RECORDED = {"calls_per_second", "credits_per_second", "http_buckets", "inference_buckets",
-                     "provider_latency_buckets", "ttft_buckets"}
+                     "provider_latency_buckets", "ttft_buckets", "tpot_buckets", "tpot_sum"}
 
 
 @pytest.fixture(scope="module")
@@ -127,6 +127,7 @@ def test_recorded_series_are_read_while_the_rules_evaluate(ruled: Recording) -> 
     text = " ".join(ruled.batches[0][0].values())
     assert "job_provider_model_le:model_inference_duration_seconds_bucket:rate5m" in text
     assert "rate(model_inference_duration_seconds_bucket" not in text
+    assert "rate(gatewayz_time_per_output_token_seconds" not in text
 
 
 def test_raw_expressions_without_the_rules(bare: Recording) -> None:
@@ -150,7 +151,8 @@ def test_recorded_and_raw_figures_agree(ruled: Recording, demo: tuple[MetricsSer
     with_rules = service.summary([Category.MODELS, Category.PERFORMANCE])
     service.rules = None  # the same Prometheus, every figure from raw expressions
     raw = service.summary([Category.MODELS, Category.PERFORMANCE])
-    assert {"calls_per_second", "inference_buckets", "ttft_buckets"} <= set(with_rules.recorded_queries)
+    assert {"calls_per_second", "inference_buckets", "ttft_buckets", "tpot_buckets", "tpot_sum"} <= set(
+        with_rules.recorded_queries)
     assert raw.recorded_queries == []
     assert with_rules.metrics.models is not None and raw.metrics.models is not None
     recorded_models = {(m.provider, m.model): m for m in with_rules.metrics.models.models}
@@ -158,12 +160,15 @@ def test_recorded_and_raw_figures_agree(ruled: Recording, demo: tuple[MetricsSer
     assert recorded_models.keys() == raw_models.keys() and raw_models
     for key, model in raw_models.items():
         mine = recorded_models[key]
-        for figure in ("requests_per_second", "error_rate", "p50_ms", "p95_ms", "ttft_p95_ms"):
+        for figure in ("requests_per_second", "error_rate", "p50_ms", "p95_ms", "ttft_p95_ms", "tpot_p50_ms",
+                       "tpot_p95_ms", "output_tokens_per_second"):
             expected = getattr(model, figure)
             assert getattr(mine, figure) == (None if expected is None else pytest.approx(expected, rel=1e-9)), figure
     assert with_rules.metrics.performance is not None and raw.metrics.performance is not None
     assert with_rules.metrics.performance.inference_p95_ms == pytest.approx(
         raw.metrics.performance.inference_p95_ms, rel=1e-9)
+    assert with_rules.metrics.performance.tpot_p95_ms == pytest.approx(raw.metrics.performance.tpot_p95_ms, rel=1e-9)
+    assert any(model.output_tokens_per_second for model in raw_models.values()), "the demo streams"
 
 
 def test_a_window_the_rules_do_not_cover_is_computed_raw_over_itself(ruled: Recording) -> None:

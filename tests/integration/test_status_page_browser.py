@@ -124,7 +124,7 @@ SUFFIX_FACTORS = {"%": 0.01, "ms": 1.0, "s": 1000.0, "k tokens": 1e3, "M tokens"
 UNIT_SUFFIXES = {
     "ms": {"ms", "s"}, "percent": {"%"}, "rate": {"req/s"}, "score": {""}, "usd": {""},
     "tokens": {"tokens", "k tokens", "M tokens"}, "calls": {"call", "calls"}, "requests": {""},
-    "inflight": {"request", "requests"},
+    "inflight": {"request", "requests"}, "pace": {"tokens/s"},
 }
 DISPLAY = re.compile(r"^(\$?)(-?[\d,]+(?:\.(\d+))?)\s*(.*)$")
 
@@ -209,8 +209,17 @@ def test_fleet_totals_and_models_are_all_there(status: LoadedPage) -> None:
     if len(models) > 12:
         show_all_models(status.page)
         assert rows.count() == min(len(models), 200)
+    columns = status.page.locator("#models thead th").all_text_contents()
+    assert columns[-4:] == ["TTFT p95", "TPOT p50", "TPOT p95", "Tokens/s"]
     batch = status.page.locator("#models tbody tr", has_text=BATCH[1])
-    assert batch.locator("td").last.inner_text() == "no data"  # never streamed: no TTFT, not 0
+    # Never streamed: no time to first token, no time per output token, no pace; not 0.
+    assert batch.locator("td").all_inner_texts()[-4:] == ["no data"] * 4
+    # The demo's streamed calls give the busiest models a pace (checked against the JSON
+    # with every other figure by test_every_figure_matches_the_json_it_came_from).
+    streamed = [m for m in models if m["output_tokens_per_second"] is not None]
+    assert streamed and all(m["tpot_p50_ms"] <= m["tpot_p95_ms"] for m in streamed)
+    busiest = status.page.locator("#models tbody tr").first.locator("td").all_inner_texts()
+    assert busiest[-1].endswith("tokens/s") and busiest[-2].endswith("ms"), busiest
 
 
 def show_all_models(page: Any) -> None:

@@ -81,6 +81,32 @@ def test_local_rates_are_over_the_window(service: tuple[SummaryService, Clock]) 
     assert model.token_efficiency == pytest.approx(0.25)
 
 
+def test_time_per_output_token_percentiles_and_pace(service: tuple[SummaryService, Clock]) -> None:
+    """Per model and overall, from the successful streamed calls only; the pace is 1 / the
+    mean time per output token, each call counting once."""
+    summary_service, clock = service
+    summary_service.snapshots.take()
+    for _ in range(100):  # (2.5 - 0.5) / 40 = 50 ms and (1.5 - 0.5) / 40 = 25 ms per token
+        metrics.record_upstream_call("sum-tpot", "m1", duration_s=2.5, ttft_s=0.5, input_tokens=10, output_tokens=41)
+        metrics.record_upstream_call("sum-tpot", "m1", duration_s=1.5, ttft_s=0.5, input_tokens=10, output_tokens=41)
+        # Not streamed, failed, or a single token: no time per output token.
+        metrics.record_upstream_call("sum-tpot", "m1", duration_s=9.0, input_tokens=10, output_tokens=41)
+        metrics.record_upstream_call("sum-tpot", "m1", duration_s=9.0, ttft_s=0.5, status_code=500)
+        metrics.record_upstream_call("sum-tpot", "m1", duration_s=9.0, ttft_s=0.5, output_tokens=1)
+        metrics.record_upstream_call("sum-tpot", "batch", duration_s=0.4, input_tokens=10, output_tokens=41)
+    clock.now = 100.0
+    summary = summary_service.summary([Category.MODELS, Category.PERFORMANCE], window_s=100)
+    by_model = {m.model: m for m in summary.metrics.models.models if m.provider == "sum-tpot"}
+    model = by_model["m1"]
+    # Half the calls at 25 ms, in (20, 30]: p50 is the top of that bucket; p95 interpolates in (30, 50].
+    assert model.tpot_p50_ms == pytest.approx(30.0)
+    assert model.tpot_p95_ms == pytest.approx(48.0)
+    assert model.output_tokens_per_second == pytest.approx(1 / 0.0375)
+    batch = by_model["batch"]
+    assert (batch.tpot_p50_ms, batch.tpot_p95_ms, batch.output_tokens_per_second) == (None, None, None)
+    assert summary.metrics.performance.tpot_p95_ms == pytest.approx(48.0)
+
+
 def test_window_without_traffic_gives_null_not_zero(service: tuple[SummaryService, Clock]) -> None:
     summary_service, clock = service
     metrics.record_upstream_call("sum-idle", "m1", duration_s=0.4)
@@ -91,6 +117,7 @@ def test_window_without_traffic_gives_null_not_zero(service: tuple[SummaryServic
     assert model.requests_per_second == 0.0
     assert model.error_rate is None
     assert model.p95_ms is None
+    assert model.tpot_p95_ms is None and model.output_tokens_per_second is None
 
 
 def test_error_rates_follow_the_outcome_taxonomy(service: tuple[SummaryService, Clock]) -> None:
