@@ -18,6 +18,9 @@ RUN pip install /tmp/src \
     && useradd --system --uid 10001 --no-create-home gateway
 
 WORKDIR /srv/gateway-metrics
+# The example gateway (examples/openai_gateway.py), which deploy/kubernetes/overlays/example-gateway
+# runs from this working directory; it imports the installed package.
+COPY examples ./examples
 
 USER 10001
 EXPOSE 8000

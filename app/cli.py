@@ -16,6 +16,7 @@ import asyncio
 import logging
 import os
 import socket
+import subprocess
 import tempfile
 from collections.abc import Sequence
 
@@ -57,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     telemetry = default(settings)
     servers = [
         uvicorn.Server(uvicorn.Config(create_app(settings, telemetry), host=settings.host, port=settings.port,
-                                      log_level=args.log_level, access_log=False))
+                                      log_level=args.log_level, access_log=False,
+                                      timeout_graceful_shutdown=DRAIN_S))
     ]
     if settings.metrics_port is not None:
         # The internal scrape port: /metrics and the category endpoints, nothing public.
@@ -68,6 +70,13 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 
 WORKER_HEALTHCHECK_S = 30
+#: On SIGTERM, how long requests in flight may take before their connections are closed
+#: (uvicorn's graceful shutdown); then the lifespan's shutdown runs. With the exporter's
+#: stop below, the whole pod ends well within Kubernetes' default 30 s grace period less
+#: deploy/kubernetes' 5 s preStop sleep.
+DRAIN_S = 15
+#: How long the exporter may take to stop before it is killed.
+EXPORTER_STOP_S = 5
 
 
 def serve_workers(settings: Settings, overrides: dict[str, object], workers: int, log_level: str) -> None:
@@ -85,6 +94,9 @@ def serve_workers(settings: Settings, overrides: dict[str, object], workers: int
     # (app.supervision), rather than keep the port without an exporter.
     os.environ["GATEWAY_METRICS_SUPERVISOR_PID"] = str(os.getpid())
     metrics_port = settings.metrics_port or settings.port + 1
+    # A worker's /ready answers 503 until the exporter listens: a readiness probe on the
+    # workers' port must not pass while scrapes would still be refused.
+    os.environ["GATEWAY_METRICS_EXPORTER_PORT"] = str(metrics_port)
     logging.getLogger("gateway_metrics").info(
         "%d workers on port %d; scrapes for all of them on port %d (%s=%s)",
         workers, settings.port, metrics_port, multiprocess.ENV_VAR, path)
@@ -94,11 +106,16 @@ def serve_workers(settings: Settings, overrides: dict[str, object], workers: int
         # its 5 s default kills workers still importing on a busy machine, again and again.
         config = uvicorn.Config("app.main:app", host=settings.host, port=settings.port, workers=workers,
                                 log_level=log_level, access_log=False,
-                                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S)
+                                timeout_worker_healthcheck=WORKER_HEALTHCHECK_S,
+                                timeout_graceful_shutdown=DRAIN_S)
         Multiprocess(config, sockets=[declared_tcp(config.bind_socket())]).run()
     finally:
         scraper.terminate()
-        scraper.wait()
+        try:
+            scraper.wait(EXPORTER_STOP_S)
+        except subprocess.TimeoutExpired:
+            scraper.kill()
+            scraper.wait()
 
 
 def declared_tcp(sock: socket.socket) -> socket.socket:

@@ -7,6 +7,8 @@ with its default; a test keeps the two in step.
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from functools import lru_cache
 from typing import Annotated
 
@@ -15,11 +17,69 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger("gateway_metrics")
 
+#: The secrets that may come from a file (``GATEWAY_METRICS_<NAME>_FILE``) instead of the
+#: environment: a Kubernetes Secret mounted as a volume, re-read when it is rotated.
+FILE_SECRETS = ("api_key", "prometheus_bearer_token", "prometheus_password")
+
+
+class FileSecretStr(SecretStr):
+    """A secret read from a file, and read again when the file changes.
+
+    Each read of the value costs one ``stat``: the file is read again only when its inode,
+    size or modification time changed (the kubelet rotates a mounted Secret by swapping a
+    symlink, so the inode changes). Trailing line breaks are dropped (``echo token > file``).
+    A file that can no longer be read, or reads blank, keeps the previous value (logged):
+    a rotation that goes wrong never opens a guarded route.
+    """
+
+    def __init__(self, path: str, variable: str) -> None:
+        self.path = path
+        self.variable = variable
+        self._lock = threading.Lock()
+        stat = os.stat(path)
+        value = self._read()
+        if not value.strip():
+            raise ValueError(f"{variable}: {path} is empty")
+        super().__init__(value)
+        self._key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+
+    def _read(self) -> str:
+        with open(self.path, encoding="utf-8") as file:
+            return file.read().rstrip("\r\n")
+
+    def get_secret_value(self) -> str:
+        try:
+            stat = os.stat(self.path)
+        except OSError as error:
+            logger.warning("%s: cannot stat %s (%s); keeping the previous value", self.variable, self.path,
+                           error.strerror)
+            return self._secret_value
+        key = (stat.st_ino, stat.st_size, stat.st_mtime_ns)
+        if key != self._key:
+            with self._lock:
+                if key != self._key:
+                    self._reload(key)
+        return self._secret_value
+
+    def _reload(self, key: tuple[int, int, int]) -> None:
+        try:
+            value = self._read()
+        except (OSError, UnicodeDecodeError) as error:
+            logger.warning("%s: cannot read %s (%s); keeping the previous value", self.variable, self.path, error)
+            return
+        if not value.strip():
+            logger.warning("%s: %s is now blank; keeping the previous value", self.variable, self.path)
+        else:
+            self._secret_value = value
+            logger.info("%s: read %s again (it changed)", self.variable, self.path)
+        self._key = key
+
 
 class Settings(BaseSettings):
     """Settings of one gateway-metrics app; ``create_app(Settings(...))`` overrides them."""
 
-    model_config = SettingsConfigDict(env_prefix="GATEWAY_METRICS_", extra="ignore")
+    # hide_input_in_errors: a validation error must not print a token it was given.
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_METRICS_", extra="ignore", hide_input_in_errors=True)
 
     # Serving
     host: str = Field("127.0.0.1", description="Address the console script binds to.")
@@ -37,12 +97,24 @@ class Settings(BaseSettings):
         description="Set by `gateway-metrics --workers` for its workers, not by hand: a worker "
         "stops once this process (its supervisor) is no longer its parent.",
     )
+    exporter_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Set by `gateway-metrics --workers` for its workers, not by hand: /ready answers 503 "
+        "until the exporter listens on this port.",
+    )
 
     # Security
     api_key: SecretStr | None = Field(
         None,
         description="Bearer token required on /metrics and /prometheus/metrics/*; "
         "empty or blank means none (logged as a warning).",
+    )
+    api_key_file: str | None = Field(
+        None,
+        description="File holding the bearer token instead (a mounted Secret), read again when it changes; "
+        "not together with GATEWAY_METRICS_API_KEY.",
     )
 
     # Recording
@@ -79,6 +151,12 @@ class Settings(BaseSettings):
     prometheus_bearer_token: SecretStr | None = Field(None, description="Bearer token for the backend.")
     prometheus_username: str | None = Field(None, description="Basic-auth user for the backend.")
     prometheus_password: SecretStr | None = Field(None, description="Basic-auth password.")
+    prometheus_bearer_token_file: str | None = Field(
+        None, description="File holding the backend's bearer token instead (a mounted Secret), read again when it changes."
+    )
+    prometheus_password_file: str | None = Field(
+        None, description="File holding the basic-auth password instead (a mounted Secret), read again when it changes."
+    )
     prometheus_job: str | None = Field(
         None,
         description="If set, every summary query matches job=\"...\" (other apps may export "
@@ -152,6 +230,22 @@ class Settings(BaseSettings):
     def _check_weights(self) -> Settings:
         if abs(sum(self.health_weights) - 1.0) > 1e-6 or min(self.health_weights) < 0:
             raise ValueError("health_weights must be three non-negative numbers summing to 1")
+        return self
+
+    @model_validator(mode="after")
+    def _read_secret_files(self) -> Settings:
+        for name in FILE_SECRETS:
+            path: str | None = getattr(self, f"{name}_file")
+            if path is None:
+                continue
+            variable = f"GATEWAY_METRICS_{name.upper()}"
+            if getattr(self, name) is not None:
+                raise ValueError(f"{variable} and {variable}_FILE are both set: set one of them")
+            try:
+                secret = FileSecretStr(path, f"{variable}_FILE")
+            except OSError as error:
+                raise ValueError(f"{variable}_FILE: cannot read {path}: {error.strerror}") from None
+            object.__setattr__(self, name, secret)
         return self
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import certifi
@@ -169,6 +170,25 @@ def test_bearer_token_reaches_the_backend_on_every_request(clean_env: pytest.Mon
         assert models_summary(client)["source"] == "prometheus"
         assert client.get("/ready").json()["backend"]["reachable"] is True
     assert {request.headers.get("authorization") for request in backend.seen()} == {"Bearer backend-secret"}
+
+
+def test_backend_secrets_from_files_follow_their_rotation(clean_env: pytest.MonkeyPatch, backend: FakePrometheus,
+                                                         tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    token.write_text("first-token\n")
+    clean_env.setenv("GATEWAY_METRICS_PROMETHEUS_URL", backend.url)
+    clean_env.setenv("GATEWAY_METRICS_PROMETHEUS_BEARER_TOKEN_FILE", str(token))
+    with app_client(Settings(query_cache_seconds=0)) as client:
+        models_summary(client)
+        first = {request.headers.get("authorization") for request in backend.seen()}
+        rotated = tmp_path / "token.new"  # as the kubelet rotates a mounted Secret: a new file swapped in
+        rotated.write_text("second-token\n")
+        rotated.replace(token)
+        seen_before = len(backend.seen())
+        models_summary(client)
+        second = {request.headers.get("authorization") for request in backend.seen()[seen_before:]}
+    assert first == {"Bearer first-token"}
+    assert second == {"Bearer second-token"}
 
 
 def test_no_credentials_send_no_authorization(clean_env: pytest.MonkeyPatch, backend: FakePrometheus) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import socket
 from datetime import UTC, datetime
 from typing import Literal
 
 from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from app.dependencies import telemetry_of
@@ -46,10 +48,36 @@ def health() -> Liveness:
     return Liveness()
 
 
-@router.get("/ready", response_model=Readiness, summary="Readiness, with the backend's state")
-def ready(request: Request) -> Readiness:
-    """Ready as soon as the app serves; a down backend is reported, never a failure,
-    because summaries then answer from the local registry."""
+class NotReady(BaseModel):
+    status: Literal["starting"] = "starting"
+    waiting_for: str = Field(description="What the process waits for before it is ready")
+
+
+#: How long /ready waits for the exporter's port to accept a connection.
+EXPORTER_CONNECT_TIMEOUT_S = 0.5
+
+
+def exporter_listens(host: str, port: int) -> bool:
+    """Whether the exporter of ``gateway-metrics --workers`` accepts connections (it binds
+    the workers' host; a wildcard address is reached on loopback)."""
+    target = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    try:
+        with socket.create_connection((target, port), timeout=EXPORTER_CONNECT_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+@router.get("/ready", response_model=Readiness, summary="Readiness, with the backend's state",
+            responses={503: {"model": NotReady, "description": "Not ready yet: a port of the process does not listen"}})
+def ready(request: Request) -> Readiness | JSONResponse:
+    """Ready as soon as the app serves (with ``--workers``, once the exporter's port listens
+    too); a down backend or Redis is reported, never a failure, because summaries then
+    answer from the local registry and health is decided locally."""
+    settings = getattr(request.app.state, "settings", None)
+    port = getattr(settings, "exporter_port", None)
+    if settings is not None and port is not None and not exporter_listens(settings.host, port):
+        return JSONResponse(NotReady(waiting_for=f"the exporter on port {port}").model_dump(), status_code=503)
     service = getattr(request.app.state, "summary_service", None)
     backend = service.readiness() if service is not None else BackendReadiness(configured=False)
     return Readiness(backend=backend, health_sharing=sharing_channels(request.app))

@@ -52,6 +52,7 @@ from cachetools import LRUCache
 
 # The submodule, not the package: the package's lazy __getattr__ hides the types.
 from prometheus_api_client.prometheus_connect import PrometheusConnect
+from pydantic import SecretStr
 from urllib3.util.retry import Retry
 
 from app.summary.caches import bounded, keep
@@ -339,6 +340,10 @@ def parse_rule_groups(status: int, body: bytes, date: str | None = None) -> Rule
 # --- the client ---------------------------------------------------------------------------
 
 
+def _secret(value: str | SecretStr) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
 def _reason(exc: requests.RequestException) -> str:
     """The cause of a requests error, without urllib3's wrapping ("Max retries exceeded...")."""
     reason: object = exc.args[0] if exc.args else exc
@@ -419,8 +424,8 @@ class PrometheusBackend:
         self,
         url: str,
         *,
-        bearer_token: str | None = None,
-        basic_auth: tuple[str, str] | None = None,
+        bearer_token: str | SecretStr | None = None,
+        basic_auth: tuple[str, str | SecretStr] | None = None,
         verify_tls: bool | str = True,
         deadline_s: float = 2.0,
         cache_ttl_s: float = 10.0,
@@ -448,11 +453,11 @@ class PrometheusBackend:
         # them): requests and http.client would encode a str as Latin-1 and raise on
         # anything beyond it, mid-request.
         self._headers: dict[str, str | bytes] = {"Accept": "application/json"}
-        if bearer_token is not None:
-            self._headers["Authorization"] = b"Bearer " + bearer_token.encode("utf-8")
-        if basic_auth is not None:
-            user, password = basic_auth
-            self._headers["Authorization"] = b"Basic " + base64.b64encode(f"{user}:{password}".encode())
+        # A secret read from a file (settings' *_FILE) is read again when the file changes:
+        # the header follows it, so a rotated Secret applies without a restart.
+        self._bearer_token = bearer_token
+        self._basic_auth = basic_auth
+        self._authorize()
         self._verify = verify_tls
         self._executor = ThreadPoolExecutor(max_workers, thread_name_prefix="promql")
         self._local = threading.local()
@@ -551,8 +556,21 @@ class PrometheusBackend:
 
     # --- one request --------------------------------------------------------------------
 
+    def _authorize(self) -> None:
+        """The Authorization header of the current credentials (the headers dict is shared
+        by every thread's client: one assignment, atomic)."""
+        header: bytes | None = None
+        if self._bearer_token is not None:
+            header = b"Bearer " + _secret(self._bearer_token).encode("utf-8")
+        elif self._basic_auth is not None:
+            user, password = self._basic_auth
+            header = b"Basic " + base64.b64encode(f"{user}:{_secret(password)}".encode())
+        if header is not None and self._headers.get("Authorization") != header:
+            self._headers["Authorization"] = header
+
     def _connection(self) -> _Connection:
         """This thread's client: requests.Session is not documented as thread-safe."""
+        self._authorize()
         connection: _Connection | None = getattr(self._local, "connection", None)
         if connection is None:
             session = requests.Session()

@@ -19,6 +19,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from cachetools import TTLCache
+from pydantic import SecretStr
 
 from app.catalogue import Category
 from app.scoring import HealthTracker
@@ -79,14 +80,13 @@ def local_health(tracker: HealthTracker) -> dict[str, HealthFigures]:
 def backend_from_settings(settings: Settings) -> PrometheusBackend | None:
     if not settings.prometheus_url:
         return None
-    basic_auth = None
+    basic_auth: tuple[str, str | SecretStr] | None = None
     if settings.prometheus_username is not None:
-        password = settings.prometheus_password.get_secret_value() if settings.prometheus_password else ""
-        basic_auth = (settings.prometheus_username, password)
-    token = settings.prometheus_bearer_token
+        basic_auth = (settings.prometheus_username, settings.prometheus_password or "")
     return PrometheusBackend(
         settings.prometheus_url,
-        bearer_token=token.get_secret_value() if token else None,
+        # Passed as secrets, not values: one read from a file is read again when it changes.
+        bearer_token=settings.prometheus_bearer_token,
         basic_auth=basic_auth,
         verify_tls=settings.prometheus_ca_bundle or settings.prometheus_verify_tls,
         deadline_s=settings.query_deadline_seconds,
