@@ -16,6 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from app import telemetry as telemetry_module
+from app.access_log import flush_access_logs
 from app.main import create_app
 from app.settings import Settings
 from app.telemetry import Telemetry
@@ -69,6 +70,7 @@ class LineCollector(logging.Handler):
 @pytest.fixture
 def access_lines() -> Iterator[list[str]]:
     """The access log lines written while the test runs (call flush_access_logs first)."""
+    flush_access_logs()  # lines other tests' apps still hold are theirs, not this test's
     logger = logging.getLogger("gateway_metrics.access")
     handler = LineCollector()
     logger.addHandler(handler)
@@ -154,7 +156,19 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Say pytest-randomly's seed even under -q (its header line is hidden then), so an
+    order bug reproduces from one line: pytest -p randomly --randomly-seed=N."""
+    seed = getattr(session.config.option, "randomly_seed", None)
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if seed is not None and reporter is not None:
+        reporter.write_line(f"test order: --randomly-seed={seed}")
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    seed = getattr(terminalreporter.config.option, "randomly_seed", None)
+    if seed is not None:
+        terminalreporter.write_line(f"test order: --randomly-seed={seed}")
     if _leftovers:
         terminalreporter.section("processes left behind by the tests (killed)", red=True)
         for line in _leftovers:

@@ -161,6 +161,36 @@ def test_bad_label_values_never_raise(bad: object) -> None:
         pass
     with metrics.track_http_request(bad, bad):
         pass
+    # README: a label value that is None, empty (blank) or of a wrong type records as
+    # "unknown", an enum as its fallback; a number records as its text. Non-numbers passed
+    # as a count, cost or duration are dropped and counted.
+    text = "3.5" if isinstance(bad, float) else "unknown"
+    expected = {
+        "tokens_used_total": [{"provider": text, "model": text, "token_type": "input"},
+                              {"provider": text, "model": text, "token_type": "output"}],
+        "credits_used_total": [{"provider": text, "model": text}],
+        "cache_hits_total": [{"cache_name": text}],
+        "cache_misses_total": [{"cache_name": text}],
+        "rate_limited_requests_total": [{"limit_type": text}],
+        "api_key_usage_total": [{"status": text}],
+        "gatewayz_routing_decisions_total": [{"outcome": "unknown"}],  # an enum: its fallback
+        "active_subscriptions": [{"plan": text, "billing_cycle": text}],
+        "model_inference_requests_total": [{"provider": text, "model": text, "status": "success"}],
+        "http_requests_total": [{"method": "OTHER", "endpoint": text, "status_code": "200"}],
+    }
+    for name, label_sets in expected.items():
+        assert recorded_series(name) == {frozenset(labels.items()): 1.0 for labels in label_sets}, name
+    # record_database_query and track_database_query: one series, counted twice.
+    assert recorded_series("database_queries_total") == {frozenset({"table": text, "operation": text}.items()): 2.0}
+    numeric_helpers = ["record_database_query", "record_time_to_first_token", "record_provider_cost", "set_queue_size"]
+    assert [rejected(helper, "not_a_number") for helper in numeric_helpers] == [0 if text == "3.5" else 1] * 4
+
+
+def recorded_series(name: str) -> dict[frozenset[tuple[str, str]], float]:
+    """Every sample named ``name`` in the default telemetry's registry, by its labels."""
+    registry = telemetry_module.default().metrics.all_registry
+    return {frozenset(s.labels.items()): s.value for family in registry.collect() for s in family.samples
+            if s.name == name}
 
 
 def test_none_labels_record_as_unknown() -> None:

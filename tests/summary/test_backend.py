@@ -16,7 +16,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Gauge, make_asgi_app
 from support.faulty_backend import FaultyBackend, Reply, envelope, error_envelope
-from support.servers import AppServer, MetricsServer, free_port, serve_app, start_prometheus, start_victoriametrics
+from support.servers import (
+    AppServer,
+    MetricsServer,
+    free_port,
+    poll,
+    serve_app,
+    start_prometheus,
+    start_victoriametrics,
+)
 
 from app.summary.backend import (
     BackendFailure,
@@ -43,9 +51,11 @@ LABEL_VALUES = (
 INJECTION = 'nope"} or vector(666) or {v="'  # not exported: must match nothing
 PROBE = "gm_label_probe"
 
-#: Fault tests use a short deadline to stay fast; SLACK is what "a little" past it means.
+#: Fault tests use a short deadline to stay fast. Wall-clock bounds are several times the
+#: deadline they test (BOUND_S), so a loaded machine cannot fail them, while a deadline that
+#: is not kept (a 30 s reply, a retry taking seconds) still does.
 DEADLINE_S = 0.5
-SLACK_S = 0.5
+BOUND_S = 5 * DEADLINE_S
 QUERY = "vector(1)"
 
 
@@ -201,7 +211,7 @@ def test_answers_are_cached_for_the_ttl(servers: dict[str, MetricsServer]) -> No
 def test_ping_reaches_a_real_backend(backend: PrometheusBackend) -> None:
     state = backend.ping()
     assert state.reachable and state.error is None
-    assert state.latency_ms < 1000
+    assert state.latency_ms > 0  # measured; how fast a real backend answers is no test's claim
 
 
 # --- faults -------------------------------------------------------------------------------
@@ -228,7 +238,8 @@ def warm_backend(fake: FaultyBackend, clock: FakeClock) -> Iterator[PrometheusBa
 
 
 def assert_stale_answer(batch: BatchResult, elapsed: float, kind: str, status: int | None = None) -> None:
-    assert elapsed < DEADLINE_S + SLACK_S
+    # The kind is the fault's own, not "timeout": it was seen within the deadline.
+    assert elapsed < BOUND_S
     assert [(e.kind, e.status, e.query) for e in batch.errors] == [(kind, status, "q")]
     assert batch.stale and batch.results["q"].stale
     assert batch.results["q"].value() == 1.0  # the last good answer
@@ -245,9 +256,10 @@ def test_backend_down_answers_at_once_with_the_last_good_value(
 
 def test_refused_connection_is_not_retried_for_seconds() -> None:
     # prometheus-api-client's default Retry would take about 6 s here.
+    # Retried, the refusal would outlast the (default 2 s) deadline and read as "timeout".
     with PrometheusBackend(f"http://127.0.0.1:{free_port()}") as backend:
         batch, elapsed = timed(backend, {"q": QUERY})
-    assert elapsed < SLACK_S
+    assert elapsed < 5 * backend.deadline_s
     assert [e.kind for e in batch.errors] == ["unreachable"]
     assert batch.results == {} and not batch.stale  # no last good answer to fall back on
 
@@ -262,11 +274,12 @@ def test_slow_backend_answers_at_the_deadline_with_the_last_good_value(
 
 
 def test_one_deadline_covers_the_whole_batch(fake: FaultyBackend) -> None:
+    # A deadline per query would take 40 / 2 workers x 0.5 s = 10 s, four times BOUND_S.
     fake.reply = Reply(delay_s=30)
     with PrometheusBackend(fake.url, deadline_s=DEADLINE_S, max_workers=2) as backend:
-        batch, elapsed = timed(backend, {f"q{i}": f"vector({i})" for i in range(10)})
-    assert elapsed < DEADLINE_S + SLACK_S
-    assert [e.kind for e in batch.errors] == ["timeout"] * 10
+        batch, elapsed = timed(backend, {f"q{i}": f"vector({i})" for i in range(40)})
+    assert DEADLINE_S * 0.9 <= elapsed < BOUND_S
+    assert [e.kind for e in batch.errors] == ["timeout"] * 40
 
 
 def test_backend_is_asked_to_give_up_before_the_deadline(fake: FaultyBackend) -> None:
@@ -327,11 +340,15 @@ def test_partial_answer_is_served_and_reported(
 
 
 def test_queries_run_in_parallel(fake: FaultyBackend) -> None:
-    fake.reply = Reply(delay_s=0.3)
-    with PrometheusBackend(fake.url, max_workers=4) as backend:
-        batch, elapsed = timed(backend, {f"q{i}": f"vector({i})" for i in range(4)})
-    assert batch.errors == []
-    assert elapsed < 0.3 * 2  # one after the other would take 1.2 s
+    # The fake holds every reply past the deadline: all four requests reach it only if they
+    # are in flight together (one after the other, the first would still hold the rest back).
+    fake.reply = Reply(delay_s=30)
+    with PrometheusBackend(fake.url, max_workers=4, deadline_s=2.0) as backend:
+        batch = backend.query_many({f"q{i}": f"vector({i})" for i in range(4)})
+        # A query still queued at the deadline is never sent: waiting longer cannot make four.
+        poll(lambda: fake.request_count >= 4, 5, "four requests in flight at once")
+    assert [e.kind for e in batch.errors] == ["timeout"] * 4
+    assert sorted(request.form["query"] for request in fake.requests) == [f"vector({i})" for i in range(4)]
 
 
 def test_concurrent_batches_share_one_request_per_query(fake: FaultyBackend) -> None:
@@ -369,10 +386,11 @@ def test_errors_never_show_credentials_from_the_url() -> None:
 
 
 def test_ping_of_a_down_backend_is_fast_and_says_why() -> None:
-    with PrometheusBackend(f"http://127.0.0.1:{free_port()}") as backend:
+    # Retried (prometheus-api-client's default), a refusal would take about 6 s.
+    with PrometheusBackend(f"http://127.0.0.1:{free_port()}", ping_timeout_s=0.3) as backend:
         state = backend.ping()
     assert not state.reachable and state.error is not None and state.error.kind == "unreachable"
-    assert state.latency_ms < SLACK_S * 1000
+    assert state.latency_ms < 5 * 0.3 * 1000
 
 
 def test_ping_of_a_slow_backend_keeps_to_its_timeout(fake: FaultyBackend) -> None:
@@ -380,7 +398,7 @@ def test_ping_of_a_slow_backend_keeps_to_its_timeout(fake: FaultyBackend) -> Non
     with PrometheusBackend(fake.url, ping_timeout_s=0.3) as backend:
         state = backend.ping()
     assert not state.reachable and state.error is not None and state.error.kind == "timeout"
-    assert state.latency_ms < (0.3 + SLACK_S) * 1000
+    assert 0.3 * 0.9 * 1000 <= state.latency_ms < 5 * 0.3 * 1000  # waited for its timeout, not the 30 s reply
 
 
 def test_ping_of_a_garbage_backend_is_not_reachable(fake: FaultyBackend) -> None:
