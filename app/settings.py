@@ -152,10 +152,12 @@ class Settings(BaseSettings):
     prometheus_username: str | None = Field(None, description="Basic-auth user for the backend.")
     prometheus_password: SecretStr | None = Field(None, description="Basic-auth password.")
     prometheus_bearer_token_file: str | None = Field(
-        None, description="File holding the backend's bearer token instead (a mounted Secret), read again when it changes."
+        None,
+        description="File holding the backend's bearer token instead (a mounted Secret), read again when it changes.",
     )
     prometheus_password_file: str | None = Field(
-        None, description="File holding the basic-auth password instead (a mounted Secret), read again when it changes."
+        None,
+        description="File holding the basic-auth password instead (a mounted Secret), read again when it changes.",
     )
     prometheus_job: str | None = Field(
         None,
