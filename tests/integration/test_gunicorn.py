@@ -70,13 +70,19 @@ def test_only_workers_write_files(workers: Workers) -> None:
     assert workers.exporter_pid() not in writers
 
 
-def test_sigterm_to_the_master_stops_the_exporter(workers: Workers) -> None:
-    exporter = workers.exporter_pid()
-    workers.stop(signal.SIGTERM)
-    assert workers.process.returncode == 0
-    assert not Path(f"/proc/{exporter}").exists(), "the exporter outlived the master"
-    with pytest.raises(httpx.ConnectError):
-        httpx.get(workers.exporter_url + "/metrics", timeout=5.0, trust_env=False)
+def test_sigterm_to_the_master_stops_the_exporter(tmp_path: Path) -> None:
+    # A gunicorn of its own: the module's is still serving the other tests, in any order.
+    workers = Workers(tmp_path, gunicorn)
+    try:
+        workers.wait_ready()
+        exporter = workers.exporter_pid()
+        workers.stop(signal.SIGTERM)
+        assert workers.process.returncode == 0
+        assert not Path(f"/proc/{exporter}").exists(), "the exporter outlived the master"
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(workers.exporter_url + "/metrics", timeout=5.0, trust_env=False)
+    finally:
+        workers.stop()
 
 
 def _children(pid: int) -> set[int]:
