@@ -285,7 +285,7 @@ MultiprocessMode = Literal[
 ]
 
 #: How each gauge's values from several worker processes combine into one
-#: (prometheus_client multiprocess modes; the README explains each choice). "live" modes
+#: (prometheus_client multiprocess modes; docs/WORKERS.md explains each choice). "live" modes
 #: drop a worker's value when it dies; the others keep its last value.
 MULTIPROCESS_MODES: dict[str, MultiprocessMode] = {
     # Each worker serves its own requests and holds its own connections: the fleet's

@@ -1,7 +1,7 @@
 """The service's configuration: one pydantic-settings class, read from ``GATEWAY_METRICS_*``.
 
-Nothing else in the package reads ``os.environ``. Every field is documented in the README
-with its default; a test keeps the two in step.
+Nothing else in the package reads ``os.environ``. Every field is documented in
+docs/SETTINGS.md with its default; a test keeps the two in step.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A small OpenAI-compatible gateway over several upstreams, instrumented with gateway-metrics.
 
 ``POST /v1/chat/completions`` (streamed and not) goes to the healthiest upstream and fails
-over to the next on a 429, a 5xx or a connection error. It does what the README asks of a
+over to the next on a 429, a 5xx or a connection error. It does what docs/EMBEDDING.md asks of a
 gateway: the middleware and the routers (``create_app``), ``tracker.choose`` for the order
 and ``tracker.allow`` for each attempt's permit, ``track_model_inference`` around each
 upstream call with the stream's first token and the usage of its last chunk

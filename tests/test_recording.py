@@ -161,7 +161,7 @@ def test_bad_label_values_never_raise(bad: object) -> None:
         pass
     with metrics.track_http_request(bad, bad):
         pass
-    # README: a label value that is None, empty (blank) or of a wrong type records as
+    # docs/EMBEDDING.md: a label value that is None, empty (blank) or of a wrong type records as
     # "unknown", an enum as its fallback; a number records as its text. Non-numbers passed
     # as a count, cost or duration are dropped and counted.
     text = "3.5" if isinstance(bad, float) else "unknown"

@@ -35,7 +35,7 @@ ALERTMANAGER_DIR = DEPLOY / "alertmanager"
 CONFIG = ALERTMANAGER_DIR / "alertmanager.yml"
 #: The file compose mounts as Prometheus' alertmanagers/ folder.
 DISCOVERY = ALERTMANAGER_DIR / "targets" / "alertmanager.yml"
-#: Where each severity must land (the README's Alerts table says what each one means).
+#: Where each severity must land (docs/OPERATIONS.md's Alerts table says what each one means).
 RECEIVER_OF_SEVERITY = {"critical": "page", "warning": "ticket", "info": "channel"}
 DEFAULT_RECEIVER = "default"
 #: The live tests wait this long at most for a notification (group_wait is 1 s there).

@@ -113,8 +113,8 @@ def test_provisioning_points_at_the_dashboards_and_prometheus() -> None:
     assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
 
 
-def test_readme_lists_every_dashboard() -> None:
-    readme = (ROOT / "README.md").read_text()
+def test_operations_guide_lists_every_dashboard() -> None:
+    readme = (ROOT / "docs" / "OPERATIONS.md").read_text()
     for board in load_dashboards().values():
         assert f"| {board['title']} |" in readme and f"/d/{board['uid']}" in readme, board["title"]
 
