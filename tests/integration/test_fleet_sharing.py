@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from app.scoring.sharing import INTERVAL_S as SHARING_INTERVAL_S
 from app.telemetry import REDIS_INTERVAL_S
 from tests.support.load import ROUTE, WORKER_PID_HEADER, Gateway
 from tests.support.redis_server import RedisServer, redis_server
-from tests.support.servers import LOOPBACK, _die_with_parent, free_port
+from tests.support.servers import LOOPBACK, _die_with_parent, free_port, terminate
 
 ROOT = Path(__file__).resolve().parents[2]
 HEALTH = "/prometheus/metrics/health"
@@ -49,7 +48,6 @@ CONSECUTIVE_FAILURES = 5
 #: How often a test asks for the answer it waits for.
 POLL_S = 0.05
 START_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
 #: Requests on fresh connections after the agreement; more (up to MAX_ASKS) while one worker
 #: has not answered yet.
 ASKS, MAX_ASKS = 40, 400
@@ -207,13 +205,7 @@ class Replica:
         return dict(response.json())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT_S)
+        terminate(self.process)
 
 
 @contextmanager

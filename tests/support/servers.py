@@ -40,6 +40,18 @@ ScrapeTarget = str | Mapping[str, Any]
 #: Prometheus opens (or replays) its TSDB before it is ready: seconds on a slow CI box.
 START_TIMEOUT_S = 30.0
 STOP_TIMEOUT_S = 10.0
+
+
+def terminate(process: subprocess.Popen[Any]) -> None:
+    """Stop ``process`` if it still runs: SIGTERM, then SIGKILL when it outstays
+    ``STOP_TIMEOUT_S``."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(STOP_TIMEOUT_S)
 POLL_INTERVAL_S = 0.05
 #: A free port can be taken by someone else between our probe and the server's bind.
 BIND_ATTEMPTS = 3
@@ -283,13 +295,8 @@ class MetricsServer:
         """Stop the process (SIGTERM, then SIGKILL); safe to call twice."""
         _RUNNING.discard(self)
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(STOP_TIMEOUT_S)
+        if process is not None:
+            terminate(process)
 
     def restart(self, timeout: float = START_TIMEOUT_S) -> None:
         """Start again on the same port and data directory (after a crash or stop())."""
@@ -530,13 +537,7 @@ class ServiceProcess:
             raise ServerError(f"instance {index} exited: {self.log_path.read_text(errors='replace')[-LOG_TAIL_CHARS:]}")
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(STOP_TIMEOUT_S)
+        terminate(self.process)
 
 
 def start_service(tmp_dir: Path | str, index: int = 0, env: Mapping[str, str] | None = None,
