@@ -471,19 +471,22 @@ class SimRedisChannel:
 
     def __init__(self, server: SimRedis, host: str, interval_s: float = REDIS_INTERVAL_S) -> None:
         self.server = server
-        self.host = host
+        self.host_id = host
         self.interval_s = interval_s
         self.read: dict[str, int] = {}  # host: entries read from its stream
+        #: The hosts that published by the last receive, this one included (RedisChannel's).
+        self.hosts: tuple[str, ...] = ()
 
     def publish(self, outcomes: list[SharedOutcome]) -> None:
-        self.server.streams[self.host].extend(outcomes)
+        self.server.streams[self.host_id].extend(outcomes)
 
     def receive(self) -> list[SharedOutcome]:
         received: list[SharedOutcome] = []
         for host, stream in self.server.streams.items():
-            if host != self.host and len(stream) > self.read.get(host, 0):
+            if host != self.host_id and len(stream) > self.read.get(host, 0):
                 received.extend(stream[self.read.get(host, 0):])
                 self.read[host] = len(stream)
+        self.hosts = tuple(sorted({*self.server.streams, self.host_id}))
         return received
 
     def close(self) -> None:
@@ -529,11 +532,9 @@ class Fleet:
             if hosts > 1:
                 channels.append(SimRedisChannel(redis, host))
                 starts = INTERVAL_S * self.rng.randrange(rounds)
-            gate = FileTrialGate(directory, pid=pid)
-            # What Sharing.start does, without its thread: the replay drives the rounds.
-            tracker.share_outcomes()
-            tracker.trial_gate = gate
-            self.sharings.append((starts, Sharing(tracker, channels, gate=gate, clock=self.clock)))
+            sharing = Sharing(tracker, channels, gate=FileTrialGate(directory, pid=pid), clock=self.clock)
+            sharing.attach()  # what Sharing.start does, without its thread: the replay drives the rounds
+            self.sharings.append((starts, sharing))
 
     def _sync(self, now: float) -> None:
         """Every Sharing round due by ``now``, at its own instant on the simulated clock."""

@@ -58,7 +58,7 @@ async def provider_health(
     now = datetime.now(UTC)
     if source == "local":
         snapshot = tracker.snapshot()
-        order = tracker.choose([h.provider for h in snapshot]).order if snapshot else []
+        order = tracker.choose([h.provider for h in snapshot], claim=False).order if snapshot else []
         providers = [
             ProviderHealthModel(
                 provider=h.provider, score=h.score, availability=h.availability, error_rate=h.error_rate,

@@ -25,6 +25,10 @@ from typing import NamedTuple
 
 #: The kinds of outcome.
 CALL, PROBE = 0, 1
+#: The ``outcome`` of a CALL that announces a trial or retrial call as it is sent, before its
+#: verdict: the other processes hold off theirs meanwhile. A CALL, so that readers which
+#: predate it skip it as an outcome they do not know rather than the batch that holds it.
+GRANTED = "granted"
 
 #: Bumped whenever the layout changes: a reader skips batches of another version.
 VERSION = 1
@@ -44,7 +48,7 @@ class SharedOutcome(NamedTuple):
 
     kind: int  # CALL or PROBE
     provider: str
-    outcome: str  # an Outcome value for a call; "success" or "unreached" for a probe
+    outcome: str  # an Outcome value (or GRANTED) for a call; "success" or "unreached" for a probe
     at: float  # when it was recorded
     issued: float  # when the call was admitted, or the probe sent
     trial: bool = False  # a half-open trial call's verdict

@@ -145,6 +145,9 @@ class RedisChannel:
         self.duplicates = 0  # batches read again and skipped
         self.resets = 0  # times the cursors started over (the epoch changed)
         self.peers = 0  # other live hosts at the last receive
+        #: The live hosts, sorted, this one included, as of the last receive (empty while
+        #: Redis cannot be read): the hosts take turns at half-open trials by this list.
+        self.hosts: tuple[str, ...] = ()
 
     # --- keys ---------------------------------------------------------------------------
 
@@ -212,6 +215,7 @@ class RedisChannel:
         this host's monotonic clock. One pipelined round trip (two when a host appeared)."""
         wall = self.wall_clock()
         known = list(self._cursors)
+        self.hosts = ()  # until this round has read them
         pipe = self._redis.pipeline(transaction=False)
         pipe.get(self._epoch_key)
         pipe.zrangebyscore(self._hosts_key, wall - LIVE_S, "+inf")
@@ -239,6 +243,8 @@ class RedisChannel:
             self._cursors.clear()
         new = sorted(live - set(self._cursors))
         self.peers = len(live)
+        prefix = len(self._stream_prefix)
+        self.hosts = tuple(sorted({key[prefix:].decode("utf-8", "replace") for key in live} | {self.host_id}))
         if new:
             since = self._horizon_id(wall)
             pipe = self._redis.pipeline(transaction=False)

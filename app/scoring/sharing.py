@@ -12,7 +12,10 @@ worker is seen by all within two rounds (50 ms; the spec allows 100 ms).
 - :class:`FileTrialGate` counts half-open trial permits across those processes: one small
   file per provider holds the slots taken, under a non-blocking ``flock``; a slot frees
   itself at its permit's deadline, or at once when its holder is gone (killed or closed).
-- Any other channel (Redis, across hosts) plugs in through :class:`Channel`.
+- Any other channel (Redis, across hosts) plugs in through :class:`Channel`. Such a
+  channel is slower than the trials it would have to count, so hosts take turns instead
+  (:func:`turn_place`): when a trial is due, the host whose turn it is sends it and
+  announces it; the next waits long enough to have heard.
 
 Times are the host's monotonic clock: ``CLOCK_MONOTONIC`` is system-wide on Linux, so the
 processes of one host (outside distinct time namespaces) compare them as they are.
@@ -29,9 +32,9 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from app.scoring.events import EventFormatError, SharedOutcome, decode, encode
 from app.scoring.tracker import HealthTracker, TrialGate
@@ -122,6 +125,16 @@ class Channel(Protocol):
     def receive(self) -> list[SharedOutcome]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class HostsAware(Protocol):
+    """A channel that crosses hosts and knows which are live (``RedisChannel``)."""
+
+    host_id: str
+    #: The live hosts, sorted, this one included; empty while unknown (not read yet, or
+    #: the channel is failing: each host then decides alone).
+    hosts: tuple[str, ...]
 
 
 @dataclass(slots=True)
@@ -575,6 +588,21 @@ class ChannelStatus:
 #: round of the reader's: 25 ms keeps the worst case near 50 ms, inside the 100 ms the
 #: spec allows with room for scheduling; an idle round costs 20-40 us (0.1% of a core).
 INTERVAL_S = 0.025
+#: A host's turn at a due trial lasts this many rounds of the channel that crosses hosts:
+#: one for the first host's announcement to leave, one for it to be read, one to spare.
+TURN_ROUNDS = 3
+
+
+def turn_place(hosts: Sequence[str], host: str, provider: str, cycle: int) -> int:
+    """Where ``host`` comes among ``hosts`` (the live hosts, sorted, the same list on every
+    host) when ``provider``'s trial of ``cycle`` is due: the first place goes round the
+    hosts from cycle to cycle and differs from provider to provider (a hash of both), so
+    no host leads them all. 0 when the host is alone or not listed."""
+    if len(hosts) < 2 or host not in hosts:
+        return 0
+    digest = hashlib.blake2b(f"{provider}\0{cycle}".encode("utf-8", "replace"), digest_size=8).digest()
+    first = int.from_bytes(digest, "little") % len(hosts)
+    return (hosts.index(host) - first) % len(hosts)
 #: Called on every failed round of a channel: its name and the exception.
 ErrorHook = Callable[[str, BaseException], None]
 #: Outcomes kept for a channel that keeps failing to publish; the oldest go first.
@@ -625,6 +653,9 @@ class Sharing:
         self._channels = [
             _ChannelState(channel, getattr(channel, "interval_s", None)) for channel in channels
         ]
+        #: The channel that crosses hosts (it knows them), if any: hosts take turns at trials.
+        self._across: HostsAware | None = next(
+            (channel for channel in channels if isinstance(channel, HostsAware)), None)
         self._lock = threading.Lock()  # one round at a time (the thread's, a test's, stop's)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -635,13 +666,29 @@ class Sharing:
     def channels(self) -> list[Channel]:
         return [state.channel for state in self._channels]
 
+    def attach(self) -> None:
+        """Make the tracker one of the fleet: it keeps its outcomes for the channels, counts
+        its trials on the gate, and takes turns with the other hosts (``start`` does this,
+        then runs the rounds on its thread)."""
+        self.tracker.share_outcomes()
+        if self.gate is not None:
+            self.tracker.trial_gate = self.gate
+        if self._across is not None:
+            self.tracker.turn = self._turn
+
+    def _turn(self, provider: str, cycle: int) -> float:
+        """Seconds this host waits past a due trial of ``provider`` (see ``turn_place``)."""
+        channel = self._across
+        if channel is None:
+            return 0.0
+        place = turn_place(channel.hosts, channel.host_id, provider, cycle)
+        return place * TURN_ROUNDS * float(getattr(channel, "interval_s", None) or self.interval_s)
+
     def start(self) -> None:
         """Start sharing: from now on the tracker keeps its outcomes for the channels."""
         if self._thread is not None:
             return
-        self.tracker.share_outcomes()
-        if self.gate is not None:
-            self.tracker.trial_gate = self.gate
+        self.attach()
         self._stopping.clear()
         self._thread = threading.Thread(target=self._run, name="health-sharing", daemon=True)
         self._thread.start()
@@ -661,6 +708,8 @@ class Sharing:
             thread.join(timeout)
         if self.gate is not None and self.tracker.trial_gate is self.gate:
             self.tracker.trial_gate = None
+        if self.tracker.turn == self._turn:
+            self.tracker.turn = None
         try:
             self.sync_once(force=True)
         finally:

@@ -28,7 +28,7 @@ from typing import Protocol
 
 from app.scoring.breaker import Breaker, Circuit, Permit, Transition
 from app.scoring.config import HealthConfig
-from app.scoring.events import CALL, PROBE, SharedOutcome
+from app.scoring.events import CALL, GRANTED, PROBE, SharedOutcome
 from app.scoring.outcome import ERRORS, SCORED, Outcome, classify, retry_hint
 from app.scoring.score import apdex_zone, health_score
 
@@ -69,6 +69,16 @@ class Choice:
 #: Outcomes kept for the other processes between two rounds of sharing: bounds the memory
 #: if the sharing thread stalls (a round every 25 ms takes a few hundred at most).
 MAX_UNSHARED = 100_000
+
+#: Other processes' trials out that one provider keeps count of (a bound against garbage).
+MAX_REMOTE_TRIALS = 64
+#: A verdict is matched to the announced trial sent within this many seconds of its own
+#: send time: across hosts each batch moves times by its own clock offset.
+SAME_SEND_S = 0.05
+
+#: A retrial claimed on the trial gate holds it this long: time enough for the claimant's
+#: announcement of the call to reach the host's other workers.
+RETRIAL_CLAIM_S = 1.0
 
 #: Called on every breaker move: provider, from state, to state, reason.
 TransitionHook = Callable[[str, str, str, str], None]
@@ -145,6 +155,8 @@ class _Provider:
     #: Send times of the latest probes in an unbroken run of successes (the last two).
     probes_passed: deque[float] = field(default_factory=lambda: deque(maxlen=2))
     last_probe: float = -math.inf  # when a probe last ended
+    #: Other processes' trial calls out, as they announced them: sent -> held until.
+    remote_trials: dict[float, float] = field(default_factory=dict)
     ewma_s: float | None = None
     ewma_at: float = 0.0
 
@@ -200,6 +212,11 @@ class HealthTracker:
         self._outbox: list[SharedOutcome] | None = None
         #: Counts half-open trials with the other processes' (None: this process alone).
         self.trial_gate: TrialGate | None = None
+        #: How long past the moment a provider's trial (cycle: its breaker's trips) or
+        #: retrial (cycle -1) is due this process waits before sending one itself: hosts
+        #: that share through a slower channel take turns, so the first one's announcement
+        #: reaches the others before their turn comes (None: no wait).
+        self.turn: Callable[[str, int], float] | None = None
 
     # --- its listeners ------------------------------------------------------------------
 
@@ -258,6 +275,9 @@ class HealthTracker:
             self._notify(item.provider, moves, remote=True)
 
     def _apply_call(self, state: _Provider, item: SharedOutcome, now: float) -> list[Transition]:
+        if item.outcome == GRANTED:
+            self._apply_grant(state, item, now)
+            return []
         try:
             outcome = Outcome(item.outcome)
         except ValueError:
@@ -281,6 +301,7 @@ class HealthTracker:
         at = min(now, max(item.at, breaker.since))
         counts = False
         if item.trial:
+            self._settle_remote_trial(state, item.issued)
             counts = breaker.effective_state(now) is Circuit.HALF_OPEN and item.issued >= _half_open_start(breaker)
             permit: Permit | None = None if counts else Permit(item.provider, False, -1, item.issued)
         else:
@@ -297,6 +318,56 @@ class HealthTracker:
             # trial too, rather than send a trial of its own into it.
             breaker.next_trial_at = max(breaker.next_trial_at, item.issued + breaker.cooldown_s)
         return moves
+
+    def _apply_grant(self, state: _Provider, item: SharedOutcome, now: float) -> None:
+        """Another process sent a trial or a retrial call: this one holds off its own."""
+        state.last_granted = max(state.last_granted, min(now, item.issued))
+        if not item.trial or state.breaker.effective_state(now) is _CLOSED:
+            return
+        remote = state.remote_trials
+        if len(remote) >= MAX_REMOTE_TRIALS:
+            self._prune_remote_trials(state, now)
+        if len(remote) < MAX_REMOTE_TRIALS:
+            # Held until its verdict comes, at most a cooldown: a replica that died
+            # holding one keeps the others' trials waiting no longer than that.
+            hold = min(self.config.trial_timeout_s, self.config.max_cooldown_s)
+            remote[item.issued] = item.issued + hold
+
+    @staticmethod
+    def _settle_remote_trial(state: _Provider, sent: float) -> None:
+        """A trial's verdict came: the announcement of that trial no longer holds."""
+        remote = state.remote_trials
+        if remote:
+            closest = min(remote, key=lambda issued: abs(issued - sent))
+            if abs(closest - sent) <= SAME_SEND_S:
+                del remote[closest]
+
+    @staticmethod
+    def _prune_remote_trials(state: _Provider, now: float) -> int:
+        """Forget the announced trials whose hold is over; the count of those still out."""
+        remote = state.remote_trials
+        for issued in [issued for issued, until in remote.items() if until <= now]:
+            del remote[issued]
+        return len(remote)
+
+    def _held_off(self, state: _Provider, provider: str, now: float) -> bool:
+        """Whether a trial due now must be left to another process: this host's turn has
+        not come, or other processes' announced trials hold every place."""
+        breaker = state.breaker
+        if breaker.effective_state(now) is not Circuit.HALF_OPEN:
+            return False
+        turn = self.turn
+        if turn is not None and now < _half_open_start(breaker) + turn(provider, breaker.trips):
+            return True
+        if not state.remote_trials:
+            return False
+        return breaker.trials_out(now) + self._prune_remote_trials(state, now) >= self.config.trials_at_once
+
+    def _announce(self, provider: str, now: float, trial: bool) -> None:
+        """Tell the other processes a trial (or a call after a pause) is going now (lock held)."""
+        outbox = self._outbox
+        if outbox is not None and len(outbox) < MAX_UNSHARED:
+            outbox.append(SharedOutcome(CALL, provider, GRANTED, now, now, trial))
     # --- feeding it ---------------------------------------------------------------------
 
     def _provider(self, name: str) -> _Provider:
@@ -419,6 +490,8 @@ class HealthTracker:
         state.window.add(_Call(now, failed, outcome is not _UNREACHED, zone,
                                not failed and latency > self.config.slow_call_s))
         moves = state.breaker.record(now if verdict_at is None else verdict_at, failed, what, permit)
+        if moves and state.remote_trials and moves[-1].to_state is not Circuit.HALF_OPEN:
+            state.remote_trials.clear()  # their half-open period is over
         if moves and moves[-1].to_state is _CLOSED:
             # Its trial calls proved it back: the score starts afresh from them, or the
             # failures of the outage would keep it ranked last, and unused, for a window.
@@ -481,6 +554,9 @@ class HealthTracker:
         state.quota_until = -math.inf
         trials = list(state.breaker.trials)
         moves = state.breaker.probe_succeeded(now, sent_at)
+        sent = now if sent_at is None else sent_at
+        for issued in [issued for issued in state.remote_trials if issued < sent]:
+            del state.remote_trials[issued]  # overtaken by the probe, as this process's own
         gate = self.trial_gate
         if gate is not None:
             for permit in trials:
@@ -532,8 +608,12 @@ class HealthTracker:
         when the trials are counted across processes."""
         breaker = state.breaker
         if breaker.state is _CLOSED:  # the common case
+            if now - state.last_granted >= self.config.open_cooldown_s and self._outbox is not None:
+                self._announce(provider, now, False)  # after a pause: maybe the retrial of one ranked out
             state.last_granted = now
             return Permit(provider, True, breaker.period, now), []
+        if self._held_off(state, provider, now):
+            return Permit(provider, False, breaker.period, now), []
         permit, moves = breaker.allow(provider, now)
         gate = self.trial_gate
         if permit.trial and gate is not None and not gate.acquire(
@@ -543,6 +623,8 @@ class HealthTracker:
             permit = Permit(provider, False, breaker.period, now)
         if permit:
             state.last_granted = now
+            if permit.trial:
+                self._announce(provider, now, True)
         return permit, moves
 
     def status(self, provider: str) -> ProviderHealth:
@@ -595,7 +677,7 @@ class HealthTracker:
                            f"next trial call at {self._at(now, breaker.next_trial_at)} "
                            f"(cooldown {breaker.cooldown_s:g} s)")
         elif circuit is Circuit.HALF_OPEN:
-            out = breaker.trials_out(now)
+            out = breaker.trials_out(now) + sum(until > now for until in state.remote_trials.values())
             reasons.append(f"circuit half-open: {out} trial call{'' if out == 1 else 's'} in flight, "
                            f"{breaker.trials_passed} of {config.half_open_trials} passed")
         elif breaker.on_probation(now):
@@ -657,13 +739,17 @@ class HealthTracker:
     def _at(self, now: float, at: float) -> str:
         return self._wall(now, at).strftime("%H:%M:%S")
 
-    def _retrial_due(self, state: _Provider, now: float) -> bool:
+    def _retrial_due(self, state: _Provider, provider: str, now: float) -> bool:
         """Whether a provider ranked out by its score is due one call to test it again.
 
         Probed: once two probes in a row sent since its last call have passed (Envoy's and
         HAProxy's healthy threshold of 2), at most once per ``open_cooldown_s``. Not probed
         (no probe within ``max_cooldown_s``): once per ``max_cooldown_s``."""
         waited = now - state.last_granted
+        if waited < self.config.open_cooldown_s:
+            return False
+        if self.turn is not None:
+            waited -= self.turn(provider, -1)  # hosts take turns: the first one's call reaches the others
         if now - state.last_probe < self.config.max_cooldown_s:
             passed = state.probes_passed
             return (waited >= self.config.open_cooldown_s and len(passed) == passed.maxlen
@@ -682,7 +768,7 @@ class HealthTracker:
             health = self._health(provider, state, now)
         return health.circuit is not Circuit.CLOSED or health.state in (State.DEGRADED, State.UNAVAILABLE)
 
-    def choose(self, candidates: Iterable[str]) -> Choice:
+    def choose(self, candidates: Iterable[str], *, claim: bool = True) -> Choice:
         """The provider to call and the failover order after it.
 
         Ranks by score (scores within ``tie_band`` are equals), skipping open circuits
@@ -693,6 +779,9 @@ class HealthTracker:
         peak-EWMA of time to first token times the calls in flight plus one (Finagle's
         and Linkerd's balancer cost). When every candidate is excluded it still returns
         the one that comes back soonest, with ``panic=True``.
+
+        When processes share a trial gate, a retrial is claimed on it as it is chosen, so
+        one process of the host sends it; ``claim=False`` only reads (a status page).
         """
         names = list(dict.fromkeys(candidates))
         if not names:
@@ -709,19 +798,29 @@ class HealthTracker:
                 breaker = state.breaker
                 open_until = breaker.next_trial_at if health.circuit is Circuit.OPEN else -math.inf
                 blocked_until = max(state.throttled_until, state.quota_until, open_until)
-                if blocked_until > now or not breaker.would_allow(now):
+                if blocked_until > now or not breaker.would_allow(now) or self._held_off(state, name, now):
                     excluded.append(((blocked_until, -health.score, index), name))
                     continue
-                idle = self._retrial_due(state, now)
+                idle = self._retrial_due(state, name, now)
                 trial_first = 0.0 if health.circuit is Circuit.HALF_OPEN else 1.0 if not idle else 0.9
                 cost = self._ewma_now(state, now) * (state.in_flight + 1)
                 eligible.append((trial_first, health.score, cost, index, name))
         best = max((score for _, score, _, _, _ in eligible), default=0.0)
 
+        def tier_of(score: float) -> float:
+            # Scores within tie_band of each other (counted from the best) are equals.
+            return math.floor((best - score) / band + 1e-9) if band else -score
+
+        gate = self.trial_gate
+        if claim and gate is not None:
+            for position, (trial_first, score, cost, index, name) in enumerate(eligible):
+                if trial_first == 0.9 and tier_of(score) > 0 and not gate.acquire(
+                        f"{name}\0retrial", now, now + RETRIAL_CLAIM_S, 1):
+                    eligible[position] = (1.0, score, cost, index, name)  # another worker sends it
+
         def rank(entry: tuple[float, float, float, int, str]) -> tuple[float, ...]:
             trial_first, score, cost, index, _ = entry
-            # Scores within tie_band of each other (counted from the best) are equals.
-            tier = math.floor((best - score) / band + 1e-9) if band else -score
+            tier = tier_of(score)
             if trial_first == 0.9 and tier <= 0:
                 trial_first = 1.0  # among the best it gets calls anyway: no retrial needed
             return (trial_first, tier, cost, index)

@@ -20,9 +20,11 @@ from typing import Any
 import pytest
 import redis
 
-from app.scoring import HealthTracker
+from app.scoring import Circuit, HealthConfig, HealthTracker
 from app.scoring.events import CALL, PROBE, SharedOutcome, encode
 from app.scoring.redis_channel import KEY_TTL_S, RedisChannel
+from app.scoring.sharing import TURN_ROUNDS, Sharing, turn_place
+from tests.scoring.fake_clock import FakeClock
 from tests.support.redis_server import RedisServer, redis_server
 
 #: What "quickly" means for a call on a dead or hung Redis: the socket timeout is 0.25 s
@@ -108,6 +110,17 @@ def test_two_hosts_exchange_outcomes_within_one_round(server: RedisServer, prefi
     assert b.receive() == [] and a.receive() == []  # nothing read twice
     assert (a.sent, a.received, b.sent, b.received) == (3, 1, 1, 3)
     assert a.peers == b.peers == 1 and a.garbage == b.garbage == 0
+    assert a.hosts == b.hosts == ("host-a", "host-b")  # the list the hosts take turns by
+
+
+def test_hosts_are_unknown_while_redis_cannot_be_read(prefix: str, channels) -> None:
+    with socket.socket() as spare:
+        spare.bind(("127.0.0.1", 0))
+        port = spare.getsockname()[1]
+    channel = channels(f"redis://127.0.0.1:{port}/0", "host-a", prefix=prefix)
+    with pytest.raises(redis.RedisError):
+        channel.receive()
+    assert channel.hosts == ()  # each host decides alone: no turn to wait for
 
 
 def test_round_trip_figures(server: RedisServer, prefix: str, channels) -> None:
@@ -410,3 +423,49 @@ def test_a_trip_on_one_replica_is_refused_by_the_other_within_one_second(server:
           f"(rounds every {interval:g} s, half an interval apart)")
     assert refused_after < 1.0
     assert tracker_b.status("openai").circuit.value == "open"
+
+
+def test_replicas_take_turns_at_a_trial_through_redis(server: RedisServer, prefix: str, channels) -> None:
+    """Three replicas, each a tracker with a RedisChannel and a Sharing driven round by
+    round on one fake clock (real Redis, simulated time): after a trip, when the cooldown
+    is over, the replica whose turn it is sends the one trial; the others hold off through
+    their turns, as long as the announced trial is out; its verdict counts everywhere."""
+    clock = FakeClock()
+    config = HealthConfig(open_cooldown_s=5.0, max_cooldown_s=10.0, trials_at_once=1)
+    interval = 0.1
+    replicas = {}
+    for host in ("replica-a", "replica-b", "replica-c"):
+        tracker = HealthTracker(config, clock=clock, wall_clock=clock.wall)
+        channel = channels(server.url, host, prefix=prefix, interval_s=interval, clock=clock,
+                           wall_clock=clock.wall)
+        sharing = Sharing(tracker, [channel], clock=clock)
+        sharing.attach()
+        replicas[host] = (tracker, sharing)
+
+    def rounds() -> None:
+        for _ in range(2):
+            for _, sharing in replicas.values():
+                sharing.sync_once(force=True)
+
+    rounds()
+    tracker_a = replicas["replica-a"][0]
+    for _ in range(config.consecutive_failures):
+        tracker_a.record("openai", duration_s=0.05, status_code=503, permit=tracker_a.allow("openai"))
+    rounds()
+    assert {tracker.status("openai").circuit for tracker, _ in replicas.values()} == {Circuit.OPEN}
+    hosts = tuple(sorted(replicas))
+    cycle = tracker_a._providers["openai"].breaker.trips
+    first, *others = sorted(replicas, key=lambda host: turn_place(hosts, host, "openai", cycle))
+    clock.advance(config.open_cooldown_s)
+    assert not any(replicas[host][0].allow("openai") for host in others)
+    trial = replicas[first][0].allow("openai")
+    assert trial and trial.trial
+    rounds()
+    clock.advance(len(replicas) * TURN_ROUNDS * interval)  # every turn has come
+    assert not any(replicas[host][0].allow("openai") for host in others)
+    replicas[first][0].record("openai", duration_s=0.2, status_code=200, permit=trial)
+    rounds()
+    for tracker, _ in replicas.values():
+        assert "1 of 3 passed" in " ".join(tracker.status("openai").reasons)
+    for _, sharing in replicas.values():
+        sharing.stop()
