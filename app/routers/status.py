@@ -1,8 +1,9 @@
-"""``GET /prometheus/metrics/status``: the live status page, one self-contained HTML document.
+"""``GET /prometheus/metrics/status``: the live status page, one self-contained HTML document;
+``GET /prometheus/metrics/trends``: the history its charts open with.
 
 The page is a shell: the markup, style and script of ``app/static``, inlined into one
-response, with no figure in it. Its script reads ``health`` and ``summary`` beside it with
-the bearer token, so the shell itself is public even when ``GATEWAY_METRICS_API_KEY`` is
+response, with no figure in it. Its script reads ``health``, ``summary`` and ``trends``
+beside it with the bearer token, so the shell itself is public even when ``GATEWAY_METRICS_API_KEY`` is
 set: a browser cannot send a bearer header when it navigates to a page, and the shell holds
 nothing the token guards. The token stays in the tab's ``sessionStorage``, never in a URL.
 
@@ -17,9 +18,17 @@ import base64
 import hashlib
 from functools import lru_cache
 from importlib import resources
+from typing import Annotated, Literal
 
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
+from starlette.concurrency import run_in_threadpool
+
+from app.dependencies import ApiKeyDep
+from app.summary.service import SummaryService
+from app.summary.snapshots import MAX_WINDOW_S
+from app.summary.trends import DEFAULT_SPAN_S, MAX_POINTS, MAX_SPAN_S, Trends, point_count, trend_history
 
 router = APIRouter(prefix="/prometheus/metrics", tags=["status"])
 
@@ -73,6 +82,45 @@ def status_page() -> tuple[bytes, dict[str, str]]:
 async def status() -> Response:
     body, headers = status_page()
     return Response(body, media_type="text/html; charset=utf-8", headers=headers)
+
+
+@router.get(
+    "/trends",
+    response_model=Trends,
+    dependencies=[ApiKeyDep],
+    summary="Trend series of the last minutes (the status page's history)",
+)
+async def trends(
+    request: Request,
+    span_seconds: Annotated[
+        int, Query(ge=60, le=MAX_SPAN_S, description="How far back the history goes."),
+    ] = DEFAULT_SPAN_S,
+    step_seconds: Annotated[
+        int | None,
+        Query(ge=1, le=600, description=f"Seconds between points at least; span / step is at most {MAX_POINTS}. "
+                                        "Default: about 180 points."),
+    ] = None,
+    window_seconds: Annotated[
+        int | None,
+        Query(ge=10, le=MAX_WINDOW_S, description="Window of each point's rate and p95, as in the summary."),
+    ] = None,
+    source: Annotated[
+        Literal["auto", "local"],
+        Query(description="auto: the backend's range queries when configured; local: this instance's history."),
+    ] = "auto",
+) -> Trends:
+    """Requests per second, latency p95 and each provider's health score, one point per
+    step; never an error for backend trouble (the local history answers, ``errors`` says why)."""
+    if step_seconds is not None and point_count(span_seconds, step_seconds) > MAX_POINTS + 1:
+        least = -(-span_seconds // MAX_POINTS)
+        raise RequestValidationError([{
+            "type": "value_error", "loc": ("query", "step_seconds"), "input": step_seconds,
+            "msg": f"{span_seconds} s every {step_seconds} s is more than {MAX_POINTS} points: "
+                   f"step_seconds must be at least {least} for this span",
+        }])
+    service: SummaryService = request.app.state.summary_service
+    return await run_in_threadpool(trend_history, service, span_s=span_seconds, step_s=step_seconds,
+                                   window_s=window_seconds, local=source == "local")
 
 
 @standalone_router.get("/")

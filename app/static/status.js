@@ -1,6 +1,7 @@
-// gateway-metrics status page: polls ./health and ./summary and draws what they say.
+// gateway-metrics status page: polls ./health and ./summary and draws what they say; its
+// trend charts open with the history ./trends holds and go on with the polled figures.
 //
-// Rules kept throughout: every figure shown comes from those two answers (a missing or null
+// Rules kept throughout: every figure shown comes from those answers (a missing or null
 // figure reads "no data", never 0); every text from the service is written with
 // textContent, never parsed as HTML (model names come from callers); the bearer token lives
 // in sessionStorage only and travels only in the Authorization header of those calls.
@@ -12,7 +13,7 @@
   const INTERVAL_KEY = "gateway-metrics.status.interval";
   const INTERVALS_S = [2, 5, 10, 30, 60];
   const DEFAULT_INTERVAL_S = 5;
-  /** Trend charts keep what was polled in the last 15 minutes. */
+  /** Trend charts keep the last 15 minutes: the history the page opens with, then its polls. */
   const HISTORY_MS = 15 * 60 * 1000;
   /** A chart spans at least 2 minutes, so the first few samples do not fill its width. */
   const MIN_SPAN_MS = 2 * 60 * 1000;
@@ -23,6 +24,7 @@
   const MAX_MODEL_ROWS = 200;
   const SUMMARY_URL = "summary?category=providers&category=models&category=performance&category=business";
   const HEALTH_URL = "health";
+  const TRENDS_URL = `trends?span_seconds=${HISTORY_MS / 1000}`;
   const SVG_NS = "http://www.w3.org/2000/svg";
 
   const $ = (id) => document.getElementById(id);
@@ -143,7 +145,9 @@
     summary: null,
     updatedAt: null,       // when the last good answers arrived (this browser's clock)
     failure: null,         // { at, message } when the last poll failed
-    history: [],           // { t, rate, p95, scores: {provider: score} }
+    history: [],           // { t, rate, p95, scores: {provider: score}, loaded }, oldest first
+    trends: null,          // what the history came with: { source, points, note } or { failed }
+    openedAt: null,        // the first polled point: what is older came from ./trends
     seriesIndex: new Map(), // provider -> colour/dash slot, stable while the page lives
     generation: 0,
     allModels: false,
@@ -394,7 +398,7 @@
   const W = 320, H = 120, LEFT = 46, RIGHT = 6, TOP = 6, BOTTOM = 18;
 
   /** series: [{ name, slot, points: [[t, v|null]] }]; yMax fixed or from the data. */
-  function drawChart(target, { title, unit, series, yMax, legend }) {
+  function drawChart(target, { title, unit, series, yMax, legend, marker }) {
     const now = Date.now();
     const allPoints = series.flatMap((s) => s.points);
     const values = allPoints.map(([, v]) => v).filter(isNum);
@@ -417,6 +421,10 @@
     const end = svg("text", { class: "axis", x: W - RIGHT, y: H - 4, "text-anchor": "end" });
     end.textContent = "now";
     chart.append(start, end);
+    if (isNum(marker) && marker > now - span) {
+      // Where the page opened: left of it, the history it loaded; right of it, its polls.
+      chart.append(svg("line", { class: "opened", x1: x(marker), x2: x(marker), y1: TOP, y2: H - BOTTOM }));
+    }
 
     for (const s of series) {
       // A null breaks the line: a gap says "no data", a drop to zero would invent one.
@@ -467,8 +475,9 @@
       });
       parts.push(el("ul", "legend", ...items));
     }
-    parts.push(el("p", "summary muted", series.length === 1 ? describe(series[0]) : `${samples} ${samples === 1 ? "sample" : "samples"}, one per refresh.`));
+    parts.push(el("p", "summary muted", series.length === 1 ? describe(series[0]) : `${samples} ${samples === 1 ? "sample" : "samples"}.`));
     target.replaceChildren(...parts);
+    target.dataset.samples = String(samples);
   }
 
   function slotFor(provider) {
@@ -478,25 +487,74 @@
 
   function renderCharts() {
     const h = state.history;
+    const marker = h.length && h[0].t < state.openedAt ? state.openedAt : null;
     drawChart($("chart-rate"), {
-      title: "Requests per second", unit: "rate",
+      title: "Requests per second", unit: "rate", marker,
       series: [{ name: "requests", slot: null, points: h.map((e) => [e.t, e.rate]) }],
     });
     drawChart($("chart-p95"), {
-      title: "Latency p95", unit: "ms",
+      title: "Latency p95", unit: "ms", marker,
       series: [{ name: "p95", slot: null, points: h.map((e) => [e.t, e.p95]) }],
     });
     const names = [...new Set(h.flatMap((e) => Object.keys(e.scores)))];
     drawChart($("chart-scores"), {
-      title: "Provider health scores", unit: "score", yMax: 1, legend: true,
+      title: "Provider health scores", unit: "score", yMax: 1, legend: true, marker,
       series: names.map((name) => ({
         name, slot: slotFor(name), points: h.map((e) => [e.t, name in e.scores ? e.scores[name] : null]),
       })),
     });
+    renderTrendsNote();
+  }
+
+  const SOURCES = { prometheus: "the metrics backend", local: "this instance's own history" };
+
+  function renderTrendsNote() {
+    const t = state.trends;
+    const polled = `polled by this page since ${state.openedAt ? clock(new Date(state.openedAt)) : "it opened"}`;
+    const note = $("trends-note");
+    note.dataset.history = t && !t.failed ? String(t.points) : "0";
+    if (!t) note.textContent = `The last 15 minutes: ${polled}.`;
+    else if (t.failed) note.textContent = `No history (${t.failed}); ${polled}.`;
+    else if (!t.points) note.textContent = `No history${t.note ? ` (${t.note})` : ""}; ${polled}.`;
+    else {
+      const fallback = t.fallback ? " (the backend did not answer)" : "";
+      note.textContent = `The last 15 minutes: from ${SOURCES[t.source] || String(t.source)}${fallback}, then ${polled}; the dashed line marks where.`;
+    }
+  }
+
+  /** The history ./trends answered, in this browser's clock, before any polled point. */
+  function loadHistory(answer) {
+    const a = obj(answer);
+    const end = parseTime(a.timestamp);
+    const shift = end ? Date.now() - end.getTime() : 0; // the service's clock -> this browser's
+    const rates = list(a.requests_per_second), p95 = list(a.p95_ms), scores = Object.entries(obj(a.health_scores));
+    const firstPolled = state.history.length ? state.history[0].t : Infinity;
+    const points = [];
+    list(a.times).forEach((seconds, i) => {
+      const t = isNum(seconds) ? seconds * 1000 + shift : NaN;
+      if (!(t < firstPolled)) return; // the polls have it
+      const pointScores = {};
+      for (const [name, values] of scores) if (isNum(list(values)[i])) pointScores[name] = list(values)[i];
+      points.push({ t, rate: isNum(rates[i]) ? rates[i] : null, p95: isNum(p95[i]) ? p95[i] : null, scores: pointScores, loaded: true });
+    });
+    state.history = [...points.sort((x, y) => x.t - y.t), ...state.history];
+    trimHistory(Date.now());
+    state.trends = {
+      source: a.source, points: points.length, note: typeof a.note === "string" ? a.note : null,
+      fallback: list(a.errors).some((e) => obj(e).kind === "fallback"),
+    };
+  }
+
+  function trimHistory(now) {
+    while (state.history.length && state.history[0].t < now - HISTORY_MS) state.history.shift();
   }
 
   function remember(health, summary) {
     const now = Date.now();
+    if (state.openedAt === null) state.openedAt = now;
+    const h = state.history;
+    // A loaded point at or after a polled one cannot be newer than it: the polled one stands.
+    while (h.length && h[h.length - 1].loaded && h[h.length - 1].t >= now) h.pop();
     const perf = obj(obj(summary.metrics).performance);
     const scores = {};
     for (const p of list(health.providers).map(obj)) {
@@ -508,7 +566,7 @@
       p95: isNum(perf.p95_ms) ? perf.p95_ms : null,
       scores,
     });
-    while (state.history.length && state.history[0].t < now - HISTORY_MS) state.history.shift();
+    trimHistory(now);
   }
 
   // ---- Notices --------------------------------------------------------------------------------
@@ -607,11 +665,19 @@
     state.polling = true;
     clearTimeout(state.timer);
     try {
-      const [health, summary] = await Promise.all([getJSON(HEALTH_URL), getJSON(SUMMARY_URL)]);
+      // The first poll brings the history along, so the first paint already holds it; a
+      // history that fails is said in the charts' note, and the page goes on without it.
+      const history = state.trends ? null : getJSON(TRENDS_URL).catch((error) => {
+        if (error instanceof AuthError) throw error;
+        return { failed: error && error.message ? error.message : String(error) };
+      });
+      const [health, summary, trends] = await Promise.all([getJSON(HEALTH_URL), getJSON(SUMMARY_URL), history]);
       state.health = obj(health);
       state.summary = obj(summary);
       state.updatedAt = new Date();
       state.failure = null;
+      if (trends && trends.failed) state.trends = { failed: trends.failed };
+      else if (trends) loadHistory(trends);
       remember(state.health, state.summary);
       renderProviders(state.health, state.summary);
       renderFleet(state.summary);
@@ -666,6 +732,8 @@
       state.health = state.summary = null;
       state.updatedAt = null;
       state.history = [];
+      state.trends = null;
+      state.openedAt = null;
       showAuth("needed");
       renderFreshness();
     });

@@ -337,6 +337,47 @@ def parse_rule_groups(status: int, body: bytes, date: str | None = None) -> Rule
     return RuleGroups(tuple(groups), backend_now)
 
 
+
+@dataclass(frozen=True, slots=True)
+class RangeSeries:
+    """One series of a range query's answer: its labels and its (Unix seconds, value)
+    points, oldest first, NaN points left out (a gap: undefined there)."""
+
+    labels: dict[str, str]
+    points: tuple[tuple[float, float], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RangeResult:
+    """A range query's answer (``/api/v1/query_range``)."""
+
+    series: tuple[RangeSeries, ...]
+    warnings: tuple[str, ...] = ()
+
+
+def parse_range_response(status: int, body: bytes, *, finite_only: bool = False) -> RangeResult:
+    """The answer of ``/api/v1/query_range``, or BackendFailure saying what is wrong with
+    it: the envelope is read by :func:`parse_response` (the same errors, warnings and
+    finite check), the points here, every reading error being garbage."""
+    answer = parse_response(status, body, finite_only=finite_only)
+    if answer.result_type != "matrix":
+        raise _failure("garbage", f"a range query answered a {_snippet(answer.result_type)}, not a matrix", status)
+    try:
+        series = []
+        for entry in json.loads(body)["data"]["result"]:
+            points = []
+            for at, raw in entry["values"]:
+                value = _number(raw)
+                if finite_only and not math.isfinite(value):
+                    raise ValueError(f"{_snippet(repr(raw))} is not a finite number")
+                if not math.isnan(value):
+                    points.append((float(at), value))
+            series.append(RangeSeries(_label_pairs(entry["metric"]), tuple(points)))
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes make the reading raise is their fault
+        raise _failure("garbage", f"unreadable range answer ({type(exc).__name__}: {_snippet(str(exc))})",
+                       status) from None
+    return RangeResult(tuple(series), answer.warnings)
+
 # --- the client ---------------------------------------------------------------------------
 
 
@@ -612,6 +653,23 @@ class PrometheusBackend:
         try:
             response = self._connection().request("GET", "/api/v1/rules", timeout_s, params={"type": "record"})
             return parse_rule_groups(response.status_code, response.content, response.headers.get("Date"))
+        except BackendFailure as failure:
+            return failure.error
+        except requests.RequestException as exc:
+            return self._request_error(exc, timeout_s)
+
+    def query_range(self, text: str, *, start: float, end: float, step_s: float,
+                    timeout_s: float | None = None) -> RangeResult | BackendError:
+        """``text`` evaluated every ``step_s`` from ``start`` to ``end`` (Unix seconds),
+        within ``timeout_s`` (by default the deadline), never cached; never raises for
+        anything the backend does."""
+        timeout_s = timeout_s or self.deadline_s
+        backend_timeout_ms = max(1, int(timeout_s * BACKEND_TIMEOUT_SHARE * 1000))
+        form = {"query": text, "start": f"{start:.3f}", "end": f"{end:.3f}", "step": f"{step_s:g}",
+                "timeout": f"{backend_timeout_ms}ms"}
+        try:
+            response = self._connection().request("POST", "/api/v1/query_range", timeout_s, data=form)
+            return parse_range_response(response.status_code, response.content, finite_only=self.finite_only)
         except BackendFailure as failure:
             return failure.error
         except requests.RequestException as exc:

@@ -66,10 +66,14 @@ RETENTION: tuple[tuple[float, float], ...] = ((300, 0), (900, 15), (MAX_WINDOW_S
 #: The whole history's default budget: an hour of 2 providers x 500 models takes about
 #: 40 MB (benchmarks/snapshots.py), and a registry ten times that still keeps minutes.
 DEFAULT_BUDGET_BYTES = 64 * 2**20
-#: The sample names the summary queries read; nothing else is kept.
+#: The status page's trend of each provider's health score (app.summary.trends): a gauge
+#: the tracker's collector yields beside the circuit states the fleet queries read, so
+#: keeping it costs a value per provider and snapshot, and no extra read.
+TREND_WATCHED: frozenset[str] = frozenset({"gatewayz_provider_health_score"})
+#: The sample names the summary queries and the trends read; nothing else is kept.
 WATCHED: frozenset[str] = frozenset(
     query.metric for queries in (*SUMMARY_QUERIES.values(), FLEET_HEALTH_QUERIES) for query in queries
-)
+) | TREND_WATCHED
 
 _ARRAY_OVERHEAD = sys.getsizeof(array("d"))
 Plan = tuple[tuple[int, tuple[str, ...]], ...]
@@ -309,6 +313,11 @@ class Snapshots:
 
     def __len__(self) -> int:
         return len(self._history)
+
+    def history(self) -> list[Snapshot]:
+        """The snapshots kept, oldest first (a copy: later snapshots do not change it)."""
+        with self._lock:
+            return list(self._history)
 
     # --- evaluating queries ----------------------------------------------------------
 

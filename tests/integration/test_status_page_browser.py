@@ -3,7 +3,9 @@
 One demo service for the module (simulated traffic, its summaries from a real Prometheus
 scraping it), one browser. The test forces ``flakycloud``'s circuit open through the
 health tracker, so the page has an unavailable provider to show, and stops Prometheus at
-the end, so the summary turns stale. Every figure the page shows is checked against the
+the end, so the summary turns stale. The trend charts' first paint already holds the
+service's history (Prometheus' range query, or the local snapshots once Prometheus is
+stopped: the tests run in any order). Every figure the page shows is checked against the
 JSON answer the page itself received (``data-source`` and ``data-path`` say where each one
 comes from). The browser is never downloaded: scripts/test.sh installs Debian's chromium.
 """
@@ -205,6 +207,7 @@ def test_fleet_totals_and_models_are_all_there(status: LoadedPage) -> None:
         assert label in fleet.upper()
     models = status.answers["summary"]["metrics"]["models"]["models"]
     rows = status.page.locator("#models tbody tr")
+    show_all_models(status.page, False)  # another test may have asked for all of them
     assert rows.count() == min(len(models), 12)  # the busiest; the rest one click away
     if len(models) > 12:
         show_all_models(status.page)
@@ -222,11 +225,12 @@ def test_fleet_totals_and_models_are_all_there(status: LoadedPage) -> None:
     assert busiest[-1].endswith("tokens/s") and busiest[-2].endswith("ms"), busiest
 
 
-def show_all_models(page: Any) -> None:
+def show_all_models(page: Any, show: bool = True) -> None:
+    """Show every model (or, ``show=False``, the busiest few) whatever the table shows now."""
     toggle = page.locator("#models-toggle")
-    if toggle.is_visible() and toggle.get_attribute("aria-expanded") == "false":
+    if toggle.is_visible() and toggle.get_attribute("aria-expanded") != str(show).lower():
         toggle.click()
-        assert toggle.get_attribute("aria-expanded") == "true"
+        assert toggle.get_attribute("aria-expanded") == str(show).lower()
 
 
 def test_caller_supplied_names_are_shown_as_text(status: LoadedPage) -> None:
@@ -273,6 +277,63 @@ def test_interval_is_adjustable_and_polling_pauses_when_hidden(status: LoadedPag
     }"""))
     assert "every 10 s" in page.locator("#freshness").inner_text()
     page.select_option("#interval", "60")
+
+
+def rated_points(answer: dict) -> int:
+    return sum(value is not None for value in answer["requests_per_second"])
+
+
+def test_first_paint_already_holds_the_services_history(browser: Any,
+                                                        demo: tuple[AppServer, MetricsServer, Telemetry]) -> None:
+    app, _, _ = demo
+    # A service that has run for a while: its history (Prometheus', or its own snapshots
+    # once the stale test has stopped Prometheus) holds a few rates.
+    poll(lambda: rated_points(httpx.get(f"{app.url}/prometheus/metrics/trends", trust_env=False,
+                                        timeout=10).json()) >= 2, 30, "two points of history with a rate")
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, color_scheme="dark")
+    loaded = LoadedPage(context.new_page())
+    page = loaded.page
+    try:
+        with page.expect_response(lambda r: "/prometheus/metrics/trends" in r.url) as trends:
+            loaded.refresh(lambda: page.goto(app.url + STATUS + QUIET), navigation=True)
+        history = trends.value.json()
+        assert page.evaluate("() => document.body.dataset.generation") == "1"  # the first paint
+        assert rated_points(history) >= 2
+        # Every point of the history and the one the page polled, each once.
+        samples = int(page.locator("#chart-rate").get_attribute("data-samples"))
+        assert samples == len(history["times"]) + 1
+        line = page.locator("#chart-rate path.line").first.get_attribute("d") or ""
+        assert line.count("L") >= 1, "the rate chart draws a line, not a lone dot"
+        assert int(page.locator("#trends-note").get_attribute("data-history")) == len(history["times"])
+        assert "The last 15 minutes: from" in page.locator("#trends-note").inner_text()
+        assert page.locator("#chart-rate line.opened").count() == 1  # where the polls begin
+        # The polls go on from there, one point each; the history is fetched once.
+        urls: list[str] = []
+        page.on("request", lambda request: urls.append(request.url))
+        loaded.refresh(lambda: page.locator("#refresh").click())
+        assert int(page.locator("#chart-rate").get_attribute("data-samples")) == samples + 1
+        assert not [url for url in urls if "/prometheus/metrics/trends" in url]
+        assert loaded.errors == []
+    finally:
+        context.close()
+
+
+def test_a_failed_history_leaves_the_page_working_and_says_so(browser: Any,
+                                                              demo: tuple[AppServer, MetricsServer, Telemetry]) -> None:
+    app, _, _ = demo
+    context = browser.new_context()
+    loaded = LoadedPage(context.new_page())
+    page = loaded.page
+    page.route("**/prometheus/metrics/trends*", lambda route: route.fulfill(status=500, body="boom"))
+    try:
+        loaded.refresh(lambda: page.goto(app.url + STATUS + QUIET), navigation=True)
+        assert page.locator("#cards > li.card").count() >= 4
+        assert page.locator("#chart-rate").get_attribute("data-samples") == "1"  # the poll alone
+        assert "No history (trends answered HTTP 500)" in page.locator("#trends-note").inner_text()
+        # The only error: the browser logging the 500 the page was built to survive.
+        assert loaded.errors and all("500" in error for error in loaded.errors)
+    finally:
+        context.close()
 
 
 def test_phone_width_needs_no_sideways_scrolling(browser: Any,
