@@ -282,3 +282,4 @@ def test_the_workers_of_a_host_claim_a_retrial_once(tmp_path: Path, clock: FakeC
     assert other.choose(["good", "bad"]).order[0] == "good"  # the claim holds for the host
     clock.advance(1.01)  # the claim lapses: a worker that never heard of a call may claim it
     assert other.choose(["good", "bad"]).order[0] == "bad"
+
