@@ -1,8 +1,9 @@
 """The recording helpers the gateway core calls on every request and upstream call.
 
 They keep the seed's names and keyword arguments, so code written against it runs
-unchanged. None of them raises into the caller on bad input: a label value that is
-None, empty or of the wrong type records as ``"unknown"`` (enums as their fallback), a
+unchanged. None of them raises into the caller on bad input: a number or a boolean
+records as its text, a label value that is None, empty or of another type records as
+``"unknown"`` (enums as their fallback), a
 number that is not a finite, non-negative number a float can hold (``10**400`` is not)
 is dropped and counted in ``gatewayz_recording_rejected_total{helper, reason}``. A helper
 checks every number before it records anything, then keeps everything that is sane.
