@@ -1,8 +1,9 @@
 """The scrape process: every worker's metrics, read from the multiprocess files.
 
-With several workers, scrapes are answered here rather than by a worker: rendering a big
-registry takes a core for a while (about 100,000 lines take seconds), and in a worker that
-is time its event loop would not serve the gateway. This process reads the files the
+With several workers, scrapes are answered here rather than by a worker: a scrape of a big
+registry takes a core for tens of milliseconds (about 100,000 lines, the more of them
+changed since the last scrape the longer: docs/BENCHMARKS.md, "Scrape render"), and in a
+worker that is time its event loop would not serve the gateway. This process reads the files the
 workers write (``app.multiprocess``), so its answer is every worker's total, and a scrape
 never waits for a worker nor a worker for a scrape. It serves ``/metrics``,
 ``/prometheus/metrics/all`` and the category endpoints, with the same bearer token.

@@ -9,8 +9,8 @@ between scrapes (the metric set's own, so the next scrape formats values only).
 
 from __future__ import annotations
 
-import gzip
-from collections.abc import Sequence
+import zlib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -59,9 +59,22 @@ def render(
     given) as a scrape body, by ``renderer`` (one that keeps nothing when None)."""
     encoder, media_type = choose_encoder(accept or "")
     openmetrics = media_type.startswith(OPENMETRICS_MEDIA_TYPE)
-    body = (renderer or Renderer()).render(registry, openmetrics, encoder, names)
+    chunks = (renderer or Renderer()).chunks(registry, openmetrics, encoder, names)
     headers = {"Vary": "Accept, Accept-Encoding"}
     if accepts_gzip(accept_encoding):
-        body = gzip.compress(body, compresslevel=GZIP_LEVEL)
         headers["Content-Encoding"] = "gzip"
-    return Exposition(body, media_type, headers)
+        return Exposition(gzipped(chunks), media_type, headers)
+    return Exposition(b"".join(chunks), media_type, headers)
+
+
+#: zlib's window bits for a gzip member (header and CRC trailer written by zlib).
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+
+
+def gzipped(chunks: Iterable[bytes]) -> bytes:
+    """One gzip member of the chunks joined, without joining them first: zlib compresses
+    each chunk without the GIL, and the scrape does not copy the whole body once more."""
+    compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, _GZIP_WBITS)
+    compressed = [compressor.compress(chunk) for chunk in chunks]
+    compressed.append(compressor.flush())
+    return b"".join(compressed)

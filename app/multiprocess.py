@@ -319,8 +319,8 @@ class _FamilyLines:
         extend, append = lines.extend, lines.append
         start = 0
         for number, (buckets, others) in enumerate(self._sets):
-            if not number % render.CHILDREN_PER_SLICE:
-                time.sleep(0)  # the GIL to a worker's event loop now and then (render.LINES_PER_SLICE)
+            if number and not number % render.CHILDREN_PER_SLICE:
+                render.pause()  # the GIL to a worker's event loop now and then (render.LINES_PER_SLICE)
             if buckets:
                 cumulative = list(accumulate(ordered[start : start + buckets]))
                 extend(cumulative)

@@ -1,9 +1,12 @@
-"""Scrape bodies at the cost of formatting their values.
+"""Scrape bodies at the cost of formatting their values, or less.
 
 A :class:`Renderer` writes a registry in the Prometheus text format 0.0.4 or in
 OpenMetrics 1.0. The line prefix of each series (its sample name and escaped labels) is
 rendered once, the first time the series is scraped, and kept; a scrape then reads the
-values and formats only them:
+values and formats only them, and only those that changed: each family keeps the lines of
+its last scrape in blocks (:func:`kept_text`), and a block whose values are bit for bit the
+last scrape's (``-0.0`` apart from ``0.0``, NaN by its bits) is reused as it was written.
+The values are read from:
 
 * a Gauge, or a Counter or Histogram of ``without_created`` (the catalogue's families),
   through ``app.client_internals``: its children are compared with the last scrape's (one
@@ -22,15 +25,19 @@ samples); a value is ``repr(value)``, which parses to the same float as promethe
 keeps what prometheus_client's ``restricted_registry()`` keeps: the families of the wanted
 sample names, through ``collect()`` when only some of a family's samples are wanted. The
 body is built as bytes (prefixes and value texts are kept UTF-8), so no scrape encodes it.
+A scrape runs in a thread beside the gateway's event loop: it works in slices and lets go
+of the GIL between them (:func:`pause`).
 """
 
 from __future__ import annotations
 
 import math
 import re
+import struct
 import threading
 import time
 import weakref
+from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from itertools import accumulate, chain
@@ -69,15 +76,34 @@ def line_prefix(sample_name: str, labels: Iterable[tuple[str, str]]) -> bytes:
     return f"{sample_name}{{{text}}} ".encode()
 
 
-class ValueTexts(dict[float, bytes]):
-    """The text of each value with its line's end, remembered: most values of a scrape are the last scrape's
-    (idle series, bucket counts), so most lines cost one dict lookup (a C call through
-    ``map``) instead of a float's ``repr``. A value's text is its ``repr``, which parses to
-    the float prometheus_client's ``floatToGoString`` writes, or exactly that function's
-    text for NaN and the infinities. Values equal as floats share a text (``0.0`` and
-    ``-0.0``, ``1`` and ``1.0``: the same sample value once parsed)."""
+#: The bits of ``-0.0``: the one float equal to another (``0.0``) with another text.
+_NEGATIVE_ZERO = struct.pack("=d", -0.0)
+_POSITIVE_ZERO_TEXT = b"0.0\n"
+_NEGATIVE_ZERO_TEXT = b"-0.0\n"
 
-    __slots__ = ("limit",)
+
+def _has_negative_zero(bits: bytes) -> bool:
+    """Whether the doubles of ``bits`` hold a ``-0.0`` (its bytes found at a double's start)."""
+    at = bits.find(_NEGATIVE_ZERO)
+    while at > 0 and at % 8:
+        at = bits.find(_NEGATIVE_ZERO, at + 1)
+    return at >= 0
+
+
+class ValueTexts(dict[float, bytes]):
+    """One family's texts: the text of each value with its line's end, remembered, and the
+    family's sample lines as the last scrape wrote them (:func:`join_lines`).
+
+    Most values of a scrape are the last scrape's (idle series, bucket counts): the lines of
+    a block whose values are bit for bit the last scrape's are reused as they were, and a
+    changed block's values mostly cost one dict lookup (a C call through ``map``) instead of
+    a float's ``repr``. A value's text is its ``repr``, which parses to the float
+    prometheus_client's ``floatToGoString`` writes, or exactly that function's text for NaN
+    and the infinities. Values equal as floats share a text (``1`` and ``1.0``), but for
+    ``-0.0``: it equals ``0.0`` as a key, so a block holding it is written by
+    :meth:`signed`."""
+
+    __slots__ = ("limit", "kept")
 
     #: Texts kept at least (a family keeps up to one per line): past its limit the memo
     #: starts over, so values that never repeat (histogram sums) cannot grow it forever.
@@ -86,37 +112,128 @@ class ValueTexts(dict[float, bytes]):
     def __init__(self, limit: int = LIMIT) -> None:
         super().__init__()
         self.limit = limit
+        #: The family's lines of the last scrape (None: none yet, or not kept).
+        self.kept: KeptLines | None = None
 
     def __missing__(self, value: float) -> bytes:
-        text = ((repr(float(value)) if math.isfinite(value) else seam.format_float(value)) + "\n").encode()
+        if value == 0:  # 0.0 keeps its own text; -0.0 (equal to it) never comes here but through signed()
+            text = _POSITIVE_ZERO_TEXT
+            value = 0.0
+        else:
+            text = ((repr(float(value)) if math.isfinite(value) else seam.format_float(value)) + "\n").encode()
         if len(self) >= self.limit:
             self.clear()
         self[value] = text
         return text
 
+    def signed(self, value: float) -> bytes:
+        """The text of ``value``, ``-0.0`` apart from ``0.0``."""
+        if value == 0 and math.copysign(1.0, value) < 0:
+            return _NEGATIVE_ZERO_TEXT
+        return self[value]
 
-#: Lines of a family joined in one C call. A C call keeps the GIL to its end, and a scrape
-#: runs in a thread beside the event loop that serves the gateway: between two slices the
-#: scrape lets go of the GIL (``time.sleep(0)``), so the loop waits for it about a slice's
-#: time (a millisecond or so), not a whole big family's (tens of milliseconds at 100,000
-#: lines). Each pause is a system call that may hand the core to another process, so small
-#: families (most of them) are joined whole, without one.
+
+@dataclass(slots=True)
+class KeptLines:
+    """A family's sample lines as one scrape wrote them: the layout they were written for,
+    the bits of the values they were written from, and where each block of values' lines
+    ends in the text."""
+
+    layout: Sequence[bytes]
+    per_block: int
+    bits: bytes
+    text: bytes
+    ends: list[int]
+
+
+#: Values per block of kept lines: a changed value costs its block's lines again (about
+#: 25 KB of text), an unchanged block a comparison of its values' bits (2 KB).
+BLOCK_VALUES = 256
+#: How long a scrape keeps the GIL at most between two pauses, where it has the chance.
+#: A scrape runs in a thread beside the event loop that serves the gateway, and a thread
+#: waiting for the GIL gets it only when the holder lets go: at a pause, or after the
+#: interpreter's switch interval (5 ms), and never inside a C call. So a scrape works in
+#: slices (blocks of lines, slices of reads, one collector) and pauses between them once this
+#: long has passed: the loop waits for the GIL about a slice's time, not a whole scrape's.
+SLICE_S = 0.001
+#: Lines' worth of work between two calls of :func:`pause` (which decides whether to pause):
+#: a C loop keeps the GIL to its end.
 LINES_PER_SLICE = 4096
-#: Histogram children whose values are read between two such pauses (16 lines each at most).
+#: Histogram children whose values are read between two such calls (16 lines each at most).
 CHILDREN_PER_SLICE = LINES_PER_SLICE // 16
+#: Values read in one C loop (a read costs a small fraction of a line's writing).
+READS_PER_SLICE = 4 * LINES_PER_SLICE
+
+_last_pause = threading.local()
+
+
+def pause() -> None:
+    """Let go of the GIL for a moment if this thread has worked a slice (:data:`SLICE_S`)
+    since its last pause: a thread waiting for it (the event loop) takes it then. Otherwise
+    nothing, so callers call it between any two slices of work."""
+    now = time.perf_counter()
+    if now - getattr(_last_pause, "at", 0.0) >= SLICE_S:
+        time.sleep(0)  # releases the GIL; a waiting thread takes it
+        _last_pause.at = time.perf_counter()
+
+
+#: Writes the lines of the values from ``start`` to ``end`` (indices of the values compared),
+#: each value's text by the function given (``ValueTexts.__getitem__`` or ``.signed``).
+BlockWriter = Callable[[int, int, Callable[[float], bytes]], bytes]
+
+
+def write_lines(prefixes: Sequence[bytes], values: Iterable[float], text_of: Callable[[float], bytes]) -> bytes:
+    """The sample lines of ``prefixes`` (from :func:`line_prefix`) with ``values``."""
+    return b"".join(chain.from_iterable(zip(prefixes, map(text_of, values), strict=True)))
+
+
+def kept_text(texts: ValueTexts, layout: Sequence[bytes], values: Sequence[float], per_block: int,
+              write: BlockWriter) -> bytes:
+    """The lines of ``values`` in blocks of ``per_block`` values, each block written by
+    ``write`` unless its values are bit for bit those the same ``layout`` (a list of line
+    prefixes) was last written with: then its text is the last scrape's. ``values`` are what
+    the lines are made from (a histogram's cells and sums, its lines cumulative counts)."""
+    count = len(values)
+    try:
+        bits = array("d", values).tobytes()
+    except (TypeError, OverflowError):  # not all floats (a custom collector's ints beyond a double)
+        texts.kept = None
+        return write(0, count, texts.signed)
+    kept = texts.kept
+    if kept is not None and not (kept.per_block == per_block and len(kept.bits) == len(bits)
+                                 and (kept.layout is layout or kept.layout == layout)):
+        kept = None  # written for other lines: every block is written
+    if kept is not None and kept.bits == bits:
+        kept.layout = layout
+        return kept.text
+    old = memoryview(kept.text) if kept is not None else None
+    pieces: list[bytes | memoryview] = []
+    ends: list[int] = []
+    end_of_text = 0
+    for number, start in enumerate(range(0, count, per_block)):
+        end = min(start + per_block, count)
+        block_bits = bits[start * 8 : end * 8]
+        if old is not None and kept is not None and kept.bits[start * 8 : end * 8] == block_bits:
+            piece: bytes | memoryview = old[kept.ends[number - 1] if number else 0 : kept.ends[number]]
+        else:
+            pause()
+            piece = write(start, end, texts.signed if _has_negative_zero(block_bits) else texts.__getitem__)
+        pieces.append(piece)
+        end_of_text += len(piece)
+        ends.append(end_of_text)
+    text = b"".join(pieces)
+    texts.kept = KeptLines(layout, per_block, bits, text, ends)
+    return text
 
 
 def join_lines(prefixes: Sequence[bytes], values: Sequence[float], texts: ValueTexts) -> bytes:
-    """The sample lines of ``prefixes`` (from :func:`line_prefix`) with ``values``."""
-    if len(prefixes) <= LINES_PER_SLICE:
-        return b"".join(chain.from_iterable(zip(prefixes, map(texts.__getitem__, values), strict=True)))
-    slices = []
-    for start in range(0, len(prefixes), LINES_PER_SLICE):
-        end = start + LINES_PER_SLICE
-        lines = zip(prefixes[start:end], map(texts.__getitem__, values[start:end]), strict=True)
-        slices.append(b"".join(chain.from_iterable(lines)))
-        time.sleep(0)
-    return b"".join(slices)
+    """The sample lines of ``prefixes`` (from :func:`line_prefix`) with ``values``, one
+    line per value; ``texts`` keeps them for the next scrape of the same family."""
+
+    def write(start: int, end: int, text_of: Callable[[float], bytes]) -> bytes:
+        return write_lines(prefixes[start:end], values[start:end], text_of)
+
+    return kept_text(texts, prefixes, values, BLOCK_VALUES, write)
 
 
 def header(metric: Metric, openmetrics: bool) -> bytes:
@@ -186,7 +303,7 @@ class _MetricLines:
             self.sample_names = frozenset({name + "_total" if self.kind == "counter" else name})
         self._children: list[Any] = []
         self._prefixes: list[bytes] = []
-        self._cells: list[tuple[Sequence[seam.ValueCell], Any]] = []
+        self._cells: list[seam.ValueCell] = []
         #: label values -> that child's prefixes, kept while the child exists
         self._by_labels: dict[seam.LabelKey, list[bytes]] = {}
         self._texts = ValueTexts()
@@ -199,7 +316,7 @@ class _MetricLines:
             if children != self._children:  # identity first: equal unless a child came or went
                 self._rebuild(by_labels, children)
             if self.kind == "histogram":
-                body = join_lines(self._prefixes, self._histogram_values(), self._texts)
+                body = self._histogram_text()
             elif self.kind == "gauge" and any(map(seam.has_value_function, children)):
                 return None  # a function's value: collect() calls it
             else:
@@ -218,7 +335,8 @@ class _MetricLines:
         self._by_labels, self._prefixes, self._children = kept, prefixes, children
         self._texts.limit = max(ValueTexts.LIMIT, len(prefixes))
         if self.kind == "histogram":
-            self._cells = [(seam.bucket_cells(child), child) for child in children]
+            # Each child's bucket cells then its sum's, in the order of its lines.
+            self._cells = [cell for child in children for cell in (*seam.bucket_cells(child), seam.sum_cell(child))]
 
     def _child_prefixes(self, key: seam.LabelKey) -> list[bytes]:
         labels = list(zip(self._label_names, key, strict=True))
@@ -231,19 +349,32 @@ class _MetricLines:
             return lines
         return [line_prefix(name + "_total" if self.kind == "counter" else name, labels)]
 
-    def _histogram_values(self) -> list[float]:
-        values: list[float] = []
-        extend, append, read_cell, read_sum = values.extend, values.append, seam.read_cell, seam.read_sum
-        has_sum = self._has_sum
-        for number, (cells, child) in enumerate(self._cells):
-            if not number % CHILDREN_PER_SLICE:
-                time.sleep(0)  # the GIL to the event loop now and then (see LINES_PER_SLICE)
-            cumulative = list(accumulate(map(read_cell, cells)))
-            extend(cumulative)
-            append(cumulative[-1])
-            if has_sum:
-                append(read_sum(child))
-        return values
+    def _histogram_text(self) -> bytes:
+        """The lines of every child from its cells: the blocks of children whose cells are
+        unchanged are the last scrape's; the others' buckets are made cumulative (``_count``
+        is the last one) and written."""
+        raw: list[float] = []
+        for start in range(0, len(self._cells), READS_PER_SLICE):  # C loops, a pause between two
+            pause()
+            raw.extend(map(seam.read_cell, self._cells[start : start + READS_PER_SLICE]))
+        cells_per_child = len(self._le) + 1
+        lines_per_child = cells_per_child + self._has_sum
+        buckets, has_sum, prefixes = len(self._le), self._has_sum, self._prefixes
+
+        def write(start: int, end: int, text_of: Callable[[float], bytes]) -> bytes:
+            values: list[float] = []
+            extend, append = values.extend, values.append
+            for at in range(start, end, cells_per_child):
+                cumulative = list(accumulate(raw[at : at + buckets]))
+                extend(cumulative)
+                append(cumulative[-1])
+                if has_sum:
+                    append(raw[at + buckets])
+            first = start // cells_per_child * lines_per_child
+            return write_lines(prefixes[first : first + len(values)], values, text_of)
+
+        per_block = max(1, BLOCK_VALUES // cells_per_child) * cells_per_child
+        return kept_text(self._texts, prefixes, raw, per_block, write)
 
 
 class ComputedGauge:
@@ -251,32 +382,32 @@ class ComputedGauge:
     computed collector's ``family_texts``): each label set's prefix is kept while it is
     reported, so a scrape formats values only."""
 
-    __slots__ = ("metric", "_label_names", "_headers", "_prefixes", "_texts", "_lock")
+    __slots__ = ("metric", "_label_names", "_headers", "_prefixes", "_keys", "_layout", "_texts", "_lock")
 
     def __init__(self, name: str, documentation: str, label_names: Sequence[str]) -> None:
         self.metric = Metric(name, documentation, "gauge")
         self._label_names = tuple(label_names)
         self._headers = {openmetrics: header(self.metric, openmetrics) for openmetrics in (False, True)}
         self._prefixes: dict[tuple[str, ...], bytes] = {}
+        #: The label values of the last scrape's lines, in order, and their prefixes.
+        self._keys: list[tuple[str, ...]] = []
+        self._layout: list[bytes] = []
         self._texts = ValueTexts()
         self._lock = threading.Lock()
 
     def family_text(self, openmetrics: bool, series: Iterable[tuple[tuple[str, ...], float]]) -> FamilyText:
-        name, label_names = self.metric.name, self._label_names
-        prefixes: list[bytes] = []
-        values: list[float] = []
+        columns = list(zip(*series, strict=True))  # C loops: (label values...), (values...)
+        keys: list[tuple[str, ...]] = list(columns[0]) if columns else []
+        values: list[float] = list(columns[1]) if columns else []
         with self._lock:
-            kept, seen = self._prefixes, {}
-            for label_values, value in series:
-                prefix = kept.get(label_values)
-                if prefix is None:
-                    prefix = line_prefix(name, zip(label_names, label_values, strict=True))
-                seen[label_values] = prefix
-                prefixes.append(prefix)
-                values.append(value)
-            self._prefixes = seen
-            body = join_lines(prefixes, values, self._texts)
-        return FamilyText(frozenset({name}), self._headers[openmetrics], body)
+            if keys != self._keys:  # a series came or went (or the order moved)
+                name, label_names, kept = self.metric.name, self._label_names, self._prefixes
+                self._prefixes = {
+                    key: kept.get(key) or line_prefix(name, zip(label_names, key, strict=True)) for key in keys
+                }
+                self._keys, self._layout = keys, [self._prefixes[key] for key in keys]
+            body = join_lines(self._layout, values, self._texts)
+        return FamilyText(frozenset({self.metric.name}), self._headers[openmetrics], body)
 
 
 #: The types whose samples both encoders write as they come (no ``_created``, ``_gsum`` or
@@ -297,7 +428,8 @@ class _CollectedLines:
         self.plain = True
         self._prefixes: dict[tuple[str, tuple[tuple[str, str], ...]], bytes] = {}
         self._headers: dict[tuple[str, str, str, str, bool], bytes] = {}
-        self._texts = ValueTexts()
+        #: Each family's texts (its kept lines are its own), by family name.
+        self._texts: dict[str, ValueTexts] = {}
         self._lock = threading.Lock()
 
     def family_texts(self, collector: Collector, openmetrics: bool) -> list[FamilyText] | None:
@@ -316,6 +448,9 @@ class _CollectedLines:
                     return None
                 texts.append(text)
             self._prefixes = seen  # only the series that still exist are kept
+            if len(self._texts) > len(metrics):  # families it no longer yields
+                names = {metric.name for metric in metrics}
+                self._texts = {name: kept for name, kept in self._texts.items() if name in names}
         return texts
 
     def _family(self, metric: Metric, openmetrics: bool,
@@ -343,7 +478,10 @@ class _CollectedLines:
         if text is None:
             text = self._headers[header_key] = header(metric, openmetrics)
         names = frozenset(sample.name for sample in metric.samples)
-        return FamilyText(names, text, join_lines(prefixes, values, self._texts))
+        texts = self._texts.get(metric.name)
+        if texts is None:
+            texts = self._texts[metric.name] = ValueTexts()
+        return FamilyText(names, text, join_lines(prefixes, values, texts))
 
 
 class Renderer:
@@ -368,6 +506,17 @@ class Renderer:
         """``registry`` in OpenMetrics or the text format (restricted to the families of the
         sample names in ``names`` when given); ``encoder`` renders what prometheus_client
         must (prometheus_client's, as ``choose_encoder`` picked it)."""
+        return b"".join(self.chunks(registry, openmetrics, encoder, names))
+
+    def chunks(
+        self,
+        registry: CollectorRegistry,
+        openmetrics: bool = False,
+        encoder: Encoder | None = None,
+        names: Sequence[str] = (),
+    ) -> list[bytes]:
+        """What :meth:`render` joins: the body in pieces (a family's header, its lines...),
+        for a writer that need not join them (gzip)."""
         if encoder is None:
             encoder = openmetrics_encoder if openmetrics else text_encoder
         wanted = frozenset(names) if names else None
@@ -375,6 +524,7 @@ class Renderer:
         for collector, registered in seam.registered_collectors(registry).items():
             if wanted is not None and wanted.isdisjoint(registered):
                 continue
+            pause()  # between two collectors, each a slice of work
             texts = self._texts(collector, openmetrics, wanted is None)
             if texts is not None and wanted is not None and not all(text.sample_names <= wanted for text in texts):
                 texts = None  # some of its samples only: restricted as prometheus_client does
@@ -387,7 +537,7 @@ class Renderer:
                     chunks.append(text.body)
         if openmetrics:
             chunks.append(_EOF)
-        return b"".join(chunks)
+        return chunks
 
     def _texts(self, collector: Collector, openmetrics: bool, whole: bool) -> list[FamilyText] | None:
         """The families of ``collector`` as text, or None: collected for the encoder."""

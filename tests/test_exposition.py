@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 
 import pytest
 from fastapi.testclient import TestClient
@@ -80,3 +81,12 @@ def test_name_filter_keeps_only_the_wanted_samples_of_a_family(client: TestClien
     response = client.get("/metrics", params={"name[]": ["http_request_duration_seconds_count"]})
     samples = [line for line in response.text.splitlines() if line and not line.startswith("#")]
     assert samples and all(line.startswith("http_request_duration_seconds_count{") for line in samples)
+
+
+def test_gzipped_chunks_are_one_gzip_member_of_the_joined_body() -> None:
+    from app.exposition import gzipped
+
+    chunks = [b"", b"# HELP a x\n# TYPE a gauge\n", b'a{b="c"} 1.0\n' * 20_000, b"", b"z 2.0\n"]
+    body = gzipped(chunks)
+    assert gzip.decompress(body) == b"".join(chunks)
+    assert body[:2] == b"\x1f\x8b" and gzip.GzipFile(fileobj=io.BytesIO(body)).read() == b"".join(chunks)
