@@ -14,10 +14,17 @@ rm -rf mutants
 .venv/bin/python - <<'PY'
 import collections, pathlib, re
 counts = collections.Counter()
+by_module: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
 for line in pathlib.Path("mutants/results.txt").read_text().splitlines():
     match = re.match(r"\s*(\S+): (.+)$", line)
     if match:
-        counts[match.group(2).strip()] += 1
+        status = match.group(2).strip()
+        counts[status] += 1
+        by_module[match.group(1).split(".x")[0]][status] += 1
+for module, module_counts in sorted(by_module.items()):
+    total = sum(module_counts.values())
+    killed = module_counts.get("killed", 0)
+    print(f"{module}: {killed} of {total} killed = {100 * killed / max(total, 1):.1f}%")
 total = sum(counts.values())
 killed = counts.get("killed", 0)
 print(", ".join(f"{status}: {n}" for status, n in counts.most_common()))

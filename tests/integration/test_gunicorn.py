@@ -107,9 +107,14 @@ def test_an_upgrade_in_place_keeps_the_counts_and_the_exporter_port(tmp_path: Pa
     new_master = None
     try:
         workers.wait_ready()
+        start = health_requests(workers.http.get(workers.exporter_url + "/metrics").text)
         workers.send(10)
-        before = health_requests(workers.http.get(workers.exporter_url + "/metrics").text)
-        assert before >= 10
+        # Exactly the 10 sent on top of wait_ready's polls: nothing else calls this gunicorn of its
+        # own, and the exporter's scrapes are counted by no worker. Polled, as a worker counts a
+        # request as it ends.
+        before = start + 10
+        poll(lambda: health_requests(workers.http.get(workers.exporter_url + "/metrics").text) == before, 30.0,
+             "the 10 requests counted, no more, no fewer")
         old_children = set(workers.children())
 
         workers.process.send_signal(signal.SIGUSR2)  # the new master is the old one's child

@@ -56,6 +56,15 @@ def test_score_takes_configured_weights() -> None:
 def test_components_out_of_range_are_clamped() -> None:
     assert health_score(1.7, -0.5, 3.0) == pytest.approx(1.0)
     assert health_score(-1.0, 2.0, -4.0) == pytest.approx(0.0)
+    # Each component on its own: availability 2 counts as 1, error rate 3 as 1, latency 5 as 1.
+    assert health_score(2.0, 1.0, 0.0) == pytest.approx(0.4)
+    assert health_score(0.0, 3.0, 0.0) == pytest.approx(0.0)
+    assert health_score(0.0, 1.0, 5.0) == pytest.approx(0.3)
+
+
+def test_the_score_stays_in_0_1_whatever_the_weights() -> None:
+    assert health_score(1.0, 0.0, 1.0, weights=(1.0, 1.0, 1.0)) == 1.0
+    assert health_score(1.0, 0.0, 1.0, weights=(-1.0, -1.0, -1.0)) == 0.0
 
 
 @pytest.mark.parametrize("weights", [(0.5, 0.3, 0.3), (0.4, 0.3, 0.2), (1.2, -0.1, -0.1)])

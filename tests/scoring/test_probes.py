@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -23,6 +25,15 @@ def upstream() -> respx.MockRouter:
         router.get(DOWN).mock(return_value=httpx.Response(503))
         router.get(GONE).mock(side_effect=httpx.ConnectError("connection refused"))
         yield router
+
+
+def _in_a_thread(target: Callable[[], object], timeout_s: float = 5.0) -> bool:
+    """Run ``target`` in a daemon thread; whether it returned within ``timeout_s`` (a bound
+    for a call that must not hang, not a measure of its speed)."""
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    return not thread.is_alive()
 
 
 def probe_all(runner: ProbeRunner) -> dict[str, bool]:
@@ -126,7 +137,9 @@ def test_a_provider_whose_circuit_is_not_closed_is_probed_at_the_short_interval(
         asyncio.run(run_briefly())
 
     assert well.call_count == 1  # at start, then not for 10 s
-    assert sick.call_count >= 3
+    # At least 3 in 0.3 s at the 0.02 s interval (a loaded machine may wake late, so not 15);
+    # at most one at start and one per 0.02 s tick after it: asyncio.sleep never returns early.
+    assert 3 <= sick.call_count <= 1 + round(0.3 / 0.02)
 
 
 def test_a_successful_probe_ends_an_open_circuits_cooldown(tracker: HealthTracker, upstream: respx.MockRouter) -> None:
@@ -168,3 +181,334 @@ def test_a_probe_waiting_for_its_timeout_does_not_hold_back_the_next(tracker: He
 
     assert answers >= 2
     assert tracker.status("p").circuit == "half_open"  # the second probe ended the cooldown
+
+
+# --- the runner's settings, pacing and thread -------------------------------------------------
+
+
+def test_the_runner_defaults_are_15_s_between_probes_1_s_while_unhealthy_and_a_5_s_timeout(
+    tracker: HealthTracker,
+) -> None:
+    runner = ProbeRunner(tracker, {"p": UP})
+
+    assert (runner.interval_s, runner.unhealthy_interval_s, runner.timeout_s) == (15.0, 1.0, 5.0)
+    assert runner.urls == {"p": UP}
+
+
+def test_the_short_interval_is_never_longer_than_the_normal_one(tracker: HealthTracker) -> None:
+    for _ in range(5):
+        tracker.record("sick", duration_s=0.1, status_code=503)
+    runner = ProbeRunner(tracker, {"sick": DOWN, "new": UP}, interval_s=0.5, unhealthy_interval_s=2.0)
+
+    assert runner.unhealthy_interval_s == 0.5
+    assert (runner.next_wait_s("sick"), runner.next_wait_s("new")) == (0.5, 0.5)
+
+
+def test_a_degraded_provider_with_a_closed_circuit_is_probed_at_the_short_interval(
+    tracker: HealthTracker,
+) -> None:
+    for _ in range(4):  # four timeouts: closed, but scored out
+        tracker.record("p", duration_s=0.1, error="timeout")
+    runner = ProbeRunner(tracker, {"p": UP}, interval_s=15.0, unhealthy_interval_s=1.0)
+
+    assert tracker.status("p").circuit == "closed"
+    assert runner.next_wait_s("p") == 1.0
+
+
+def test_a_probe_is_sent_with_the_runners_timeout(tracker: HealthTracker) -> None:
+    timeouts: list[object] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        timeouts.append(request.extensions.get("timeout"))
+        return httpx.Response(200)
+
+    runner = ProbeRunner(tracker, {"p": UP}, timeout_s=2.5)
+
+    async def run() -> bool:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+            return await runner.probe("p", client)
+
+    assert asyncio.run(run()) is True
+    assert timeouts == [{"connect": 2.5, "read": 2.5, "write": 2.5, "pool": 2.5}]
+
+
+def test_a_probe_counts_from_when_it_was_sent_not_when_it_answered(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    """A trial sent while the probe was in flight is not overtaken by it: it still holds the door."""
+    for _ in range(5):
+        tracker.record("p", duration_s=0.1, status_code=503)
+    clock.advance(5.0)  # the cooldown is over: half-open at the next call
+    trials = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        clock.advance(1.0)
+        trials.append(tracker.allow("p"))  # a trial goes out after the probe was sent
+        clock.advance(1.0)
+        return httpx.Response(200)
+
+    runner = ProbeRunner(tracker, {"p": UP})
+
+    async def run() -> bool:
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+            return await runner.probe("p", client)
+
+    assert asyncio.run(run()) is True
+    assert trials[0].trial and not trials[0].void
+    assert not tracker.allow("p")  # the one trial out holds it
+
+
+def _run_until(runner: ProbeRunner, done: asyncio.Event | None = None, timeout_s: float = 5.0) -> None:
+    """Run the runner's loops until ``done`` is set (bounded), then cancel them; fails if the
+    loop reported an error on the way (a callback that raised, a task that failed unseen)."""
+    errors: list[dict[str, object]] = []
+
+    async def main() -> None:
+        asyncio.get_running_loop().set_exception_handler(lambda loop, context: errors.append(context))
+        task = asyncio.get_running_loop().create_task(runner.run())
+        if done is not None:
+            await asyncio.wait_for(done.wait(), timeout_s)
+        task.cancel()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), timeout_s)
+
+    asyncio.run(main())
+    assert errors == []
+
+
+def test_a_healthy_provider_is_probed_at_once_then_an_interval_later(tracker: HealthTracker) -> None:
+    tracker.record("p", duration_s=0.5)  # healthy: the normal interval
+    sent: list[float] = []
+    done = asyncio.Event()
+
+    async def answer(request: httpx.Request) -> httpx.Response:
+        sent.append(asyncio.get_running_loop().time())
+        if len(sent) == 2:
+            done.set()
+        return httpx.Response(200)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(answer))
+    runner = ProbeRunner(tracker, {"p": UP}, interval_s=0.2, unhealthy_interval_s=0.02, client=client)
+
+    _run_until(runner, done)
+
+    assert len(sent) == 2
+    # asyncio.sleep never returns early: the second probe comes no sooner than 0.2 s after the first.
+    assert sent[1] - sent[0] >= 0.2 - 1e-3
+    assert not client.is_closed  # the caller's client stays the caller's
+
+
+def test_stopping_the_loops_cancels_a_probe_still_waiting(tracker: HealthTracker) -> None:
+    started, cancelled = asyncio.Event(), []
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        started.set()
+        try:
+            await asyncio.sleep(60.0)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return httpx.Response(200)
+
+    runner = ProbeRunner(tracker, {"p": UP}, timeout_s=60.0,
+                         client=httpx.AsyncClient(transport=httpx.MockTransport(hang)))
+
+    _run_until(runner, started, timeout_s=2.0)
+
+    assert cancelled == [True]
+    assert tracker.status("p").probes == 0  # a cancelled probe records nothing
+
+
+def test_a_client_the_runner_made_is_closed_when_it_stops(
+    tracker: HealthTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[httpx.AsyncClient] = []
+    done = asyncio.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        done.set()
+        return httpx.Response(200)
+
+    real = httpx.AsyncClient
+
+    def make_client(*args: object, **kwargs: object) -> httpx.AsyncClient:
+        client = real(transport=httpx.MockTransport(answer))
+        made.append(client)
+        return client
+
+    monkeypatch.setattr(httpx, "AsyncClient", make_client)
+    runner = ProbeRunner(tracker, {"p": UP})
+
+    _run_until(runner, done)
+
+    assert len(made) == 1
+    assert made[0].is_closed
+
+
+def _probe_threads() -> list[threading.Thread]:
+    return [thread for thread in threading.enumerate() if thread.name == "provider-probes"]
+
+
+def test_start_probes_in_a_daemon_thread_until_stop(tracker: HealthTracker) -> None:
+    probed = threading.Event()
+    answers = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        answers.append(request.url)
+        probed.set()
+        return httpx.Response(200)
+
+    before = len(_probe_threads())
+    runner = ProbeRunner(tracker, {"p": UP}, client=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+
+    assert _in_a_thread(runner.start)
+    try:
+        threads = _probe_threads()
+        assert len(threads) == before + 1
+        assert all(thread.daemon for thread in threads)
+        assert _in_a_thread(runner.start)  # started already: no second thread
+        assert len(_probe_threads()) == before + 1
+        assert probed.wait(5.0)  # probed at once on start
+    finally:
+        runner.stop()
+
+    assert len(_probe_threads()) == before
+    assert tracker.status("p").probes == 1  # 15 s apart: one probe in this time
+    count = len(answers)
+    runner.stop()  # stopped already: nothing to do
+    assert len(answers) == count
+
+
+def test_stop_right_after_start_stops_the_thread(tracker: HealthTracker) -> None:
+    before = len(_probe_threads())
+    runner = ProbeRunner(tracker, {"p": UP},
+                         client=httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(200))))
+
+    assert _in_a_thread(runner.start)
+    runner.stop()
+
+    assert len(_probe_threads()) == before
+
+
+def test_a_stopped_runner_starts_again(tracker: HealthTracker) -> None:
+    probed = threading.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        probed.set()
+        return httpx.Response(200)
+
+    before = len(_probe_threads())
+    runner = ProbeRunner(tracker, {"p": UP}, client=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    assert _in_a_thread(runner.start)
+    assert probed.wait(5.0)
+    runner.stop()
+    probed.clear()
+
+    assert _in_a_thread(runner.start)
+    try:
+        assert probed.wait(5.0)
+        assert len(_probe_threads()) == before + 1
+    finally:
+        runner.stop()
+    assert len(_probe_threads()) == before
+
+
+def test_start_without_urls_starts_nothing(tracker: HealthTracker) -> None:
+    before = len(_probe_threads())
+    runner = ProbeRunner(tracker, {})
+
+    assert _in_a_thread(runner.start)
+
+    assert len(_probe_threads()) == before
+    runner.stop()
+
+
+def test_stop_before_start_does_nothing(tracker: HealthTracker) -> None:
+    ProbeRunner(tracker, {"p": UP}).stop()
+
+
+def test_start_returns_once_the_probes_run_and_the_thread_ends_cleanly(
+    tracker: HealthTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failures: list[threading.ExceptHookArgs] = []
+    monkeypatch.setattr(threading, "excepthook", failures.append)
+    probed = threading.Event()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        probed.set()
+        return httpx.Response(200)
+
+    runner = ProbeRunner(tracker, {"p": UP}, client=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+
+    assert _in_a_thread(runner.start)
+    try:
+        assert probed.wait(5.0)
+    finally:
+        runner.stop()
+
+    assert failures == []  # cancelled on stop, not crashed
+
+
+def test_stop_waits_no_longer_than_its_timeout_for_a_probe_that_blocks(tracker: HealthTracker) -> None:
+    entered, release = threading.Event(), threading.Event()
+
+    def block(request: httpx.Request) -> httpx.Response:
+        entered.set()
+        release.wait(10.0)  # blocks the probes' loop: cancelling cannot reach it
+        return httpx.Response(200)
+
+    runner = ProbeRunner(tracker, {"p": UP}, client=httpx.AsyncClient(transport=httpx.MockTransport(block)))
+    assert _in_a_thread(runner.start)
+    try:
+        assert entered.wait(5.0)
+        assert _in_a_thread(lambda: runner.stop(timeout_s=0.05))
+    finally:
+        release.set()
+
+
+def test_stop_cancels_a_probe_in_flight_and_lets_it_end(tracker: HealthTracker) -> None:
+    started, cancelled = threading.Event(), threading.Event()
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        started.set()
+        try:
+            await asyncio.sleep(60.0)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0)  # a clean-up that takes a turn of the loop
+            cancelled.set()
+            raise
+        return httpx.Response(200)
+
+    runner = ProbeRunner(tracker, {"p": UP}, timeout_s=60.0,
+                         client=httpx.AsyncClient(transport=httpx.MockTransport(hang)))
+    assert _in_a_thread(runner.start)
+    assert started.wait(5.0)
+
+    runner.stop()
+
+    assert cancelled.is_set()  # it ran its cancellation before the loop closed
+    assert tracker.status("p").probes == 0
+
+
+def test_the_first_probe_goes_before_the_loop_first_sleeps(
+    tracker: HealthTracker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    events: list[str] = []
+    done = asyncio.Event()
+    real_sleep = asyncio.sleep
+
+    async def sleep(seconds: float) -> None:
+        events.append("sleep")
+        await real_sleep(0)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        events.append("probe")
+        done.set()
+        return httpx.Response(200)
+
+    runner = ProbeRunner(tracker, {"p": UP}, client=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
+    monkeypatch.setattr("app.scoring.probes.asyncio.sleep", sleep)
+
+    _run_until(runner, done)
+
+    # Sent as the loop starts: it runs while the loop waits for the first time, not a wait later.
+    assert events[:2] == ["sleep", "probe"]
