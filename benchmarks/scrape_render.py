@@ -83,18 +83,21 @@ def models_for(lines: int) -> int:
     return max(1, lines // (LINES_PER_MODEL * PROVIDERS))
 
 
-def best(function: Callable[[], object], repeat: int) -> float:
-    """The least time of ``repeat`` calls, the garbage collector off (as timeit does)."""
+def best(function: Callable[[], object], repeat: int, change: Callable[[], object] | None = None) -> float:
+    """The least time of ``repeat`` calls, the garbage collector off (as timeit does),
+    each after an untimed ``change()`` when one is given."""
     times = []
-    gc.collect()
-    gc.disable()
-    try:
-        for _ in range(repeat):
+    for _ in range(repeat):
+        if change is not None:
+            change()
+        gc.collect()
+        gc.disable()
+        try:
             started = time.perf_counter()
             function()
             times.append(time.perf_counter() - started)
-    finally:
-        gc.enable()
+        finally:
+            gc.enable()
     return min(times)
 
 
@@ -109,22 +112,6 @@ def limit_of(body: bytes) -> Callable[[], str]:
             values.append(float(line[cut:]))
     pairs = list(zip(prefixes, values, strict=True))
     return lambda: "".join(f"{prefix}{value!r}\n" for prefix, value in pairs)
-
-
-def best_after(change: Callable[[], object], function: Callable[[], object], repeat: int) -> float:
-    """The least time of ``repeat`` calls of ``function``, each after an untimed ``change()``."""
-    times = []
-    for _ in range(repeat):
-        change()
-        gc.collect()
-        gc.disable()
-        try:
-            started = time.perf_counter()
-            function()
-            times.append(time.perf_counter() - started)
-        finally:
-            gc.enable()
-    return min(times)
 
 
 def compare(label: str, ours_chunks: Callable[[bool], list[bytes]], theirs: Callable[[bool], bytes], repeat: int,
@@ -156,7 +143,7 @@ def compare(label: str, ours_chunks: Callable[[bool], list[bytes]], theirs: Call
         if not openmetrics:
             changed_s, limit_s = float("inf"), float("inf")
             for _round in range(3):
-                changed_s = min(changed_s, best_after(change, lambda: ours(False), repeat))
+                changed_s = min(changed_s, best(lambda: ours(False), repeat, change))
                 limit_s = min(limit_s, best(limit, repeat))
             print(f"| {label} | {lines:,} | text, every series changed | {changed_s * 1e3:.2f} | {theirs_s * 1e3:.1f} "
                   f"| {limit_s * 1e3:.2f} | {changed_s / limit_s:.2f} | {theirs_s / changed_s:.1f} |")
