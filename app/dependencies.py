@@ -7,6 +7,7 @@ thread pool, a hop that costs more than the check itself.
 from __future__ import annotations
 
 import hmac
+import threading
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, HTTPException, Request, status
@@ -14,7 +15,10 @@ from fastapi import Depends, HTTPException, Request, status
 from app.settings import Settings
 
 if TYPE_CHECKING:
+    from app.summary.service import SummaryService
     from app.telemetry import Telemetry
+
+_summary_lock = threading.Lock()
 
 
 async def get_app_settings(request: Request) -> Settings:
@@ -38,6 +42,26 @@ def telemetry_of(app: Any) -> Telemetry:
 
 async def get_telemetry(request: Request) -> Telemetry:
     return telemetry_of(request.app)
+
+
+def summary_service_of(app: Any) -> SummaryService:
+    """The summary service of an app: ``app.state.summary_service`` (``create_app`` sets it
+    and closes it on shutdown), else one made on first use from the app's settings and
+    telemetry and kept on its state, for a gateway that mounts the routers itself."""
+    service: SummaryService | None = getattr(app.state, "summary_service", None)
+    if service is not None:
+        return service
+    from app.summary.service import SummaryService, backend_from_settings
+
+    with _summary_lock:
+        service = getattr(app.state, "summary_service", None)
+        if service is None:
+            telemetry = telemetry_of(app)
+            settings = getattr(app.state, "settings", None) or telemetry.settings
+            service = SummaryService(settings, telemetry.snapshots, backend_from_settings(settings),
+                                     tracker=telemetry.tracker, top_lists=telemetry.top_lists)
+            app.state.summary_service = service
+    return service
 
 
 if TYPE_CHECKING:

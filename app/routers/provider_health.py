@@ -9,7 +9,7 @@ from fastapi import APIRouter, Query, Request
 from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import ApiKeyDep, TelemetryDep
+from app.dependencies import ApiKeyDep, TelemetryDep, summary_service_of
 from app.routers.health import sharing_channels
 from app.summary.models import SharingChannel, SummaryError
 from app.summary.service import SummaryService
@@ -69,7 +69,7 @@ async def provider_health(
         ]
         return HealthReport(timestamp=now, source="local", window_seconds=tracker.config.window_s,
                             providers=providers, failover_order=order, sharing=sharing_channels(request.app))
-    service: SummaryService = request.app.state.summary_service
+    service: SummaryService = summary_service_of(request.app)
     figures, errors, stale = await run_in_threadpool(service.fleet_health)
     providers = [
         ProviderHealthModel(

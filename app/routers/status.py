@@ -25,7 +25,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import RedirectResponse
 from starlette.concurrency import run_in_threadpool
 
-from app.dependencies import ApiKeyDep
+from app.dependencies import ApiKeyDep, summary_service_of
 from app.summary.service import SummaryService
 from app.summary.snapshots import MAX_WINDOW_S
 from app.summary.trends import DEFAULT_SPAN_S, MAX_POINTS, MAX_SPAN_S, Trends, point_count, trend_history
@@ -118,7 +118,7 @@ async def trends(
             "msg": f"{span_seconds} s every {step_seconds} s is more than {MAX_POINTS} points: "
                    f"step_seconds must be at least {least} for this span",
         }])
-    service: SummaryService = request.app.state.summary_service
+    service: SummaryService = summary_service_of(request.app)
     return await run_in_threadpool(trend_history, service, span_s=span_seconds, step_s=step_seconds,
                                    window_s=window_seconds, local=source == "local")
 

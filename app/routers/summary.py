@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
 from app.catalogue import Category
-from app.dependencies import ApiKeyDep
+from app.dependencies import ApiKeyDep, summary_service_of
 from app.summary.models import Summary
 from app.summary.service import SummaryService
 from app.summary.snapshots import MAX_WINDOW_S
@@ -40,7 +40,7 @@ async def summary(
     query results are cached), so it is returned as bytes rather than re-validated. A
     cached answer is served from the event loop; building one (blocking backend I/O)
     runs in the thread pool."""
-    service: SummaryService = request.app.state.summary_service
+    service: SummaryService = summary_service_of(request.app)
     categories = list(dict.fromkeys(category)) if category else list(Category)
     local = source == "local"
     body = service.cached_json(categories, window_seconds, local)
