@@ -34,6 +34,7 @@ import base64
 import json
 import math
 import re
+import struct
 import sys
 import threading
 import time
@@ -42,11 +43,13 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parsedate_to_datetime
-from operator import attrgetter
+from itertools import chain
+from operator import attrgetter, itemgetter
 from types import TracebackType
 from typing import Any, Literal, NamedTuple, Self
 from urllib.parse import urlsplit, urlunsplit
 
+import orjson
 import requests
 from cachetools import LRUCache
 
@@ -70,7 +73,7 @@ ErrorKind = Literal[
 
 #: Answers kept (fresh ones and last good ones alike), and their bytes at most. A summary
 #: is six packed requests per window. The models pack of a fleet of 1,000 models is about
-#: 32,000 samples, some 16 MB parsed (about 490 bytes a sample), so 32 MiB holds every pack
+#: 32,000 samples, some 15 MB parsed (about 450 bytes a sample), so 32 MiB holds every pack
 #: of the default window of such a fleet, and those of many windows of a smaller one;
 #: callers asking for distinct windows cannot grow the process past it.
 MAX_CACHED_QUERIES = 4096
@@ -109,16 +112,26 @@ class QueryResult:
     """An instant query's answer. NaN samples (0/0, a quantile of no observations) are
     dropped, as VictoriaMetrics does itself, so both backends answer alike: a missing
     sample means "undefined". ±Inf is kept. A ``matrix`` keeps each series' last point;
-    a ``string`` has no samples."""
+    a ``string`` has no samples.
+
+    The samples are held as two parallel tuples, the series' labels and their values,
+    which is how the answer is read and how :func:`app.summary.promql.unpack` reads it
+    (tens of thousands of samples at fleet scale: no tuple per sample);
+    :attr:`samples` pairs them."""
 
     result_type: str  # vector, scalar, matrix or string
-    samples: tuple[Sample, ...]
+    labels: tuple[dict[str, str], ...]
+    values: tuple[float, ...]
     warnings: tuple[str, ...] = ()
     stale: bool = False  # served from the last good answer after a failure
 
+    @property
+    def samples(self) -> tuple[Sample, ...]:
+        return tuple(map(Sample, self.labels, self.values))
+
     def value(self) -> float | None:
         """The value of a single-sample answer (a scalar, or ``sum(...)``); None if empty."""
-        return self.samples[0].value if self.samples else None
+        return self.values[0] if self.values else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,27 +210,51 @@ def _label_pairs(labels: Any) -> dict[str, str]:
     return labels
 
 
-def _samples(result_type: str, result: Any, finite_only: bool) -> tuple[Sample, ...]:
-    """The samples of ``data.result``."""
+_METRIC = itemgetter("metric")
+_VALUE = itemgetter("value")
+_VALUES = itemgetter("values")
+_SECOND = itemgetter(1)
+_LAST = itemgetter(-1)
+_NUMBER_TYPES = frozenset({str, int, float})  # not bool: type() is exact
+
+
+def _samples(result_type: str, result: Any, finite_only: bool) -> tuple[list[dict[str, str]], list[float]]:
+    """The labels and values of ``data.result``'s samples.
+
+    Read a column at a time (``map`` of getters, ``float``, ``math.isfinite``: the loops
+    run in C), so checking every sample costs less than reading the JSON that holds them;
+    a bad sample is then looked for, to say which.
+    """
     if result_type == "string":
-        return ()
-    points: list[tuple[Any, Any]]
+        return [], []
+    labels: list[Any]
+    raws: list[Any]
     if result_type == "scalar":
-        points = [({}, result[1])]
+        labels, raws = [{}], [result[1]]
     elif result_type == "vector":
-        points = [(series["metric"], series["value"][1]) for series in result]
+        labels = list(map(_METRIC, result))
+        raws = list(map(_SECOND, map(_VALUE, result)))
     elif result_type == "matrix":
-        points = [(series["metric"], series["values"][-1][1]) for series in result if series["values"]]
+        series = [entry for entry in result if entry["values"]]
+        labels = list(map(_METRIC, series))
+        raws = list(map(_SECOND, map(_LAST, map(_VALUES, series))))
     else:
         raise ValueError(f"unknown resultType {_snippet(repr(result_type))}")
-    samples = []
-    for labels, raw in points:
-        value = _number(raw)
-        if finite_only and not math.isfinite(value):
-            raise ValueError(f"{_snippet(repr(raw))} is not a finite number")
-        if not math.isnan(value):
-            samples.append(Sample(_label_pairs(labels), value))
-    return tuple(samples)
+    if not _NUMBER_TYPES.issuperset(map(type, raws)):
+        for raw in raws:
+            _number(raw)  # raises for the first one that is not a number
+    values = list(map(float, raws))  # Prometheus sends "NaN", "+Inf", "-Inf", which float() reads
+    if finite_only and not all(map(math.isfinite, values)):
+        raw = next(raw for raw, value in zip(raws, values, strict=True) if not math.isfinite(value))
+        raise ValueError(f"{_snippet(repr(raw))} is not a finite number")
+    if labels and (set(map(type, labels)) != {dict}
+                   or set(map(type, chain.from_iterable(map(dict.values, labels)))) - {str}):
+        for pairs in labels:
+            _label_pairs(pairs)  # raises for the first one that is not an object of strings
+    if not finite_only and any(map(math.isnan, values)):
+        kept = [(pairs, value) for pairs, value in zip(labels, values, strict=True) if not math.isnan(value)]
+        labels, values = [pairs for pairs, _ in kept], [value for _, value in kept]
+    return labels, values
 
 
 def parse_response(status: int, body: bytes, *, finite_only: bool = False) -> QueryResult:
@@ -241,8 +278,10 @@ def parse_response(status: int, body: bytes, *, finite_only: bool = False) -> Qu
 
 def _read_answer(status: int, body: bytes, finite_only: bool) -> QueryResult:
     try:
-        envelope = json.loads(body)
-    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        # orjson: reading the JSON is the largest cost of a summary at fleet scale, and
+        # orjson reads it in half json's time (benchmarks/summary_scale.py, docs/BENCHMARKS.md).
+        envelope = orjson.loads(body)
+    except ValueError as exc:  # orjson.JSONDecodeError, a json.JSONDecodeError (bad UTF-8 included)
         if status >= 400:
             raise _failure("http_error", f"HTTP {status}: {_snippet(body)}", status) from None
         if isinstance(exc, json.JSONDecodeError) and _looks_cut(exc):
@@ -262,7 +301,7 @@ def _read_answer(status: int, body: bytes, finite_only: bool) -> QueryResult:
     result_type = data["resultType"]
     if not isinstance(result_type, str):
         raise TypeError(f"resultType must be a string, not {_snippet(repr(result_type))}")
-    samples = _samples(result_type, data["result"], finite_only)
+    labels, values = _samples(result_type, data["result"], finite_only)
     warnings = envelope.get("warnings") or []
     partial = envelope.get("isPartial", False)
     if not isinstance(warnings, list) or not isinstance(partial, bool):
@@ -270,7 +309,7 @@ def _read_answer(status: int, body: bytes, finite_only: bool) -> QueryResult:
     warnings = [str(warning)[:SNIPPET_CHARS * 2] for warning in warnings]
     if partial:  # VictoriaMetrics cluster: some storage nodes missing
         warnings.append("the backend marked the answer as partial (isPartial)")
-    return QueryResult(result_type, samples, tuple(warnings))
+    return QueryResult(result_type, tuple(labels), tuple(values), tuple(warnings))
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,19 +463,20 @@ Outcome = QueryResult | BackendError
 
 # --- the store of answers ------------------------------------------------------------
 
-#: What a sample costs beside its label values: its tuple, its float, a str's header per label.
-_SAMPLE_BYTES = sys.getsizeof(Sample({}, 0.0)) + sys.getsizeof(0.0)
+#: What a sample costs beside its label values: its float, a pointer to it and one to its
+#: labels; a str's header per label.
+_SAMPLE_BYTES = sys.getsizeof(0.0) + 2 * struct.calcsize("P")
 _STR_BYTES = sys.getsizeof("")
 
 
 def result_nbytes(result: QueryResult) -> int:
-    """An estimate of the memory ``result`` holds, in one pass over its samples: tuples,
-    floats, label dicts and label values (ASCII: a byte a character). Label names are not
-    counted: json.loads shares one str per distinct key of an answer."""
-    total = sys.getsizeof(result.samples)
-    for labels, _ in result.samples:
-        total += _SAMPLE_BYTES + sys.getsizeof(labels) + len(labels) * _STR_BYTES + sum(map(len, labels.values()))
-    return total
+    """An estimate of the memory ``result`` holds, a column at a time: floats, label dicts
+    and label values (ASCII: a byte a character). Label names are not counted: the JSON reader
+    shares one str per distinct key of an answer."""
+    labels = result.labels
+    values = chain.from_iterable(map(dict.values, labels))
+    return (sys.getsizeof(()) * 2 + len(labels) * _SAMPLE_BYTES + sum(map(sys.getsizeof, labels))
+            + sum(map(len, labels)) * _STR_BYTES + sum(map(len, values)))
 
 
 class _Kept(NamedTuple):

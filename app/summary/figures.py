@@ -71,7 +71,7 @@ def rollup(result: Result, group: Group, keep: Callable[[tuple[str, ...]], bool]
     """``result`` summed to the coarser keys ``group`` gives (like PromQL's ``sum by``)."""
     summed: Result = {}
     for key, value in result.items():
-        if keep(key) and number(value) is not None:
+        if keep(key) and math.isfinite(value):
             coarse = group(key)
             summed[coarse] = summed.get(coarse, 0.0) + value
     return summed
@@ -102,11 +102,22 @@ class Outcomes:
 
     @classmethod
     def of(cls, calls_per_second: Result, group: Group) -> Outcomes:
-        def where(statuses: frozenset[str]) -> Result:  # keys are (provider, model, status)
-            return rollup(calls_per_second, group, lambda key: key[-1] in statuses)
-
-        return cls(rollup(calls_per_second, group), where(SCORED_STATUSES), where(ERROR_STATUSES),
-                   where(THROTTLED_STATUSES), where(CALLER_FAULT_STATUSES))
+        """One pass over the calls (keys are (provider, model, status)), each class summed
+        in the calls' order, as a :func:`rollup` of it would."""
+        outcomes = cls({}, {}, {}, {}, {})
+        classes = ((outcomes.scored, SCORED_STATUSES), (outcomes.errors, ERROR_STATUSES),
+                   (outcomes.throttled, THROTTLED_STATUSES), (outcomes.caller_faults, CALLER_FAULT_STATUSES))
+        calls = outcomes.calls
+        for key, value in calls_per_second.items():
+            if not math.isfinite(value):
+                continue
+            coarse = group(key)
+            calls[coarse] = calls.get(coarse, 0.0) + value
+            status = key[-1]
+            for summed, statuses in classes:
+                if status in statuses:
+                    summed[coarse] = summed.get(coarse, 0.0) + value
+        return outcomes
 
     def error_rate(self, key: tuple[str, ...]) -> float | None:
         return ratio(self.errors.get(key, 0.0), self.scored.get(key))

@@ -18,9 +18,10 @@ takes any value).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
+from operator import itemgetter
 from typing import Literal
 
 from app.catalogue import FAMILIES, Category
@@ -308,9 +309,15 @@ DERIVED: dict[str, str] = {
 def derive(coarse: Query, finer: Query, result: Result) -> Result:
     """``coarse``'s result summed from ``finer``'s (whose ``by`` holds all of coarse's)."""
     positions = [finer.by.index(label) for label in coarse.by]
+    groups: Iterable[tuple[str, ...]]
+    if not positions:
+        groups = [()] * len(result)
+    elif len(positions) == 1:
+        groups = zip(map(itemgetter(positions[0]), result))
+    else:
+        groups = map(itemgetter(*positions), result)
     summed: Result = {}
-    for key, value in result.items():
-        group = tuple(key[position] for position in positions)
+    for group, value in zip(groups, result.values(), strict=True):
         summed[group] = summed.get(group, 0.0) + value
     return summed
 
@@ -335,18 +342,33 @@ def packed_promql(queries: list[Query], window_s: int, extra: tuple[Matcher, ...
     )
 
 
-def unpack(samples: Iterable[tuple[Mapping[str, str], float]], queries: list[Query]) -> dict[str, Result]:
-    """The answer to :func:`packed_promql`, as each query's result."""
-    by_name = {query.name: query for query in queries}
-    results: dict[str, Result] = {query.name: {} for query in queries}
-    for labels, value in samples:
-        query = by_name.get(labels.get(PACK_LABEL, ""))
-        if query is not None:
-            results[query.name][tuple(labels.get(name, "") for name in query.by)] = value
+def unpack(labels: Sequence[Mapping[str, str]], values: Sequence[float], queries: list[Query]) -> dict[str, Result]:
+    """The answer to :func:`packed_promql` (its samples' labels and values, in the
+    answer's order), as each query's result."""
+    rows: dict[str, tuple[list[Mapping[str, str]], list[float]]] = {query.name: ([], []) for query in queries}
+    for pairs, value in zip(labels, values, strict=True):
+        row = rows.get(pairs.get(PACK_LABEL, ""))
+        if row is not None:
+            row[0].append(pairs)
+            row[1].append(value)
+    results: dict[str, Result] = {}
     for query in queries:
-        if query.active_only:
-            results[query.name] = active_groups(results[query.name])
+        query_labels, query_values = rows[query.name]
+        result = dict(zip(_keys(query.by, query_labels), query_values, strict=True))
+        results[query.name] = active_groups(result) if query.active_only else result
     return results
+
+
+def _keys(by: tuple[str, ...], labels: list[Mapping[str, str]]) -> Iterable[tuple[str, ...]]:
+    """Each series' values of the labels ``by`` ("" for one it lacks), in order."""
+    if not by:
+        return [()] * len(labels)
+    getter = itemgetter(*by)
+    try:
+        keys = list(map(getter, labels))  # the loop in C; a label missing somewhere: KeyError
+    except KeyError:
+        return [tuple(pairs.get(name, "") for name in by) for pairs in labels]
+    return list(zip(keys)) if len(by) == 1 else keys
 
 
 def packs_for(categories: list[Category]) -> dict[str, list[Query]]:

@@ -31,15 +31,26 @@ def many_quantiles_by(
     qs: tuple[float, ...],
     group: Callable[[tuple[str, ...]], tuple[str, ...]] = lambda key: (),
 ) -> dict[float, Result]:
-    """Several quantiles of the same grouping, grouping the buckets once."""
+    """Several quantiles of the same grouping, grouping the buckets and accumulating each
+    group's counts once."""
     groups: dict[tuple[str, ...], dict[float, float]] = {}
+    bounds: dict[str, float | None] = {}  # this answer's few distinct ``le`` values
     for key, value in bucket_rates.items():
-        bound = _bound(key[0])
+        le = key[0]
+        bound = bounds[le] if le in bounds else bounds.setdefault(le, _bound(le))
         if bound is None:  # not a bucket: a backend answering nonsense
             continue
-        buckets = groups.setdefault(group(key[1:]), {})
+        coarse = group(key[1:])
+        buckets = groups.get(coarse)
+        if buckets is None:
+            buckets = groups[coarse] = {}
         buckets[bound] = buckets.get(bound, 0.0) + value
-    return {q: {key: histogram_quantile(q, buckets) for key, buckets in groups.items()} for q in qs}
+    by_q: dict[float, Result] = {q: {} for q in qs}
+    for coarse, buckets in groups.items():
+        cumulative = _cumulative(buckets)
+        for q in qs:
+            by_q[q][coarse] = _quantile(q, cumulative)
+    return by_q
 
 
 def observations_by(
@@ -81,16 +92,33 @@ def histogram_quantile(q: float, buckets: dict[float, float]) -> float:
 
     NaN when there are no observations, as in Prometheus (promql/quantile.go).
     """
+    return _quantile(q, _cumulative(buckets))
+
+
+#: A histogram's bounds in increasing order and its counts made non-decreasing; None when
+#: no quantile is defined (fewer than two buckets, or no ``+Inf`` one).
+Cumulative = tuple[list[float], list[float]] | None
+
+
+def _cumulative(buckets: dict[float, float]) -> Cumulative:
+    bounds = sorted(buckets)
+    if len(bounds) < 2 or bounds[-1] != math.inf:
+        return None
+    counts = [buckets[bound] for bound in bounds]
+    for index in range(1, len(counts)):  # counts must not decrease (scrape races)
+        if counts[index] < counts[index - 1]:
+            counts[index] = counts[index - 1]
+    return bounds, counts
+
+
+def _quantile(q: float, cumulative: Cumulative) -> float:
     if q < 0:
         return -math.inf
     if q > 1:
         return math.inf
-    bounds = sorted(buckets)
-    if len(bounds) < 2 or bounds[-1] != math.inf:
+    if cumulative is None:
         return math.nan
-    counts = [buckets[bound] for bound in bounds]
-    for index in range(1, len(counts)):  # counts must not decrease (scrape races)
-        counts[index] = max(counts[index], counts[index - 1])
+    bounds, counts = cumulative
     observations = counts[-1]
     if observations == 0:
         return math.nan

@@ -193,7 +193,7 @@ class SummaryService:
         for name, pack in packs.items():
             answer = batch.results.get(name)
             if answer is not None:
-                results.update(unpack(answer.samples, pack))
+                results.update(unpack(answer.labels, answer.values, pack))
         answered = frozenset(results)
         errors = summary_errors(batch.errors)
         missing = [q for q in queries if q.name not in results]
@@ -229,7 +229,7 @@ class SummaryService:
         text = packed_promql(queries, self._health_window(), self.extra_matchers)
         batch = self.backend.query_many({FLEET_PACK: text}, at=self.instant())
         answer = batch.results.get(FLEET_PACK)
-        results = unpack(answer.samples, queries) if answer is not None else {}
+        results = unpack(answer.labels, answer.values, queries) if answer is not None else {}
         return fleet_health(results, self.tracker.config), summary_errors(batch.errors), batch.stale
 
     def _summary(

@@ -447,3 +447,53 @@ def test_nesting_and_huge_numbers_are_garbage(body: bytes) -> None:
     with pytest.raises(BackendFailure) as failure:
         parse_response(200, body)
     assert failure.value.error.kind == "garbage"
+
+
+# --- reading an answer, a column at a time ---------------------------------------------------
+
+
+def _vector(*points: tuple[Any, Any]) -> bytes:
+    return envelope(result=[{"metric": labels, "value": [1700000000.5, raw]} for labels, raw in points])
+
+
+def test_answer_holds_its_samples_labels_and_values_in_order() -> None:
+    answer = parse_response(200, _vector(({"m": "a"}, "1.5"), ({"m": "b"}, "NaN"), ({"m": "c"}, "+Inf"),
+                                         ({}, "-2")))
+    assert answer.labels == ({"m": "a"}, {"m": "c"}, {})  # NaN: undefined, dropped
+    assert answer.values == (1.5, math.inf, -2.0)
+    pairs = list(zip(answer.labels, answer.values, strict=True))
+    assert [(sample.labels, sample.value) for sample in answer.samples] == pairs
+    assert answer.value() == 1.5
+
+
+def test_matrix_answer_keeps_each_series_last_point() -> None:
+    body = envelope("matrix", [{"metric": {"m": "a"}, "values": [[1, "1"], [2, "2"]]},
+                               {"metric": {"m": "b"}, "values": []}])
+    answer = parse_response(200, body)
+    assert (answer.labels, answer.values) == (({"m": "a"},), (2.0,))
+
+
+def test_scalar_and_string_answers() -> None:
+    scalar = parse_response(200, envelope("scalar", [1700000000, "4"]))
+    assert (scalar.labels, scalar.values, scalar.value()) == (({},), (4.0,), 4.0)
+    assert parse_response(200, envelope("string", [1700000000, "x"])).samples == ()
+
+
+@pytest.mark.parametrize(("points", "says"), [
+    ((({"m": "a"}, "1"), ({"m": "b"}, True)), "must be a number"),
+    ((({"m": "a"}, "1"), ({"m": "b"}, [1])), "must be a number"),
+    ((({"m": "a"}, "one"),), "could not convert"),
+    ((({"m": "a"}, "1"), ({"m": 1}, "2")), "object of strings"),
+    ((({"m": "a"}, "1"), (["m"], "2")), "object of strings"),
+])
+def test_a_bad_sample_anywhere_makes_the_answer_garbage(points: tuple[tuple[Any, Any], ...], says: str) -> None:
+    with pytest.raises(BackendFailure) as failure:
+        parse_response(200, _vector(*points))
+    assert failure.value.error.kind == "garbage" and says in failure.value.error.message
+
+
+def test_finite_only_names_the_value_that_is_not_finite() -> None:
+    with pytest.raises(BackendFailure) as failure:
+        parse_response(200, _vector(({"m": "a"}, "1"), ({"m": "b"}, "+Inf")), finite_only=True)
+    assert failure.value.error.kind == "garbage" and "+Inf" in failure.value.error.message \
+        and "is not a finite number" in failure.value.error.message

@@ -1,10 +1,23 @@
-"""PromQL text of app.summary.promql: escaping and matchers (against real backends: test_backend)."""
+"""app.summary.promql: escaping and matchers (against real backends: test_backend), reading a
+packed answer, and figures summed from finer ones."""
 
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from app.summary.promql import Matcher, escape_label_value
+from app.summary.promql import (
+    PACK_LABEL,
+    Matcher,
+    active_groups,
+    buckets,
+    current,
+    derive,
+    escape_label_value,
+    rate,
+    unpack,
+)
 
 
 def test_escaping_covers_backslash_quote_newline() -> None:
@@ -28,3 +41,75 @@ def test_matcher_refuses_an_unknown_operator() -> None:
 def test_text_that_is_not_unicode_is_refused() -> None:
     with pytest.raises(ValueError, match="surrogate"):
         escape_label_value("bad \udc80 byte")
+
+
+# --- reading a packed answer ----------------------------------------------------------------
+
+_PACK = [rate("calls", "model_inference_requests_total", "provider", "model", "status"),
+         buckets("latency", "model_inference_duration_seconds", "provider"),
+         rate("cpu", "process_cpu_seconds_total"),
+         current("keys", "active_api_keys", "status", aggregate="max")]
+
+
+def _series(query: str, **labels: str) -> dict[str, str]:
+    return {PACK_LABEL: query, **labels}
+
+
+def test_unpack_keys_each_query_by_its_labels_in_the_answers_order() -> None:
+    labels = [_series("calls", provider="p", model="m", status="success"), _series("cpu"),
+              _series("keys", status="active"), _series("calls", provider="p", model="n", status="server_error")]
+    results = unpack(labels, [3.0, 0.5, 42.0, 1.0], _PACK)
+    assert list(results["calls"].items()) == [(("p", "m", "success"), 3.0), (("p", "n", "server_error"), 1.0)]
+    assert results["cpu"] == {(): 0.5}
+    assert results["keys"] == {("active",): 42.0}
+    assert results["latency"] == {}
+
+
+def test_unpack_reads_a_missing_label_as_empty() -> None:
+    labels = [_series("calls", provider="p", status="success"), _series("calls", provider="p", model="m")]
+    assert unpack(labels, [1.0, 2.0], _PACK)["calls"] == {("p", "", "success"): 1.0, ("p", "m", ""): 2.0}
+
+
+def test_unpack_ignores_series_of_other_queries() -> None:
+    labels = [_series("unknown", provider="p"), {"provider": "p"}]
+    assert all(result == {} for result in unpack(labels, [1.0, 2.0], _PACK).values())
+
+
+def test_unpack_keeps_the_bucket_groups_with_observations() -> None:
+    labels = [_series("latency", le=le, provider=provider) for provider in ("busy", "idle") for le in ("1.0", "+Inf")]
+    assert unpack(labels, [1.0, 2.0, 0.0, 0.0], _PACK)["latency"] == {("1.0", "busy"): 1.0, ("+Inf", "busy"): 2.0}
+
+
+_LABEL_VALUES = st.sampled_from(["a", "b", "c"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["calls", "latency", "cpu", "keys", "other"]),
+                          st.dictionaries(st.sampled_from(["provider", "model", "status", "le"]), _LABEL_VALUES),
+                          st.floats(allow_nan=False, min_value=0, max_value=100)), max_size=40))
+def test_unpack_reads_as_one_sample_at_a_time_would(answer: list[tuple[str, dict[str, str], float]]) -> None:
+    labels = [_series(query, **pairs) for query, pairs, _ in answer]
+    values = [value for _, _, value in answer]
+    expected: dict[str, dict[tuple[str, ...], float]] = {query.name: {} for query in _PACK}
+    by_name = {query.name: query for query in _PACK}
+    for pairs, value in zip(labels, values, strict=True):
+        query = by_name.get(pairs[PACK_LABEL])
+        if query is not None:
+            expected[query.name][tuple(pairs.get(name, "") for name in query.by)] = value
+    expected["latency"] = active_groups(expected["latency"])
+    results = unpack(labels, values, _PACK)
+    assert {name: list(result.items()) for name, result in results.items()} == \
+        {name: list(result.items()) for name, result in expected.items()}
+
+
+# --- figures summed from finer ones ---------------------------------------------------------
+
+
+def test_derive_sums_the_finer_figure_in_its_order() -> None:
+    finer = buckets("per_model", "model_inference_duration_seconds", "provider", "model")
+    result = {("1.0", "p", "m"): 0.1, ("+Inf", "p", "m"): 0.2, ("1.0", "q", "m"): 0.7, ("+Inf", "q", "n"): 0.3}
+    per_le = derive(buckets("all", "model_inference_duration_seconds"), finer, result)
+    assert list(per_le.items()) == [(("1.0",), 0.1 + 0.7), (("+Inf",), 0.2 + 0.3)]
+    by_provider = derive(rate("by_provider", "x_total", "provider", "le"), finer, result)
+    assert by_provider == {("p", "1.0"): 0.1, ("p", "+Inf"): 0.2, ("q", "1.0"): 0.7, ("q", "+Inf"): 0.3}
+    assert derive(rate("total", "x_total"), finer, result) == {(): 0.1 + 0.2 + 0.7 + 0.3}
