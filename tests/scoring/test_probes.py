@@ -344,8 +344,10 @@ def test_a_client_the_runner_made_is_closed_when_it_stops(
     assert made[0].is_closed
 
 
-def _probe_threads() -> list[threading.Thread]:
-    return [thread for thread in threading.enumerate() if thread.name == "provider-probes"]
+def _probe_threads() -> set[threading.Thread]:
+    """The live probe threads. Compared with a set taken before: another test's runner may
+    still be winding down (or have just finished) while this one runs."""
+    return {thread for thread in threading.enumerate() if thread.name == "provider-probes"}
 
 
 def test_start_probes_in_a_daemon_thread_until_stop(tracker: HealthTracker) -> None:
@@ -357,21 +359,21 @@ def test_start_probes_in_a_daemon_thread_until_stop(tracker: HealthTracker) -> N
         probed.set()
         return httpx.Response(200)
 
-    before = len(_probe_threads())
+    before = _probe_threads()
     runner = ProbeRunner(tracker, {"p": UP}, client=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
 
     assert _in_a_thread(runner.start)
     try:
-        threads = _probe_threads()
-        assert len(threads) == before + 1
+        threads = _probe_threads() - before
+        assert len(threads) == 1
         assert all(thread.daemon for thread in threads)
         assert _in_a_thread(runner.start)  # started already: no second thread
-        assert len(_probe_threads()) == before + 1
+        assert _probe_threads() - before == threads
         assert probed.wait(5.0)  # probed at once on start
     finally:
         runner.stop()
 
-    assert len(_probe_threads()) == before
+    assert not _probe_threads() - before
     assert tracker.status("p").probes == 1  # 15 s apart: one probe in this time
     count = len(answers)
     runner.stop()  # stopped already: nothing to do
@@ -379,14 +381,14 @@ def test_start_probes_in_a_daemon_thread_until_stop(tracker: HealthTracker) -> N
 
 
 def test_stop_right_after_start_stops_the_thread(tracker: HealthTracker) -> None:
-    before = len(_probe_threads())
+    before = _probe_threads()
     runner = ProbeRunner(tracker, {"p": UP},
                          client=httpx.AsyncClient(transport=httpx.MockTransport(lambda request: httpx.Response(200))))
 
     assert _in_a_thread(runner.start)
     runner.stop()
 
-    assert len(_probe_threads()) == before
+    assert not _probe_threads() - before
 
 
 def test_a_stopped_runner_starts_again(tracker: HealthTracker) -> None:
@@ -396,7 +398,7 @@ def test_a_stopped_runner_starts_again(tracker: HealthTracker) -> None:
         probed.set()
         return httpx.Response(200)
 
-    before = len(_probe_threads())
+    before = _probe_threads()
     runner = ProbeRunner(tracker, {"p": UP}, client=httpx.AsyncClient(transport=httpx.MockTransport(answer)))
     assert _in_a_thread(runner.start)
     assert probed.wait(5.0)
@@ -406,19 +408,19 @@ def test_a_stopped_runner_starts_again(tracker: HealthTracker) -> None:
     assert _in_a_thread(runner.start)
     try:
         assert probed.wait(5.0)
-        assert len(_probe_threads()) == before + 1
+        assert len(_probe_threads() - before) == 1
     finally:
         runner.stop()
-    assert len(_probe_threads()) == before
+    assert not _probe_threads() - before
 
 
 def test_start_without_urls_starts_nothing(tracker: HealthTracker) -> None:
-    before = len(_probe_threads())
+    before = _probe_threads()
     runner = ProbeRunner(tracker, {})
 
     assert _in_a_thread(runner.start)
 
-    assert len(_probe_threads()) == before
+    assert not _probe_threads() - before
     runner.stop()
 
 
