@@ -677,7 +677,7 @@ class HealthTracker:
                            f"next trial call at {self._at(now, breaker.next_trial_at)} "
                            f"(cooldown {breaker.cooldown_s:g} s)")
         elif circuit is Circuit.HALF_OPEN:
-            out = breaker.trials_out(now) + sum(until > now for until in state.remote_trials.values())
+            out = breaker.trials_out(now) + self._prune_remote_trials(state, now)
             reasons.append(f"circuit half-open: {out} trial call{'' if out == 1 else 's'} in flight, "
                            f"{breaker.trials_passed} of {config.half_open_trials} passed")
         elif breaker.on_probation(now):

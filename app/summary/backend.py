@@ -268,15 +268,23 @@ def parse_response(status: int, body: bytes, *, finite_only: bool = False) -> Qu
     (for queries, like the summaries', that cannot produce them).
     """
     try:
-        return _read_answer(status, body, finite_only)
+        result_type, result, warnings = _envelope(status, body)
+        labels, values = _samples(result_type, result, finite_only)
     except BackendFailure:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the bytes make the reading raise is their fault
-        raise _failure("garbage" if status < 400 else "http_error",
-                       f"unreadable answer ({type(exc).__name__}: {_snippet(str(exc))})", status) from None
+        raise _unreadable(status, exc) from None
+    return QueryResult(result_type, tuple(labels), tuple(values), warnings)
 
 
-def _read_answer(status: int, body: bytes, finite_only: bool) -> QueryResult:
+def _unreadable(status: int, exc: Exception) -> BackendFailure:
+    return _failure("garbage" if status < 400 else "http_error",
+                    f"unreadable answer ({type(exc).__name__}: {_snippet(str(exc))})", status)
+
+
+def _envelope(status: int, body: bytes) -> tuple[str, Any, tuple[str, ...]]:
+    """An answer's ``data.resultType``, ``data.result`` and warnings, once its envelope has
+    been checked (an error envelope, a failed status, data missing: BackendFailure)."""
     try:
         # orjson: reading the JSON is the largest cost of a summary at fleet scale, and
         # orjson reads it in half json's time (benchmarks/summary_scale.py, docs/BENCHMARKS.md).
@@ -301,7 +309,6 @@ def _read_answer(status: int, body: bytes, finite_only: bool) -> QueryResult:
     result_type = data["resultType"]
     if not isinstance(result_type, str):
         raise TypeError(f"resultType must be a string, not {_snippet(repr(result_type))}")
-    labels, values = _samples(result_type, data["result"], finite_only)
     warnings = envelope.get("warnings") or []
     partial = envelope.get("isPartial", False)
     if not isinstance(warnings, list) or not isinstance(partial, bool):
@@ -309,7 +316,7 @@ def _read_answer(status: int, body: bytes, finite_only: bool) -> QueryResult:
     warnings = [str(warning)[:SNIPPET_CHARS * 2] for warning in warnings]
     if partial:  # VictoriaMetrics cluster: some storage nodes missing
         warnings.append("the backend marked the answer as partial (isPartial)")
-    return QueryResult(result_type, tuple(labels), tuple(values), tuple(warnings))
+    return result_type, data["result"], tuple(warnings)
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,14 +403,19 @@ class RangeResult:
 
 def parse_range_response(status: int, body: bytes, *, finite_only: bool = False) -> RangeResult:
     """The answer of ``/api/v1/query_range``, or BackendFailure saying what is wrong with
-    it: the envelope is read by :func:`parse_response` (the same errors, warnings and
-    finite check), the points here, every reading error being garbage."""
-    answer = parse_response(status, body, finite_only=finite_only)
-    if answer.result_type != "matrix":
-        raise _failure("garbage", f"a range query answered a {_snippet(answer.result_type)}, not a matrix", status)
+    it: the envelope is checked as :func:`parse_response` checks it (the same errors and
+    warnings), the points here, every reading error being garbage."""
+    try:
+        result_type, result, warnings = _envelope(status, body)
+    except BackendFailure:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the bytes make the reading raise is their fault
+        raise _unreadable(status, exc) from None
+    if result_type != "matrix":
+        raise _failure("garbage", f"a range query answered a {_snippet(result_type)}, not a matrix", status)
     try:
         series = []
-        for entry in json.loads(body)["data"]["result"]:
+        for entry in result:
             points = []
             for at, raw in entry["values"]:
                 value = _number(raw)
@@ -415,7 +427,7 @@ def parse_range_response(status: int, body: bytes, *, finite_only: bool = False)
     except Exception as exc:  # noqa: BLE001 - whatever the bytes make the reading raise is their fault
         raise _failure("garbage", f"unreadable range answer ({type(exc).__name__}: {_snippet(str(exc))})",
                        status) from None
-    return RangeResult(tuple(series), answer.warnings)
+    return RangeResult(tuple(series), warnings)
 
 # --- the client ---------------------------------------------------------------------------
 

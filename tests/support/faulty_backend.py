@@ -53,6 +53,16 @@ class SeenRequest:
     form: dict[str, str]  # query string and form body together
 
 
+def read_request(handler: BaseHTTPRequestHandler) -> SeenRequest:
+    """What ``handler``'s request carries: its body read, its query string and form merged."""
+    length = int(handler.headers.get("Content-Length") or 0)
+    body = handler.rfile.read(length).decode("utf-8", "replace") if length else ""
+    url = urlsplit(handler.path)
+    return SeenRequest(method=handler.command, path=url.path,
+                       headers={name.lower(): value for name, value in handler.headers.items()},
+                       form=dict(parse_qsl(url.query) + parse_qsl(body)))
+
+
 class FaultyBackend:
     """A threaded HTTP server on a free loopback port answering every request with ``reply``."""
 
@@ -105,15 +115,7 @@ class FaultyBackend:
                 self._answer()
 
             def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
-                url = urlsplit(self.path)
-                backend._record(SeenRequest(
-                    method=self.command,
-                    path=url.path,
-                    headers={name.lower(): value for name, value in self.headers.items()},
-                    form=dict(parse_qsl(url.query) + parse_qsl(body)),
-                ))
+                backend._record(read_request(self))
                 reply = backend.reply
                 if reply.delay_s and backend._stopping.wait(reply.delay_s):
                     return

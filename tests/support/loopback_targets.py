@@ -28,7 +28,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import parse_qsl, urlsplit
+
+from tests.support.faulty_backend import SeenRequest, read_request
 
 LOOPBACK = "127.0.0.1"
 
@@ -116,13 +117,6 @@ def _with_openssl(directory: Path) -> Certificates:
 # --- a Prometheus API that records its requests --------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SeenRequest:
-    path: str
-    headers: dict[str, str]  # names in lower case
-    form: dict[str, str]  # query string and form body together
-
-
 #: One sample, so every packed query of a summary gets an answer; ``vector(1)`` (the
 #: readiness ping) gets its 1.
 VECTOR = json.dumps({"status": "success", "data": {"resultType": "vector", "result": [
@@ -132,7 +126,27 @@ ONE = json.dumps({"status": "success", "data": {"resultType": "vector", "result"
 NO_RULES = json.dumps({"status": "success", "data": {"groups": []}}).encode()
 
 
-class FakePrometheus:
+class _Served:
+    """A loopback server run by a thread of its own, stopped on leaving ``with``."""
+
+    _server: ThreadingHTTPServer
+    _thread: threading.Thread
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        with contextlib.suppress(OSError):
+            self.stop()
+
+
+class FakePrometheus(_Served):
     """``/api/v1/query`` answering one sample, ``/api/v1/rules`` answering no rules, on a
     free loopback port; over TLS with ``tls``. Every request that got through the TLS
     handshake is recorded, headers included."""
@@ -153,15 +167,11 @@ class FakePrometheus:
                 self._answer()
 
             def _answer(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length).decode("utf-8", "replace") if length else ""
-                url = urlsplit(self.path)
-                seen = SeenRequest(url.path, {name.lower(): value for name, value in self.headers.items()},
-                                   dict(parse_qsl(url.query) + parse_qsl(body)))
+                seen = read_request(self)
                 with fake._lock:
                     fake.requests.append(seen)
                 query = seen.form.get("query")
-                payload = NO_RULES if url.path == "/api/v1/rules" else ONE if query == "vector(1)" else VECTOR
+                payload = NO_RULES if seen.path == "/api/v1/rules" else ONE if query == "vector(1)" else VECTOR
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -202,23 +212,12 @@ class FakePrometheus:
         """The PromQL of every instant query received (``vector(1)`` is /ready's ping)."""
         return [request.form["query"] for request in self.seen() if request.form.get("query") != "vector(1)"]
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
 
 
 # --- a probe target ---------------------------------------------------------------------------
 
 
-class ProbeTarget:
+class ProbeTarget(_Served):
     """A loopback HTTP server counting the requests to each path: ``/down/...`` answers
     503, anything else 200."""
 
@@ -253,15 +252,3 @@ class ProbeTarget:
         with self._lock:
             return set(self.hits)
 
-    def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(5)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        with contextlib.suppress(OSError):
-            self.stop()
