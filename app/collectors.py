@@ -21,8 +21,11 @@ from __future__ import annotations
 
 import logging
 import threading
+from array import array
 from collections import Counter as Tally
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from itertools import compress
+from operator import itemgetter, truediv
 from typing import TYPE_CHECKING, cast
 
 from prometheus_client import Counter, Gauge
@@ -31,10 +34,10 @@ from prometheus_client.registry import Collector
 
 from app import multiprocess
 from app.catalogue import CIRCUIT_STATE_VALUES, FAMILIES, FAMILIES_BY_NAME, MULTIPROCESS_MODES, Family
-from app.client_internals import children, read_value
+from app.client_internals import ValueCell, children, read_cell, value_cell
 from app.http_stats import DurationCollector, HttpStats, RequestsCollector
 from app.registry import MetricSet, clean_label_value
-from app.render import ComputedGauge, FamilyText
+from app.render import ComputedGauge, FamilyText, Renderer
 
 if TYPE_CHECKING:  # the exporter imports this module: it serves neither
     from app.middleware import InFlight
@@ -82,19 +85,34 @@ class InFlightCollector(ComputedCollector):
 TokenCounts = Callable[[], tuple[Iterable[tuple[str, ...]], Iterable[float]]]
 
 
-def counter_token_counts(counter: Counter) -> TokenCounts:
-    """This process's ``tokens_used_total``, read from its children (no Sample built)."""
+def counter_token_counts(counter: Counter, renderer: Renderer | None = None) -> TokenCounts:
+    """This process's ``tokens_used_total``, read from its children (no Sample built): as
+    ``renderer`` read them for the counter's own lines when it did in the current scrape."""
+
+    kept: tuple[list[Counter], list[ValueCell]] = ([], [])
 
     def counts() -> tuple[Iterable[tuple[str, ...]], Iterable[float]]:
+        nonlocal kept
+        read = None if renderer is None else renderer.values_read(counter)
+        if read is not None:
+            return read
         by_labels = children(counter)
-        return by_labels.keys(), map(read_value, by_labels.values())
+        found = list(by_labels.values())
+        if found != kept[0]:  # identity first: equal unless a child came or went
+            kept = (found, list(map(value_cell, found)))
+        return by_labels.keys(), map(read_cell, kept[1])
 
     return counts
 
 
 class TokenEfficiencyCollector(ComputedCollector):
     """Output per input token, from the ``tokens_used_total`` counts of ``source`` (this
-    process's counter; every worker's files with several workers)."""
+    process's counter; every worker's files with several workers).
+
+    A scrape reads the counts and computes the ratios only if a count moved since the last
+    one (token traffic comes in bursts; most scrapes see the counts of the last): otherwise
+    it answers the last result, compared bit for bit. The ratios are computed in C loops
+    over an index of the pairs, built again only when a series comes or goes."""
 
     families = ("gatewayz_token_efficiency",)
 
@@ -102,16 +120,56 @@ class TokenEfficiencyCollector(ComputedCollector):
         self.source = source
         family = FAMILIES_BY_NAME[self.families[0]]
         self._lines = ComputedGauge(family.name, family.help, family.label_names)
+        self._lock = threading.Lock()
+        #: The token series of the last computation and the bits of their counts.
+        self._keys: list[tuple[str, ...]] = []
+        self._bits: bytes | None = None
+        #: Each (provider, model) with an input series, in the order efficiency() reports it,
+        #: and where its input and output counts are among the counts (past the end: none).
+        self._pairs: list[tuple[str, str]] = []
+        self._inputs: Callable[[Sequence[float]], Sequence[float]] = _picker([])
+        self._outputs: Callable[[Sequence[float]], Sequence[float]] = _picker([])
+        self._result: tuple[list[tuple[str, str]], list[float]] = ([], [])
 
     def efficiency(self) -> list[tuple[tuple[str, str], float]]:
         """((provider, model), output per input token) of every pair with input tokens."""
-        inputs: dict[tuple[str, str], float] = {}
-        outputs: dict[tuple[str, str], float] = {}
-        keys, counts = self.source()
-        for (provider, model, token_type), count in zip(keys, counts, strict=True):
-            (inputs if token_type == "input" else outputs)[provider, model] = count
-        get_output = outputs.get
-        return [(pair, get_output(pair, 0.0) / count) for pair, count in inputs.items() if count]
+        pairs, values = self.columns()
+        return list(zip(pairs, values, strict=True))
+
+    def columns(self) -> tuple[list[tuple[str, str]], list[float]]:
+        """What :meth:`efficiency` pairs: the (provider, model) pairs and their ratios (lists
+        the caller must not change: the next scrape may answer them again)."""
+        keys_read, counts_read = self.source()
+        keys, counts = list(keys_read), list(counts_read)
+        try:
+            bits: bytes | None = array("d", counts).tobytes()
+        except (TypeError, OverflowError):  # not all floats: computed every time
+            bits = None
+        with self._lock:
+            if bits is not None and bits == self._bits and keys == self._keys:
+                return self._result
+            if keys != self._keys:
+                self._index(keys)
+            counts.append(0.0)  # the output count of a pair without an output series
+            inputs, outputs = self._inputs(counts), self._outputs(counts)
+            if all(inputs):
+                result = (self._pairs, list(map(truediv, outputs, inputs)))
+            else:  # pairs without input tokens are left out
+                result = (list(compress(self._pairs, inputs)),
+                          list(map(truediv, compress(outputs, inputs), filter(None, inputs))))
+            self._keys, self._bits, self._result = keys, bits, result
+            return result
+
+    def _index(self, keys: list[tuple[str, ...]]) -> None:
+        """Where each pair's counts are: its last input and its last other series (a pair
+        is in the order of its first input series)."""
+        inputs: dict[tuple[str, str], int] = {}
+        outputs: dict[tuple[str, str], int] = {}
+        for index, (provider, model, token_type) in enumerate(keys):
+            (inputs if token_type == "input" else outputs)[provider, model] = index
+        self._pairs = list(inputs)
+        self._inputs = _picker(list(inputs.values()))
+        self._outputs = _picker([outputs.get(pair, len(keys)) for pair in self._pairs])
 
     def collect(self) -> Iterator[Metric]:
         _, gauge = _gauge("gatewayz_token_efficiency")
@@ -121,7 +179,18 @@ class TokenEfficiencyCollector(ComputedCollector):
 
     def family_texts(self, openmetrics: bool) -> list[FamilyText]:
         """The family's lines for ``app.render.Renderer`` (one per provider/model pair)."""
-        return [self._lines.family_text(openmetrics, self.efficiency())]
+        pairs, values = self.columns()
+        return [self._lines.columns_text(openmetrics, pairs, values)]
+
+
+def _picker(indices: list[int]) -> Callable[[Sequence[float]], Sequence[float]]:
+    """The items at ``indices`` of a sequence, in one C call."""
+    if len(indices) > 1:
+        return itemgetter(*indices)
+    if indices:
+        index = indices[0]
+        return lambda values: (values[index],)
+    return lambda values: ()
 
 
 class ProviderHealthCollector(ComputedCollector):
@@ -188,7 +257,7 @@ def register_collectors(
     metrics.register(RequestsCollector(http_stats), FAMILIES_BY_NAME["http_requests_total"].categories)
     metrics.register(DurationCollector(http_stats), FAMILIES_BY_NAME["http_request_duration_seconds"].categories)
     tokens = cast(Counter, metrics["tokens_used_total"].metric)
-    metrics.register(TokenEfficiencyCollector(counter_token_counts(tokens)),
+    metrics.register(TokenEfficiencyCollector(counter_token_counts(tokens, metrics.renderer)),
                      FAMILIES_BY_NAME["gatewayz_token_efficiency"].categories)
     for collector in published:
         metrics.register(collector, FAMILIES_BY_NAME[collector.families[0]].categories)
@@ -200,10 +269,13 @@ def register_files_collectors(metrics: MetricSet, path: str) -> None:
     the local summaries report all workers. One reader per family, so a category endpoint or
     a snapshot of a few families reads only their entries."""
     directory = multiprocess.Directory(path)  # the files, mapped and parsed once for every family
+    readers: dict[str, multiprocess.FilesCollector] = {}
     for family in FAMILIES:
         if family.source != "derived":
-            metrics.register(multiprocess.FilesCollector(directory, [(family.name, family.kind)]), family.categories)
-    tokens = multiprocess.FilesCollector(directory, [("tokens_used_total", "counter")])
+            readers[family.name] = multiprocess.FilesCollector(directory, [(family.name, family.kind)])
+            metrics.register(readers[family.name], family.categories)
+    # The family's own reader: a scrape of both reads the token counts once.
+    tokens = readers["tokens_used_total"]
     labels = FAMILIES_BY_NAME["tokens_used_total"].label_names  # provider, model, token_type
     metrics.register(TokenEfficiencyCollector(lambda: tokens.keyed(labels)),
                      FAMILIES_BY_NAME["gatewayz_token_efficiency"].categories)

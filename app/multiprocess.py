@@ -121,9 +121,17 @@ class Directory:
         self._sorted: list[_MappedFile] = []
         self._listed_mtime = -1
         self._reaped_at = float("-inf")
+        #: The scrape (render.current_scrape) the files were last refreshed for.
+        self._refreshed_for: object | None = None
 
     def refresh(self) -> list[_MappedFile]:
-        """Every file, sorted by path, with the entries written so far."""
+        """Every file, sorted by path, with the entries written so far: once per scrape
+        (``render.current_scrape``), however many collectors of the directory it renders;
+        at every call outside of one."""
+        scrape = render.current_scrape()
+        if scrape is not None and scrape is self._refreshed_for:
+            return self._sorted
+        self._refreshed_for = None  # a failed refresh is tried again by the next collector
         now = time.monotonic()
         if now - self._reaped_at >= self.REAP_INTERVAL_S:
             self._reaped_at = now
@@ -134,6 +142,7 @@ class Directory:
                 file.refresh()
             except FileNotFoundError:  # a dead worker's live gauges, removed meanwhile
                 continue
+        self._refreshed_for = scrape
         return self._sorted
 
     def _list(self) -> None:
@@ -194,7 +203,8 @@ class _FamilyLines:
     """
 
     __slots__ = ("signature", "kind", "mode", "metric", "headers", "_files", "_groups", "_combine",
-                 "_prefixes", "_samples", "_order", "_sets", "_recent", "_prefix_of", "_texts", "_keys")
+                 "_prefixes", "_samples", "_order", "_sets", "_shape", "_recent", "_read", "_prefix_of", "_texts",
+                 "_keys")
 
     def __init__(self, name: str, sources: list[tuple[_MappedFile, list[tuple[int, _Entry]]]],
                  signature: tuple[Any, ...], previous: _FamilyLines | None) -> None:
@@ -248,6 +258,10 @@ class _FamilyLines:
             ordered_keys.extend(keys)
         self._recent: list[tuple[bytes, list[tuple[int, int]], tuple[str, dict[str, str]]]] | None = None
         self._sets: list[tuple[int, int]] = []
+        #: A histogram's (buckets, other cells) of each label set, when all have the same.
+        self._shape: tuple[int, int] | None = None
+        #: The scrape (render.current_scrape) lines() last read for, and what it read.
+        self._read: tuple[object, tuple[list[bytes], list[float], list[tuple[str, dict[str, str]]]]] | None = None
         self._order: Callable[[Any], tuple[float, ...]] | None = None
         prefix_of: dict[Any, bytes] = {}
 
@@ -288,6 +302,8 @@ class _FamilyLines:
                 order.extend(position[key] for key in buckets + others)
                 self._sets.append((len(buckets), len(others)))
             self._order = _getter(order)
+            if len(set(self._sets)) == 1 and self._sets[0][0]:  # every label set has the same cells
+                self._shape = self._sets[0]
         else:
             for key in ordered_keys:
                 entry, labels = cells[key][1], cells[key][2]
@@ -308,7 +324,17 @@ class _FamilyLines:
         return values
 
     def lines(self) -> tuple[list[bytes], list[float], list[tuple[str, dict[str, str]]]]:
-        """(prefixes, values, (sample name, labels)) of the family's lines now."""
+        """(prefixes, values, (sample name, labels)) of the family's lines now: read once
+        per scrape (``render.current_scrape``: its text, and the token efficiency from the
+        token counts), at every call outside of one."""
+        scrape = render.current_scrape()
+        if scrape is not None and self._read is not None and self._read[0] is scrape:
+            return self._read[1]
+        read = self._read_lines()
+        self._read = None if scrape is None else (scrape, read)
+        return read
+
+    def _read_lines(self) -> tuple[list[bytes], list[float], list[tuple[str, dict[str, str]]]]:
         if self._recent is not None:
             return self._most_recent()
         values = self._cell_values()
@@ -359,9 +385,36 @@ class _FamilyLines:
         return keys, values
 
     def text(self, openmetrics: bool) -> render.FamilyText:
-        prefixes, values, _ = self.lines()
-        body = render.join_lines(prefixes, values, self._texts)
+        body: list[bytes]
+        if self._shape is not None:
+            body = self._histogram_text(*self._shape)
+        else:
+            prefixes, values, _ = self.lines()
+            body = render.join_lines(prefixes, values, self._texts)
         return render.FamilyText(_sample_names(self.metric), self.headers[openmetrics], body)
+
+    def _histogram_text(self, buckets: int, others: int) -> list[bytes]:
+        """A histogram's lines from its cells (each label set's buckets, then its other
+        cells): the blocks of label sets whose cells are bit for bit the last scrape's are
+        its text; only the others' buckets are made cumulative and written."""
+        assert self._order is not None
+        raw = self._order(self._cell_values())
+        cells, lines_per_set = buckets + others, buckets + 1 + others
+        prefixes = self._prefixes
+
+        def write(start: int, end: int, text_of: Callable[[float], bytes]) -> bytes:
+            values: list[float] = []
+            extend, append = values.extend, values.append
+            for at in range(start, end, cells):
+                cumulative = list(accumulate(raw[at : at + buckets]))
+                extend(cumulative)
+                append(cumulative[-1])
+                extend(raw[at + buckets : at + cells])
+            first = start // cells * lines_per_set
+            return render.write_lines(prefixes[first : first + len(values)], values, text_of)
+
+        per_block = max(1, render.BLOCK_VALUES // cells) * cells
+        return render.kept_text(self._texts, prefixes, raw, per_block, write)
 
     def collected(self) -> Metric:
         metric = Metric(self.metric.name, self.metric.documentation, self.metric.type)

@@ -5,12 +5,15 @@ OpenMetrics 1.0. The line prefix of each series (its sample name and escaped lab
 rendered once, the first time the series is scraped, and kept; a scrape then reads the
 values and formats only them, and only those that changed: each family keeps the lines of
 its last scrape in blocks (:func:`kept_text`), and a block whose values are bit for bit the
-last scrape's (``-0.0`` apart from ``0.0``, NaN by its bits) is reused as it was written.
+last scrape's (``-0.0`` apart from ``0.0``, NaN by its bits) is reused as it was written; the
+blocks are the body's pieces (:meth:`Renderer.chunks`), joined once or gzipped one by one.
 The values are read from:
 
 * a Gauge, or a Counter or Histogram of ``without_created`` (the catalogue's families),
   through ``app.client_internals``: its children are compared with the last scrape's (one
-  identity check per child), so a new or removed child shows in the next scrape;
+  identity check per child), so a new or removed child shows in the next scrape; a
+  histogram's buckets are read only for the children whose sum moved
+  (:meth:`_MetricLines._histogram_text`);
 * a collector that renders itself (:class:`RendersItself`): the multiprocess files'
   ``FilesCollector``, which reads each series' value at a known offset of a worker's file,
   and computed families with many series (token efficiency, through :class:`ComputedGauge`);
@@ -26,7 +29,8 @@ keeps what prometheus_client's ``restricted_registry()`` keeps: the families of 
 sample names, through ``collect()`` when only some of a family's samples are wanted. The
 body is built as bytes (prefixes and value texts are kept UTF-8), so no scrape encodes it.
 A scrape runs in a thread beside the gateway's event loop: it works in slices and lets go
-of the GIL between them (:func:`pause`).
+of the GIL between them (:func:`pause`). What several collectors read, a scrape reads once
+(:func:`current_scrape`): a multiprocess directory's listing, the token counts.
 """
 
 from __future__ import annotations
@@ -40,7 +44,8 @@ import weakref
 from array import array
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from itertools import accumulate, chain
+from itertools import accumulate, chain, compress
+from operator import is_not, or_
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Histogram
@@ -136,14 +141,13 @@ class ValueTexts(dict[float, bytes]):
 @dataclass(slots=True)
 class KeptLines:
     """A family's sample lines as one scrape wrote them: the layout they were written for,
-    the bits of the values they were written from, and where each block of values' lines
-    ends in the text."""
+    the bits of the values they were written from, and the lines of each block of values
+    (a block's text is the same object from scrape to scrape while its values are)."""
 
     layout: Sequence[bytes]
     per_block: int
     bits: bytes
-    text: bytes
-    ends: list[int]
+    pieces: list[bytes]
 
 
 #: Values per block of kept lines: a changed value costs its block's lines again (about
@@ -163,8 +167,20 @@ LINES_PER_SLICE = 4096
 CHILDREN_PER_SLICE = LINES_PER_SLICE // 16
 #: Values read in one C loop (a read costs a small fraction of a line's writing).
 READS_PER_SLICE = 4 * LINES_PER_SLICE
+#: A histogram's scrapes between two that read every cell (the others read the buckets of
+#: the children whose sum moved: ``_MetricLines._histogram_text``).
+FULL_READ_EVERY = 64
 
 _last_pause = threading.local()
+_scrape = threading.local()
+
+
+def current_scrape() -> object | None:
+    """The scrape this thread is rendering (an object of its own, for what a scrape reads
+    once however many collectors ask: a multiprocess directory's listing), or None outside
+    of :meth:`Renderer.chunks`."""
+    token: object | None = getattr(_scrape, "token", None)
+    return token
 
 
 def pause() -> None:
@@ -188,47 +204,43 @@ def write_lines(prefixes: Sequence[bytes], values: Iterable[float], text_of: Cal
 
 
 def kept_text(texts: ValueTexts, layout: Sequence[bytes], values: Sequence[float], per_block: int,
-              write: BlockWriter) -> bytes:
-    """The lines of ``values`` in blocks of ``per_block`` values, each block written by
-    ``write`` unless its values are bit for bit those the same ``layout`` (a list of line
-    prefixes) was last written with: then its text is the last scrape's. ``values`` are what
-    the lines are made from (a histogram's cells and sums, its lines cumulative counts)."""
+              write: BlockWriter) -> list[bytes]:
+    """The lines of ``values`` in blocks of ``per_block`` values, one piece per block, each
+    written by ``write`` unless its values are bit for bit those the same ``layout`` (a list
+    of line prefixes) was last written with: then it is the last scrape's piece. ``values``
+    are what the lines are made from (a histogram's cells and sums, its lines cumulative
+    counts). The pieces are not joined (the body is, once, or gzip reads them one by one);
+    the list returned is the family's kept one: not to be changed."""
     count = len(values)
     try:
         bits = array("d", values).tobytes()
     except (TypeError, OverflowError):  # not all floats (a custom collector's ints beyond a double)
         texts.kept = None
-        return write(0, count, texts.signed)
+        return [write(0, count, texts.signed)]
     kept = texts.kept
     if kept is not None and not (kept.per_block == per_block and len(kept.bits) == len(bits)
                                  and (kept.layout is layout or kept.layout == layout)):
         kept = None  # written for other lines: every block is written
     if kept is not None and kept.bits == bits:
         kept.layout = layout
-        return kept.text
-    old = memoryview(kept.text) if kept is not None else None
-    pieces: list[bytes | memoryview] = []
-    ends: list[int] = []
-    end_of_text = 0
+        return kept.pieces
+    pieces: list[bytes] = []
     for number, start in enumerate(range(0, count, per_block)):
         end = min(start + per_block, count)
         block_bits = bits[start * 8 : end * 8]
-        if old is not None and kept is not None and kept.bits[start * 8 : end * 8] == block_bits:
-            piece: bytes | memoryview = old[kept.ends[number - 1] if number else 0 : kept.ends[number]]
+        if kept is not None and kept.bits[start * 8 : end * 8] == block_bits:
+            pieces.append(kept.pieces[number])
         else:
             pause()
-            piece = write(start, end, texts.signed if _has_negative_zero(block_bits) else texts.__getitem__)
-        pieces.append(piece)
-        end_of_text += len(piece)
-        ends.append(end_of_text)
-    text = b"".join(pieces)
-    texts.kept = KeptLines(layout, per_block, bits, text, ends)
-    return text
+            pieces.append(write(start, end, texts.signed if _has_negative_zero(block_bits) else texts.__getitem__))
+    texts.kept = KeptLines(layout, per_block, bits, pieces)
+    return pieces
 
 
-def join_lines(prefixes: Sequence[bytes], values: Sequence[float], texts: ValueTexts) -> bytes:
+def join_lines(prefixes: Sequence[bytes], values: Sequence[float], texts: ValueTexts) -> list[bytes]:
     """The sample lines of ``prefixes`` (from :func:`line_prefix`) with ``values``, one
-    line per value; ``texts`` keeps them for the next scrape of the same family."""
+    line per value, in pieces (:func:`kept_text`); ``texts`` keeps them for the next scrape
+    of the same family."""
 
     def write(start: int, end: int, text_of: Callable[[float], bytes]) -> bytes:
         return write_lines(prefixes[start:end], values[start:end], text_of)
@@ -251,7 +263,9 @@ class FamilyText:
     #: The sample names its lines may carry (what the ``name[]`` filter matches).
     sample_names: frozenset[str]
     header: bytes
-    body: bytes
+    #: Its sample lines, in pieces (blocks of lines kept from scrape to scrape): the body
+    #: is ``b"".join(body)``.
+    body: Sequence[bytes]
 
 
 class RendersItself(Protocol):
@@ -282,7 +296,8 @@ class _MetricLines:
     order of ``collect()``, rebuilt when the children change."""
 
     __slots__ = ("name", "kind", "sample_names", "headers", "_label_names", "_le", "_has_sum",
-                 "_children", "_prefixes", "_cells", "_by_labels", "_texts", "_lock")
+                 "_children", "_prefixes", "_cells", "_sum_cells", "_sums", "_moved", "_scrapes",
+                 "_by_labels", "_texts", "_read", "_lock")
 
     def __init__(self, metric: seam.ClientMetric) -> None:
         described = next(iter(metric.describe()))
@@ -304,10 +319,25 @@ class _MetricLines:
         self._children: list[Any] = []
         self._prefixes: list[bytes] = []
         self._cells: list[seam.ValueCell] = []
+        #: A histogram's sum cells, the sums the last scrape read (kept: see _histogram_text),
+        #: which of them had moved then (None: unknown), and how many scrapes it had.
+        self._sum_cells: list[seam.ValueCell] = []
+        self._sums: list[float] = []
+        self._moved: list[bool] | None = None
+        self._scrapes = 0
         #: label values -> that child's prefixes, kept while the child exists
         self._by_labels: dict[seam.LabelKey, list[bytes]] = {}
         self._texts = ValueTexts()
+        #: A counter's or gauge's (scrape, label values, values) of its last read in a scrape.
+        self._read: tuple[object, Iterable[seam.LabelKey], list[float]] | None = None
         self._lock = threading.Lock()
+
+    def read_in(self, scrape: object | None) -> tuple[Iterable[seam.LabelKey], list[float]] | None:
+        """(label values, values) of its children as ``scrape`` read them, if it did."""
+        read = self._read
+        if scrape is None or read is None or read[0] is not scrape:
+            return None
+        return read[1], read[2]
 
     def family_texts(self, metric: seam.ClientMetric, openmetrics: bool) -> list[FamilyText] | None:
         with self._lock:
@@ -320,7 +350,10 @@ class _MetricLines:
             elif self.kind == "gauge" and any(map(seam.has_value_function, children)):
                 return None  # a function's value: collect() calls it
             else:
-                body = join_lines(self._prefixes, list(map(seam.read_value, children)), self._texts)
+                values = list(map(seam.read_cell, self._cells))
+                scrape = current_scrape()
+                self._read = None if scrape is None else (scrape, by_labels.keys(), values)
+                body = join_lines(self._prefixes, values, self._texts)
         return [FamilyText(self.sample_names, self.headers[openmetrics], body)]
 
     def _rebuild(self, by_labels: dict[seam.LabelKey, Any], children: list[Any]) -> None:
@@ -337,6 +370,10 @@ class _MetricLines:
         if self.kind == "histogram":
             # Each child's bucket cells then its sum's, in the order of its lines.
             self._cells = [cell for child in children for cell in (*seam.bucket_cells(child), seam.sum_cell(child))]
+            self._sum_cells = list(map(seam.sum_cell, children))
+            self._moved = None  # every cell is read at the next scrape
+        else:  # a child keeps its cell: read in place, one attribute (read_value is two)
+            self._cells = list(map(seam.value_cell, children))
 
     def _child_prefixes(self, key: seam.LabelKey) -> list[bytes]:
         labels = list(zip(self._label_names, key, strict=True))
@@ -349,32 +386,85 @@ class _MetricLines:
             return lines
         return [line_prefix(name + "_total" if self.kind == "counter" else name, labels)]
 
-    def _histogram_text(self) -> bytes:
+    def _histogram_text(self) -> list[bytes]:
         """The lines of every child from its cells: the blocks of children whose cells are
         unchanged are the last scrape's; the others' buckets are made cumulative (``_count``
-        is the last one) and written."""
+        is the last one) and written.
+
+        A child's buckets are read only if its sum moved since the last scrape but one:
+        ``observe()`` (and the HTTP stats, which write the cells) adds to the sum before the
+        bucket, and a float cell's addition always stores a new float object, so a sum that
+        is the very object the last scrape read (kept alive here) means no observation
+        since, even of 0 or of an amount too small to change the sum. A child whose sum
+        moved in the last scrape is read once more: that scrape may have read its sum
+        between an observation's two writes. Every :data:`FULL_READ_EVERY` scrapes, and
+        whenever a sum is not a float, every cell is read."""
+        cells_per_child = len(self._le) + 1
+        per_block = max(1, BLOCK_VALUES // cells_per_child) * cells_per_child
+        sums = list(map(seam.read_cell, self._sum_cells))
+        last_sums, last_moved, kept = self._sums, self._moved, self._texts.kept
+        self._sums, self._scrapes = sums, self._scrapes + 1
+        if (kept is None or last_moved is None or kept.layout is not self._prefixes or kept.per_block != per_block
+                or len(last_sums) != len(sums) or self._scrapes % FULL_READ_EVERY == 0
+                or not set(map(type, sums)) <= {float}):
+            # Every cell read; the next scrape reads again the children whose sum moved (all of
+            # them after a change of children: the last sums were other children's).
+            known = last_moved is not None and len(last_sums) == len(sums)
+            self._moved = list(map(is_not, sums, last_sums)) if known else [True] * len(sums)
+            return self._histogram_read_all(cells_per_child, per_block)
+        moved = list(map(is_not, sums, last_sums))
+        self._moved = moved
+        children_per_block = per_block // cells_per_child
+        blocks = sorted({child // children_per_block
+                         for child in compress(range(len(sums)), map(or_, moved, last_moved))})
+        written: dict[int, tuple[bytes, bytes]] = {}
+        for number in blocks:
+            start, end = number * per_block, min((number + 1) * per_block, len(self._cells))
+            pause()
+            raw = list(map(seam.read_cell, self._cells[start:end]))
+            try:
+                block_bits = array("d", raw).tobytes()
+            except (TypeError, OverflowError):
+                return self._histogram_read_all(cells_per_child, per_block)
+            if block_bits != kept.bits[start * 8 : end * 8]:
+                text_of = self._texts.signed if _has_negative_zero(block_bits) else self._texts.__getitem__
+                written[number] = (block_bits, self._histogram_lines(raw, start // cells_per_child, text_of))
+        if not written:
+            return kept.pieces
+        bits, pieces = bytearray(kept.bits), list(kept.pieces)
+        for number, (block_bits, piece) in written.items():
+            bits[number * per_block * 8 : number * per_block * 8 + len(block_bits)] = block_bits
+            pieces[number] = piece
+        self._texts.kept = KeptLines(self._prefixes, per_block, bytes(bits), pieces)
+        return pieces
+
+    def _histogram_read_all(self, cells_per_child: int, per_block: int) -> list[bytes]:
+        """:meth:`_histogram_text` from every cell, compared bit for bit with the last scrape's."""
         raw: list[float] = []
         for start in range(0, len(self._cells), READS_PER_SLICE):  # C loops, a pause between two
             pause()
             raw.extend(map(seam.read_cell, self._cells[start : start + READS_PER_SLICE]))
-        cells_per_child = len(self._le) + 1
-        lines_per_child = cells_per_child + self._has_sum
-        buckets, has_sum, prefixes = len(self._le), self._has_sum, self._prefixes
 
         def write(start: int, end: int, text_of: Callable[[float], bytes]) -> bytes:
-            values: list[float] = []
-            extend, append = values.extend, values.append
-            for at in range(start, end, cells_per_child):
-                cumulative = list(accumulate(raw[at : at + buckets]))
-                extend(cumulative)
-                append(cumulative[-1])
-                if has_sum:
-                    append(raw[at + buckets])
-            first = start // cells_per_child * lines_per_child
-            return write_lines(prefixes[first : first + len(values)], values, text_of)
+            return self._histogram_lines(raw[start:end], start // cells_per_child, text_of)
 
-        per_block = max(1, BLOCK_VALUES // cells_per_child) * cells_per_child
-        return kept_text(self._texts, prefixes, raw, per_block, write)
+        return kept_text(self._texts, self._prefixes, raw, per_block, write)
+
+    def _histogram_lines(self, raw: list[float], first_child: int, text_of: Callable[[float], bytes]) -> bytes:
+        """The lines of the children whose cells (buckets then sum, each child's) are ``raw``,
+        from the child numbered ``first_child``."""
+        buckets, has_sum = len(self._le), self._has_sum
+        cells_per_child, lines_per_child = buckets + 1, buckets + 1 + has_sum
+        values: list[float] = []
+        extend, append = values.extend, values.append
+        for at in range(0, len(raw), cells_per_child):
+            cumulative = list(accumulate(raw[at : at + buckets]))
+            extend(cumulative)
+            append(cumulative[-1])
+            if has_sum:
+                append(raw[at + buckets])
+        first = first_child * lines_per_child
+        return write_lines(self._prefixes[first : first + len(values)], values, text_of)
 
 
 class ComputedGauge:
@@ -399,6 +489,12 @@ class ComputedGauge:
         columns = list(zip(*series, strict=True))  # C loops: (label values...), (values...)
         keys: list[tuple[str, ...]] = list(columns[0]) if columns else []
         values: list[float] = list(columns[1]) if columns else []
+        return self.columns_text(openmetrics, keys, values)
+
+    def columns_text(self, openmetrics: bool, keys: Sequence[tuple[str, ...]], values: Sequence[float]) -> FamilyText:
+        """:meth:`family_text` of the series' label values and values, as two columns (the
+        same list of keys as the last scrape's costs one identity check per key)."""
+        keys = keys if isinstance(keys, list) else list(keys)
         with self._lock:
             if keys != self._keys:  # a series came or went (or the order moved)
                 name, label_names, kept = self.metric.name, self._label_names, self._prefixes
@@ -519,7 +615,15 @@ class Renderer:
         for a writer that need not join them (gzip)."""
         if encoder is None:
             encoder = openmetrics_encoder if openmetrics else text_encoder
-        wanted = frozenset(names) if names else None
+        outer = current_scrape()
+        _scrape.token = object()
+        try:
+            return self._chunks(registry, openmetrics, encoder, frozenset(names) if names else None)
+        finally:
+            _scrape.token = outer
+
+    def _chunks(self, registry: CollectorRegistry, openmetrics: bool, encoder: Encoder,
+                wanted: frozenset[str] | None) -> list[bytes]:
         chunks: list[bytes] = []
         for collector, registered in seam.registered_collectors(registry).items():
             if wanted is not None and wanted.isdisjoint(registered):
@@ -532,9 +636,9 @@ class Renderer:
                 chunks.append(self._encoded(list(collector.collect()), encoder, openmetrics, wanted))
                 continue
             for text in texts:
-                if wanted is None or text.body:  # a restricted registry drops empty families
+                if wanted is None or any(text.body):  # a restricted registry drops empty families
                     chunks.append(text.header)
-                    chunks.append(text.body)
+                    chunks.extend(text.body)
         if openmetrics:
             chunks.append(_EOF)
         return chunks
@@ -549,6 +653,16 @@ class Renderer:
         if lines is None or (isinstance(lines, _CollectedLines) and not whole):
             return None
         return lines.family_texts(collector, openmetrics)  # type: ignore[arg-type]
+
+    def values_read(self, metric: seam.ClientMetric) -> tuple[Iterable[seam.LabelKey], list[float]] | None:
+        """(label values, values) of the children of a Counter or Gauge of ``without_created``
+        as this thread's current scrape read them, if it did (a family computed from
+        another reads it once per scrape: the token efficiency); None otherwise."""
+        try:
+            lines = self._lines.get(metric)
+        except TypeError:  # not weakly referenceable
+            return None
+        return lines.read_in(current_scrape()) if isinstance(lines, _MetricLines) else None
 
     def _lines_of(self, collector: Collector) -> _MetricLines | _CollectedLines | None:
         try:

@@ -22,6 +22,14 @@ the memory the renderer keeps per series (tracemalloc, one process), and each ca
 endpoint of the exporter at the largest size beside its share of lines.
 
     .venv/bin/python benchmarks/scrape_render.py          # about three minutes on 2 cores
+    .venv/bin/python benchmarks/scrape_render.py --sizes 100000
+    .venv/bin/python benchmarks/scrape_render.py --cpu-per-scrape 100000 --baseline DIR
+
+``--cpu-per-scrape`` measures only the CPU one scrape of /metrics takes in one process (the
+registry of benchmarks/scrape_stall.py's part 1), nothing changed, or with the stall
+benchmark's route traffic or some inference traffic recorded between scrapes; with
+``--baseline DIR`` (holding an ``app`` package: ``git archive HEAD app | tar -x -C DIR``)
+the same for that package, in turns with this tree's.
 
 Targets: ours within 3x of the limit at 10k lines and more, in one process and in the
 exporter.
@@ -245,11 +253,114 @@ def exporter(lines: int, repeat: int, categories: bool) -> None:
                       f"| {seconds / all_s:.2f} |")
 
 
+#: One process of --cpu-per-scrape: the registry of benchmarks/scrape_stall.py's part 1 (the
+#: gateway app, __MODELS__ models per provider), with the app package of __APP_DIR__; it
+#: answers each line of its stdin (a case) with the thread CPU seconds of __SCRAPES__ scrapes.
+CPU_WORKER = """
+import gc, json, os, random, sys, time
+sys.path[:0] = [__APP_DIR__, __ROOT__]
+os.environ.update({"GATEWAY_METRICS_ACCESS_LOG": "false", "GATEWAY_METRICS_LABEL_CAP": "100000",
+                   "GATEWAY_METRICS_SERIES_CAP": "1000000", "GATEWAY_METRICS_SNAPSHOT_INTERVAL_SECONDS": "300",
+                   "SCRAPE_STALL_MODELS": str(__MODELS__)})
+os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+from starlette.testclient import TestClient
+from benchmarks.scrape_stall import PROVIDERS, gateway_app
+from app import metrics
+from app.exposition import render
+application = gateway_app()
+telemetry = application.state.telemetry
+registry, renderer = telemetry.metrics.all_registry, telemetry.metrics.renderer
+client = TestClient(application)
+render(registry, None, "gzip", (), renderer)
+render(registry, None, "gzip", (), renderer)
+pick = random.Random(1)
+def route_traffic():  # the stall benchmark's client: requests to a gateway route
+    for _ in range(__REQUESTS__):
+        client.get("/v1/route")
+def inference_traffic():  # a gateway's: inference calls of a few provider/model pairs
+    for _ in range(__PAIRS__):
+        provider, model = f"provider-{pick.randrange(PROVIDERS)}", f"model-{pick.randrange(__MODELS__)}"
+        metrics.record_upstream_call(provider, model, duration_s=pick.random())
+        metrics.record_tokens_used(provider, model, pick.randrange(1, 500), pick.randrange(1, 500))
+CHANGES = {"unchanged": None, "route": route_traffic, "inference": inference_traffic}
+print(json.dumps(render(registry, None, None, (), renderer).body.count(b"\\n")), flush=True)
+for line in sys.stdin:
+    change, encoding = line.split()
+    times = []
+    for _ in range(__SCRAPES__):
+        if CHANGES[change] is not None:
+            CHANGES[change]()
+        gc.collect()
+        started = time.thread_time()
+        render(registry, None, None if encoding == "identity" else encoding, (), renderer)
+        times.append(time.thread_time() - started)
+    print(json.dumps(times), flush=True)
+"""
+CPU_CASES = (("unchanged", "identity"), ("unchanged", "gzip"), ("route", "gzip"), ("inference", "gzip"))
+CPU_CASE_NAMES = {"unchanged": "nothing changed", "route": "route traffic between scrapes (the stall client's)",
+                  "inference": "inference traffic between scrapes (20 provider/model pairs recorded)"}
+
+
+def cpu_per_scrape(lines: int, baseline: str | None, rounds: int, scrapes: int) -> None:
+    """CPU per scrape of /metrics in one process (the thread's CPU: rendering, gzip), for the
+    app package of this tree and, when given, of ``baseline`` (a directory holding one:
+    ``git archive <commit> app | tar -x -C DIR``): both processes alive at once, measured
+    in turns (interleaved), best and median of ``rounds`` x ``scrapes``."""
+    import json
+    import statistics
+
+    variants = [("this tree", str(ROOT))] + ([("baseline", baseline)] if baseline else [])
+    models = models_for(lines)
+    workers = {}
+    for name, app_dir in variants:
+        code = (CPU_WORKER.replace("__APP_DIR__", repr(app_dir)).replace("__ROOT__", repr(str(ROOT)))
+                .replace("__MODELS__", str(models)).replace("__SCRAPES__", str(scrapes))
+                .replace("__REQUESTS__", "200").replace("__PAIRS__", "20"))
+        workers[name] = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.PIPE,
+                                         stdout=subprocess.PIPE, text=True)
+    try:
+        sizes = {name: json.loads(worker.stdout.readline()) for name, worker in workers.items()}  # type: ignore[union-attr]
+        times: dict[tuple[str, str, str], list[float]] = {}
+        for _round in range(rounds):
+            for change, encoding in CPU_CASES:
+                for name, worker in workers.items():  # in turns: the machine's load weighs on both alike
+                    worker.stdin.write(f"{change} {encoding}\n")  # type: ignore[union-attr]
+                    worker.stdin.flush()  # type: ignore[union-attr]
+                    times.setdefault((name, change, encoding), []).extend(json.loads(worker.stdout.readline()))  # type: ignore[union-attr]
+    finally:
+        for worker in workers.values():
+            worker.stdin.close()  # type: ignore[union-attr]
+            worker.wait()
+    found = ", ".join(f"{name} {count:,} lines" for name, count in sizes.items())
+    print(f"CPU per scrape of /metrics, one process: {found}"
+          f"; thread CPU in ms, best and median of {rounds} x {scrapes}, interleaved ({os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f})")
+    print()
+    print("| case | encoding | " + " | ".join(f"{name} best | {name} median" for name in workers)
+          + (" | median x baseline |" if baseline else " |"))
+    print("|---|---|" + "---:|---:|" * len(workers) + ("---:|" if baseline else ""))
+    for change, encoding in CPU_CASES:
+        medians = {name: statistics.median(times[name, change, encoding]) for name in workers}
+        cells = " | ".join(f"{min(times[name, change, encoding]) * 1e3:.1f} | {medians[name] * 1e3:.1f}"
+                           for name in workers)
+        ratio = f" | {medians['this tree'] / medians['baseline']:.2f} |" if baseline else " |"
+        print(f"| {CPU_CASE_NAMES[change]} | {encoding} | {cells}{ratio}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--sizes", type=int, nargs="*", default=list(SIZES))
+    parser.add_argument("--cpu-per-scrape", type=int, metavar="LINES",
+                        help="only the CPU per scrape of /metrics at about LINES lines, one process (the "
+                             "registry of scrape_stall.py), with and without traffic between scrapes")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="with --cpu-per-scrape: also the app package in DIR, measured in turns with this tree's")
+    parser.add_argument("--rounds", type=int, default=5, help="with --cpu-per-scrape: turns of each case")
     args = parser.parse_args()
+    if args.cpu_per_scrape:
+        cpu_per_scrape(args.cpu_per_scrape, args.baseline, args.rounds, args.repeat)
+        return
     print(f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; ours and the limit: best of "
           f"3 x {args.repeat}, interleaved; times in ms; x limit = ours / limit; x faster = prometheus_client / ours "
           "(generate_latest in one process, over MultiProcessCollector for the exporter)")

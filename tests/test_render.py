@@ -585,7 +585,7 @@ def test_a_computed_gauge_follows_its_series_between_scrapes(rounds: list[dict[t
     lines = ComputedGauge("render_computed", "computed at scrape time", ["provider", "model"])
     def ours(openmetrics: bool, series: dict[tuple[str, str], float]) -> bytes:
         text = lines.family_text(openmetrics, list(series.items()))
-        return text.header + text.body + (b"# EOF\n" if openmetrics else b"")
+        return b"".join([text.header, *text.body]) + (b"# EOF\n" if openmetrics else b"")
 
     for series in rounds:  # the same lines, scraped as series come, go, move and change
         assert_strictly_same(partial(ours, series=series), partial(computed_by_prometheus_client, series))
