@@ -91,11 +91,12 @@ class Matcher:
 class Recorded:
     """A recording rule's series that holds a query's figure for one window, by ``job``
     and ``labels`` (deploy/prometheus/rules/recording.yml): ``sum by (job, *labels)`` of
-    the query's rate over ``window_s``."""
+    the query's rate over ``window_s``, or of its current values (``window_s`` None: a
+    total, the same for every window)."""
 
     record: str
     labels: tuple[str, ...]
-    window_s: int = 300
+    window_s: int | None = 300
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +137,8 @@ class Query:
 
     def covered(self, window_s: int) -> bool:
         """Whether a recorded series holds this figure over ``window_s``."""
-        return self.recorded is not None and self.recorded.window_s == window_s and not self.matchers
+        return (self.recorded is not None and self.recorded.window_s in (None, window_s)
+                and not self.matchers)
 
     def recorded_promql(self, extra: tuple[Matcher, ...] = ()) -> str:
         """The PromQL of this query read from its recorded series (see :meth:`covered`).
@@ -202,8 +204,8 @@ def rate(name: str, metric: str, *by: str, matchers: tuple[Matcher, ...] = (),
 
 
 def current(name: str, metric: str, *by: str, aggregate: Literal["sum", "max"] = "sum",
-            matchers: tuple[Matcher, ...] = ()) -> Query:
-    return Query(name, Kind.CURRENT, metric, by, matchers, aggregate=aggregate)
+            matchers: tuple[Matcher, ...] = (), recorded: Recorded | None = None) -> Query:
+    return Query(name, Kind.CURRENT, metric, by, matchers, aggregate=aggregate, recorded=recorded)
 
 
 def buckets(name: str, histogram: str, *by: str, recorded: Recorded | None = None) -> Query:
@@ -226,6 +228,11 @@ TPOT_SUM_RECORD = Recorded("job_provider_model:gatewayz_time_per_output_token_se
 PROVIDER_LATENCY_RECORD = Recorded("job_provider_le:provider_response_time_seconds_bucket:rate5m", ("provider", "le"))
 HTTP_RECORD = Recorded("job_endpoint_le:http_request_duration_seconds_bucket:rate5m", ("endpoint", "le"))
 CREDITS_RECORD = Recorded("job_provider_model:credits_used:rate5m", ("provider", "model"))
+#: Totals: as many series as the rates above, read for every window.
+CALLS_TOTAL_RECORD = Recorded("job_provider_model:model_inference_requests_total:sum", ("provider", "model"), None)
+TOKENS_TOTAL_RECORD = Recorded("job_provider_model_token_type:tokens_used_total:sum",
+                               ("provider", "model", "token_type"), None)
+CREDITS_TOTAL_RECORD = Recorded("job:credits_used_total:sum", (), None)
 
 _CALLS = rate("calls_per_second", "model_inference_requests_total", "provider", "model", "status",
               recorded=CALLS_RECORD)
@@ -237,7 +244,8 @@ _TPOT = buckets("tpot_buckets", "gatewayz_time_per_output_token_seconds", "provi
 #: inverse is a model's ``output_tokens_per_second`` (app.summary.models).
 _TPOT_SUM = rate("tpot_sum", "gatewayz_time_per_output_token_seconds_sum", "provider", "model",
                  recorded=TPOT_SUM_RECORD)
-_TOKENS = current("tokens_total", "tokens_used_total", "provider", "model", "token_type")
+_TOKENS = current("tokens_total", "tokens_used_total", "provider", "model", "token_type",
+                  recorded=TOKENS_TOTAL_RECORD)
 _COST = current("cost_usd", "gatewayz_cost_by_provider", "provider")
 
 #: The summary's queries, by category. Names are the keys app.summary.figures reads results by.
@@ -251,7 +259,7 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
     ),
     Category.MODELS: (
         _CALLS,
-        current("calls_total", "model_inference_requests_total", "provider", "model"),
+        current("calls_total", "model_inference_requests_total", "provider", "model", recorded=CALLS_TOTAL_RECORD),
         _INFERENCE,
         _TTFT,
         _TPOT,
@@ -263,7 +271,7 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
         current("subscriptions", "active_subscriptions", "plan", "billing_cycle", aggregate="max"),
         current("trials", "trial_active", "status", aggregate="max"),
         _TOKENS,
-        current("credits_total", "credits_used_total"),
+        current("credits_total", "credits_used_total", recorded=CREDITS_TOTAL_RECORD),
         rate("credits_per_second", "credits_used_total", recorded=CREDITS_RECORD),
         _COST,
     ),

@@ -21,9 +21,11 @@ from tests.support.servers import MetricsServer, ServiceProcess, poll, start_pro
 
 DEMO_ENV = {"GATEWAY_METRICS_DEMO": "true", "GATEWAY_METRICS_DEMO_RATE": "60", "GATEWAY_METRICS_ACCESS_LOG": "false"}
 RECORDING_RULES = [path for path in RULE_FILES if path.name == "recording.yml"]
+#: The totals the summary reads from the rules for every window.
+RECORDED_TOTALS = {"calls_total", "tokens_total", "credits_total"}
 #: What the summary reads from the rules at the default window, all categories asked.
 EXPECTED_RECORDED = {"calls_per_second", "credits_per_second", "http_buckets", "inference_buckets",
-                     "provider_latency_buckets", "ttft_buckets", "tpot_buckets", "tpot_sum"}
+                     "provider_latency_buckets", "ttft_buckets", "tpot_buckets", "tpot_sum", *RECORDED_TOTALS}
 
 
 @pytest.fixture(scope="module")
@@ -148,11 +150,12 @@ def test_recorded_and_raw_figures_agree(ruled: Recording, demo: tuple[MetricsSer
     data = demo[0].query("max(timestamp(job_provider_model_status:model_inference_requests:rate5m))")
     evaluated = float(data["result"][0]["value"][1])
     service.instant = lambda: evaluated  # type: ignore[method-assign]
-    with_rules = service.summary([Category.MODELS, Category.PERFORMANCE])
+    categories = [Category.MODELS, Category.PERFORMANCE, Category.BUSINESS]
+    with_rules = service.summary(categories)
     service.rules = None  # the same Prometheus, every figure from raw expressions
-    raw = service.summary([Category.MODELS, Category.PERFORMANCE])
-    assert {"calls_per_second", "inference_buckets", "ttft_buckets", "tpot_buckets", "tpot_sum"} <= set(
-        with_rules.recorded_queries)
+    raw = service.summary(categories)
+    assert {"calls_per_second", "inference_buckets", "ttft_buckets", "tpot_buckets", "tpot_sum",
+            *RECORDED_TOTALS} <= set(with_rules.recorded_queries)
     assert raw.recorded_queries == []
     assert with_rules.metrics.models is not None and raw.metrics.models is not None
     recorded_models = {(m.provider, m.model): m for m in with_rules.metrics.models.models}
@@ -160,8 +163,8 @@ def test_recorded_and_raw_figures_agree(ruled: Recording, demo: tuple[MetricsSer
     assert recorded_models.keys() == raw_models.keys() and raw_models
     for key, model in raw_models.items():
         mine = recorded_models[key]
-        for figure in ("requests_per_second", "error_rate", "p50_ms", "p95_ms", "ttft_p95_ms", "tpot_p50_ms",
-                       "tpot_p95_ms", "output_tokens_per_second"):
+        for figure in ("requests_total", "requests_per_second", "error_rate", "p50_ms", "p95_ms", "ttft_p95_ms",
+                       "tpot_p50_ms", "tpot_p95_ms", "output_tokens_per_second", "tokens_input", "tokens_output"):
             expected = getattr(model, figure)
             assert getattr(mine, figure) == (None if expected is None else pytest.approx(expected, rel=1e-9)), figure
     assert with_rules.metrics.performance is not None and raw.metrics.performance is not None
@@ -169,11 +172,15 @@ def test_recorded_and_raw_figures_agree(ruled: Recording, demo: tuple[MetricsSer
         raw.metrics.performance.inference_p95_ms, rel=1e-9)
     assert with_rules.metrics.performance.tpot_p95_ms == pytest.approx(raw.metrics.performance.tpot_p95_ms, rel=1e-9)
     assert any(model.output_tokens_per_second for model in raw_models.values()), "the demo streams"
+    assert with_rules.metrics.business is not None and raw.metrics.business is not None
+    for figure in ("total_tokens_used", "total_credits_used"):
+        expected = getattr(raw.metrics.business, figure)
+        assert expected and getattr(with_rules.metrics.business, figure) == pytest.approx(expected, rel=1e-9), figure
 
 
 def test_a_window_the_rules_do_not_cover_is_computed_raw_over_itself(ruled: Recording) -> None:
     summary = ruled.summary(600)
-    assert summary.window_seconds == 600 and summary.recorded_queries == []
+    assert summary.window_seconds == 600 and set(summary.recorded_queries) == RECORDED_TOTALS
     [(texts, _)] = ruled.batches
     windows = Counter(part.rpartition("[")[2] for text in texts.values()
                       for part in subexpressions(promql_parser.parse(text)) if part.endswith("]"))
