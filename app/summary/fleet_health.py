@@ -14,11 +14,21 @@ from collections.abc import Mapping
 
 from app.scoring import HealthConfig, health_score
 from app.summary.figures import HealthFigures
-from app.summary.promql import ERROR_STATUSES, SCORED_STATUSES, UNREACHED_STATUSES, Query, current, rate
+from app.summary.promql import (
+    ERROR_STATUSES,
+    FLEET_CALLS_RECORD,
+    SCORED_STATUSES,
+    UNREACHED_STATUSES,
+    Query,
+    current,
+    rate,
+)
 from app.summary.quantiles import Result
 
 FLEET_HEALTH_QUERIES: tuple[Query, ...] = (
-    rate("fleet_calls", "model_inference_requests_total", "provider", "status"),
+    # Recorded for the tracker's default window (a minute): a rate of every instance's
+    # per-model series, as dear as the summaries' own at fleet scale.
+    rate("fleet_calls", "model_inference_requests_total", "provider", "status", recorded=FLEET_CALLS_RECORD),
     rate("fleet_apdex", "gatewayz_provider_apdex_total", "provider", "zone"),
     # Per replica (one series each, however many jobs scrape it): the fleet treats a
     # provider as open when any replica has it open (1).

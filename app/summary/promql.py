@@ -233,6 +233,8 @@ CALLS_TOTAL_RECORD = Recorded("job_provider_model:model_inference_requests_total
 TOKENS_TOTAL_RECORD = Recorded("job_provider_model_token_type:tokens_used_total:sum",
                                ("provider", "model", "token_type"), None)
 CREDITS_TOTAL_RECORD = Recorded("job:credits_used_total:sum", (), None)
+#: The fleet health's calls by provider and status over the tracker's default minute.
+FLEET_CALLS_RECORD = Recorded("job_provider_status:model_inference_requests:rate1m", ("provider", "status"), 60)
 
 _CALLS = rate("calls_per_second", "model_inference_requests_total", "provider", "model", "status",
               recorded=CALLS_RECORD)

@@ -176,10 +176,7 @@ class SummaryService:
             return self._summary("local", window, categories, local_results, local_health(self.tracker), False, [])
 
         at = self.instant()
-        usable = self.rules.usable() if self.rules is not None else frozenset()
-        recorded = frozenset(query.name for query in queries
-                             if query.covered(window) and query.recorded is not None
-                             and query.recorded.record in usable)
+        recorded = self._recorded(queries, window)
         texts = {name: packed_promql(pack, window, self.extra_matchers, recorded) for name, pack in packs.items()}
         if Category.PROVIDERS in categories:  # the fleet's health, over the tracker's window
             health_window = self._health_window()
@@ -187,7 +184,9 @@ class SummaryService:
             fleet = [query for query in FLEET_HEALTH_QUERIES
                      if health_window != window or DERIVED.get(query.name) not in asked]
             packs[FLEET_PACK] = fleet
-            texts[FLEET_PACK] = packed_promql(fleet, health_window, self.extra_matchers)
+            fleet_recorded = self._recorded(fleet, health_window)
+            recorded |= fleet_recorded
+            texts[FLEET_PACK] = packed_promql(fleet, health_window, self.extra_matchers, fleet_recorded)
         batch = self.backend.query_many(texts, at=at)
         results: dict[str, Result] = {}
         for name, pack in packs.items():
@@ -206,6 +205,12 @@ class SummaryService:
         health = fleet_health(results, self.tracker.config) if fleet_answered else local_health(self.tracker)
         return self._summary(source, window, categories, results, health, batch.stale, errors,
                              at=at, recorded=sorted(recorded & answered))
+
+    def _recorded(self, queries: list[Query], window: int) -> frozenset[str]:
+        """The names of ``queries`` to read from their recorded series over ``window``."""
+        usable = self.rules.usable() if self.rules is not None else frozenset()
+        return frozenset(query.name for query in queries
+                         if query.covered(window) and query.recorded is not None and query.recorded.record in usable)
 
     def instant(self) -> float:
         """The instant a summary asked now is evaluated at (Unix seconds, to the
@@ -226,7 +231,8 @@ class SummaryService:
         if self.backend is None:
             return {}, [SummaryError(kind="not_configured", message="no Prometheus backend is configured")], False
         queries = list(FLEET_HEALTH_QUERIES)
-        text = packed_promql(queries, self._health_window(), self.extra_matchers)
+        window = self._health_window()
+        text = packed_promql(queries, window, self.extra_matchers, self._recorded(queries, window))
         batch = self.backend.query_many({FLEET_PACK: text}, at=self.instant())
         answer = batch.results.get(FLEET_PACK)
         results = unpack(answer.labels, answer.values, queries) if answer is not None else {}

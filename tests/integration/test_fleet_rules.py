@@ -23,9 +23,11 @@ DEMO_ENV = {"GATEWAY_METRICS_DEMO": "true", "GATEWAY_METRICS_DEMO_RATE": "60", "
 RECORDING_RULES = [path for path in RULE_FILES if path.name == "recording.yml"]
 #: The totals the summary reads from the rules for every window.
 RECORDED_TOTALS = {"calls_total", "tokens_total", "credits_total"}
-#: What the summary reads from the rules at the default window, all categories asked.
+#: What the summary reads from the rules at the default window, all categories asked (the
+#: fleet health's calls at the tracker's default minute among them).
 EXPECTED_RECORDED = {"calls_per_second", "credits_per_second", "http_buckets", "inference_buckets",
-                     "provider_latency_buckets", "ttft_buckets", "tpot_buckets", "tpot_sum", *RECORDED_TOTALS}
+                     "provider_latency_buckets", "ttft_buckets", "tpot_buckets", "tpot_sum", "fleet_calls",
+                     *RECORDED_TOTALS}
 
 
 @pytest.fixture(scope="module")
@@ -152,8 +154,18 @@ def test_recorded_and_raw_figures_agree(ruled: Recording, demo: tuple[MetricsSer
     service.instant = lambda: evaluated  # type: ignore[method-assign]
     categories = [Category.MODELS, Category.PERFORMANCE, Category.BUSINESS]
     with_rules = service.summary(categories)
+    fleet_with_rules, errors, _ = service.fleet_health()
+    assert errors == [] and fleet_with_rules
     service.rules = None  # the same Prometheus, every figure from raw expressions
     raw = service.summary(categories)
+    fleet_raw, errors, _ = service.fleet_health()
+    assert errors == [] and fleet_raw.keys() == fleet_with_rules.keys()
+    for provider, figures in fleet_raw.items():
+        mine = fleet_with_rules[provider]
+        assert (mine.state, mine.circuit) == (figures.state, figures.circuit), provider
+        for figure in ("score", "availability", "error_rate"):
+            expected = getattr(figures, figure)
+            assert getattr(mine, figure) == (None if expected is None else pytest.approx(expected, rel=1e-9)), figure
     assert {"calls_per_second", "inference_buckets", "ttft_buckets", "tpot_buckets", "tpot_sum",
             *RECORDED_TOTALS} <= set(with_rules.recorded_queries)
     assert raw.recorded_queries == []
@@ -180,7 +192,7 @@ def test_recorded_and_raw_figures_agree(ruled: Recording, demo: tuple[MetricsSer
 
 def test_a_window_the_rules_do_not_cover_is_computed_raw_over_itself(ruled: Recording) -> None:
     summary = ruled.summary(600)
-    assert summary.window_seconds == 600 and set(summary.recorded_queries) == RECORDED_TOTALS
+    assert summary.window_seconds == 600 and set(summary.recorded_queries) == {*RECORDED_TOTALS, "fleet_calls"}
     [(texts, _)] = ruled.batches
     windows = Counter(part.rpartition("[")[2] for text in texts.values()
                       for part in subexpressions(promql_parser.parse(text)) if part.endswith("]"))
