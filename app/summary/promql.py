@@ -21,7 +21,8 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from operator import itemgetter
+from itertools import groupby
+from operator import itemgetter, methodcaller
 from typing import Literal
 
 from app.catalogue import FAMILIES, Category
@@ -355,12 +356,19 @@ def packed_promql(queries: list[Query], window_s: int, extra: tuple[Matcher, ...
 def unpack(labels: Sequence[Mapping[str, str]], values: Sequence[float], queries: list[Query]) -> dict[str, Result]:
     """The answer to :func:`packed_promql` (its samples' labels and values, in the
     answer's order), as each query's result."""
+    if len(labels) != len(values):
+        raise ValueError(f"{len(labels)} label sets for {len(values)} values")
     rows: dict[str, tuple[list[Mapping[str, str]], list[float]]] = {query.name: ([], []) for query in queries}
-    for pairs, value in zip(labels, values, strict=True):
-        row = rows.get(pairs.get(PACK_LABEL, ""))
+    # The backend answers each query's series together (``or`` keeps its operands' order):
+    # the answer is cut at each change of name, a slice at a time, not a sample at a time.
+    start = 0
+    for name, run in groupby(map(methodcaller("get", PACK_LABEL, ""), labels)):
+        end = start + len(list(run))
+        row = rows.get(name)
         if row is not None:
-            row[0].append(pairs)
-            row[1].append(value)
+            row[0].extend(labels[start:end])
+            row[1].extend(values[start:end])
+        start = end
     results: dict[str, Result] = {}
     for query in queries:
         query_labels, query_values = rows[query.name]
