@@ -455,6 +455,17 @@ def assert_strictly_same(ours: Callable[[bool], bytes], theirs: Callable[[bool],
         assert strictly_parsed(body, openmetrics) == expected, ("OpenMetrics" if openmetrics else "text 0.0.4")
 
 
+def files_readers(directory: Path) -> tuple[Callable[[bool], bytes], Callable[[bool], bytes]]:
+    """Our render of the multiprocess files in ``directory`` (one renderer, kept across
+    calls) and prometheus_client's, each by format (OpenMetrics or not)."""
+    ours = CollectorRegistry()
+    ours.register(FilesCollector(str(directory)))
+    theirs = CollectorRegistry()
+    MultiProcessCollector(theirs, str(directory))
+    renderer = Renderer()
+    return (lambda om: renderer.render(ours, om)), (lambda om: client_encoder(om)(theirs))
+
+
 #: More series than one block of kept lines holds (app.render.BLOCK_VALUES is 256), so a
 #: change lands in one block among several.
 MANY = 300
@@ -540,12 +551,8 @@ def test_files_kept_lines_follow_every_change_between_scrapes(
         for index in range(MANY):
             gauges.write_value(gauge_keys[index], float(index % 3), 1.0)
             counters.write_value(counter_keys[index], float(index % 2), 0.0)
-        ours = CollectorRegistry()
-        ours.register(FilesCollector(str(directory)))
-        theirs = CollectorRegistry()
-        MultiProcessCollector(theirs, str(directory))
-        renderer = Renderer()
-        assert_strictly_same(lambda om: renderer.render(ours, om), lambda om: client_encoder(om)(theirs))
+        readers = files_readers(directory)
+        assert_strictly_same(*readers)
         for _round in range(3):
             changes = data.draw(st.lists(st.tuples(st.booleans(), st.integers(0, MANY - 1), tricky_values),
                                          max_size=10))
@@ -554,7 +561,7 @@ def test_files_kept_lines_follow_every_change_between_scrapes(
                     gauges.write_value(gauge_keys[index], value, 2.0 + _round)
                 elif value >= 0:  # + 0.0: MultiProcessCollector's sum writes a lone -0.0 as 0.0
                     counters.write_value(counter_keys[index], value + 0.0, 0.0)
-            assert_strictly_same(lambda om: renderer.render(ours, om), lambda om: client_encoder(om)(theirs))
+            assert_strictly_same(*readers)
     finally:
         gauges.close()
         counters.close()

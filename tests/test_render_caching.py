@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
-from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.utils import floatToGoString
 
 from app import client_internals as seam
@@ -28,7 +27,7 @@ from app import render
 from app.collectors import TokenEfficiencyCollector, counter_token_counts
 from app.multiprocess import Directory, FilesCollector, _FamilyLines
 from app.render import Renderer
-from tests.test_render import LIVE_PIDS, MANY, assert_strictly_same, client_encoder, tricky_values, write
+from tests.test_render import LIVE_PIDS, MANY, assert_strictly_same, client_encoder, files_readers, tricky_values, write
 
 HistogramType = seam.without_created(Histogram)
 CounterType = seam.without_created(Counter)
@@ -276,12 +275,8 @@ def test_a_histogram_of_the_files_follows_every_change_between_scrapes(
                         continue  # one label set with a bucket less in a file: still summed right
                     mapped.write_value(key, float((index + number) % 3), 0.0)
                 mapped.write_value(sum_key, index / 10, 0.0)
-        ours = CollectorRegistry()
-        ours.register(FilesCollector(str(directory)))
-        theirs = CollectorRegistry()
-        MultiProcessCollector(theirs, str(directory))
-        renderer = Renderer()
-        assert_strictly_same(lambda om: renderer.render(ours, om), lambda om: client_encoder(om)(theirs))
+        readers = files_readers(directory)
+        assert_strictly_same(*readers)
         for _round in range(3):
             changes = data.draw(st.lists(st.tuples(st.sampled_from(LIVE_PIDS[:2]), st.integers(0, MANY - 1),
                                                    st.integers(0, 3), tricky_values), max_size=8))
@@ -292,7 +287,7 @@ def test_a_histogram_of_the_files_follows_every_change_between_scrapes(
                                            0.0)
                 elif not math.isnan(value) and value >= 0:  # a negative or NaN _sum: OpenMetrics refuses it
                     files[pid].write_value(sum_key, value + 0.0, 0.0)
-            assert_strictly_same(lambda om: renderer.render(ours, om), lambda om: client_encoder(om)(theirs))
+            assert_strictly_same(*readers)
     finally:
         for mapped in files.values():
             mapped.close()
