@@ -6,15 +6,21 @@ and the same queries as the summaries asked before they read every series once (
 the per-le buckets computed beside the per-model ones, bucket groups filtered on ``_count``).
 
     .venv/bin/python benchmarks/summary_scale.py                 # all three sizes, 5 min of data each
-    .venv/bin/python benchmarks/summary_scale.py --sizes 2k --fill 60
+    .venv/bin/python benchmarks/summary_scale.py --sizes 2k --fill 60 --scrape-interval 1
 
 The exporter is a process of its own serving every instance's page (``?instance=i``), each
-re-rendered every few seconds with growing counters; Prometheus scrapes each instance as a
-target of one job, every second, and evaluates the rules every second. Each size first
-waits ``--fill`` seconds, so the 5-minute rates read a full window of samples. The summary
-runs in this process (app.summary.service.SummaryService, every category, the default
-300 s window); the limit is the same request bodies posted by one thread each, timed until
-the last body is read.
+re-rendered every scrape interval with growing counters; Prometheus scrapes each instance as
+a target of one job every ``--scrape-interval`` seconds (15, Prometheus' default, unless
+told) and evaluates the rules as often. Each size first waits ``--fill`` seconds, so the
+5-minute rates read a full window of samples. The summary runs in this process
+(app.summary.service.SummaryService, every category, the default 300 s window); the limit is
+the same request bodies posted by one thread each, timed until the last body is read.
+
+Then Prometheus' own CPU per summary (its ``process_cpu_seconds_total``): the queries of
+``--requests`` summaries sent one summary after the other, less what Prometheus spent in a
+quiet stretch as long just before (ingesting the fleet and evaluating the rules). Under
+many dashboards the backend's CPU, not one summary's latency, is what bounds how many
+summaries a second a fleet's Prometheus answers.
 
 Targets on two cores: the summary within 1.1x of its limit at every size; with the rules,
 under 100 ms p95 at ~100k bucket series; without them, at least 1.6x faster than before.
@@ -51,7 +57,6 @@ RULES = ROOT / "deploy" / "prometheus" / "rules" / "recording.yml"
 #: (instances, providers, models): inference bucket series = product x 13 (12 bounds and +Inf).
 SIZES: dict[str, tuple[int, int, int]] = {"2k": (4, 4, 10), "20k": (8, 8, 24), "100k": (16, 8, 60)}
 STATUSES = ("success", "server_error", "rate_limit_error")
-RENDER_EVERY_S = 5.0
 JOB = "gateway-metrics"
 
 
@@ -95,8 +100,8 @@ def render(instance: int, providers: int, models: int, t: float) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def serve_fleet(port: int, instances: int, providers: int, models: int) -> None:
-    """The exporter: every instance's page, re-rendered every RENDER_EVERY_S."""
+def serve_fleet(port: int, instances: int, providers: int, models: int, render_every_s: float) -> None:
+    """The exporter: every instance's page, re-rendered every ``render_every_s``."""
     started = time.time() - 3600  # an hour of history in the counters
     pages: dict[int, bytes] = {}
 
@@ -105,7 +110,7 @@ def serve_fleet(port: int, instances: int, providers: int, models: int) -> None:
             t = time.time() - started
             for instance in range(instances):
                 pages[instance] = render(instance, providers, models, t)
-            time.sleep(RENDER_EVERY_S)
+            time.sleep(render_every_s)
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self) -> None:  # noqa: N802 - http.server's name
@@ -189,8 +194,32 @@ def cuts(latencies: list[float]) -> tuple[float, float]:
     return q[49], q[94]
 
 
-def measure(service: SummaryService, url: str, requests_n: int, before: bool) -> dict[str, tuple[float, float]]:
-    """p50/p95 ms of the cold summary and of its limit (its own texts sent directly)."""
+def prometheus_cpu_s(url: str) -> float:
+    """Prometheus' own CPU seconds so far, from its ``/metrics``."""
+    for line in requests.get(f"{url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("process_cpu_seconds_total "):
+            return float(line.split()[1])
+    raise RuntimeError("Prometheus does not expose process_cpu_seconds_total")
+
+
+def cpu_per_summary(url: str, packs: list[Mapping[str, str]]) -> float:
+    """Prometheus CPU ms per summary: ``packs`` sent one after the other (each pack's texts
+    concurrently), less the CPU of a quiet stretch as long just before."""
+    with ThreadPoolExecutor(8) as pool:
+        sessions = threading.local()
+        started, cpu = time.perf_counter(), prometheus_cpu_s(url)
+        time.sleep(max(5.0, 0.5 * len(packs)))  # long enough to hold a scrape or two at 1 s
+        quiet_s, quiet_cpu = time.perf_counter() - started, prometheus_cpu_s(url) - cpu
+        started, cpu = time.perf_counter(), prometheus_cpu_s(url)
+        for texts in packs:
+            send_directly(url, texts, time.time(), pool, sessions)
+        busy_s, busy_cpu = time.perf_counter() - started, prometheus_cpu_s(url) - cpu
+    return max(0.0, busy_cpu - quiet_cpu * busy_s / quiet_s) * 1000 / len(packs)
+
+
+def measure(service: SummaryService, url: str, requests_n: int, before: bool) -> dict[str, Any]:
+    """p50/p95 ms of the cold summary and of its limit (its own texts sent directly), and
+    Prometheus' CPU per summary (``cpu``, and ``before_cpu`` for the queries asked before)."""
     assert service.backend is not None
     sent: dict[str, str] = {}
     query_many: Callable[..., Any] = service.backend.query_many
@@ -218,29 +247,35 @@ def measure(service: SummaryService, url: str, requests_n: int, before: bool) ->
                 texts = before_texts(service.settings.summary_window_seconds, {FLEET_PACK: sent[FLEET_PACK]})
                 befores.append(send_directly(url, texts, time.time(), pool, sessions))
     service.backend.query_many = query_many  # type: ignore[method-assign]
-    result = {"summary": cuts(summaries), "limit": cuts(limits)}
+    result: dict[str, Any] = {"summary": cuts(summaries), "limit": cuts(limits)}
+    packs = [dict(sent)] * requests_n
+    result["cpu"] = cpu_per_summary(url, packs)
     if before:
         result["before"] = cuts(befores)
+        before_pack = before_texts(service.settings.summary_window_seconds, {FLEET_PACK: sent[FLEET_PACK]})
+        result["before_cpu"] = cpu_per_summary(url, [before_pack] * requests_n)
     return result
 
 
-def run_size(name: str, fill_s: float, requests_n: int) -> dict[str, Any]:
+def run_size(name: str, fill_s: float, requests_n: int, interval_s: float) -> dict[str, Any]:
     import multiprocessing
 
     instances, providers, models = SIZES[name]
     port = free_port()
-    exporter = multiprocessing.Process(target=serve_fleet, args=(port, instances, providers, models), daemon=True)
+    exporter = multiprocessing.Process(target=serve_fleet, args=(port, instances, providers, models, interval_s),
+                                       daemon=True)
     exporter.start()
     try:
         with tempfile.TemporaryDirectory() as tmp, \
-                start_prometheus(tmp, [fleet_job(port, instances)], rule_files=[RULES], job=JOB) as prometheus:
+                start_prometheus(tmp, [fleet_job(port, instances)], rule_files=[RULES], job=JOB,
+                                 scrape_interval=f"{interval_s:g}s") as prometheus:
             buckets = instances * providers * models * (len(INFERENCE_BUCKETS) + 1)
             print(f"{name}: {instances} instances x {providers} providers x {models} models: {buckets} "
-                  f"inference bucket series; filling {fill_s:.0f} s", flush=True)
+                  f"inference bucket series, scraped every {interval_s:g} s; filling {fill_s:.0f} s", flush=True)
             time.sleep(fill_s)  # a benchmark, not a test: the 5-minute window fills with real scrapes
             poll(lambda: prometheus.query(
                 "count(job_provider_model_le:model_inference_duration_seconds_bucket:rate5m)")["result"],
-                120, "the recorded series")
+                max(120.0, 4 * interval_s), "the recorded series")
             settings = Settings(prometheus_url=prometheus.url, query_cache_seconds=0, query_deadline_seconds=30,
                                 access_log=False)
             telemetry = Telemetry(settings)
@@ -267,10 +302,12 @@ def main() -> None:
     parser.add_argument("--sizes", default="2k,20k,100k", help=f"comma-separated, of {', '.join(SIZES)}")
     parser.add_argument("--fill", type=float, default=300.0, help="seconds of scrapes before measuring")
     parser.add_argument("--requests", type=int, default=30, help="summaries per case")
+    parser.add_argument("--scrape-interval", type=float, default=15.0,
+                        help="seconds between scrapes and between rule evaluations")
     args = parser.parse_args()
     rows = []
     for name in args.sizes.split(","):
-        rows.append(run_size(name, args.fill, args.requests))
+        rows.append(run_size(name, args.fill, args.requests, args.scrape_interval))
         print(f"{name}: {rows[-1]}", flush=True)
     print("\ncold summary (every category, 300 s window), p50 / p95 ms; limit: its own queries sent directly")
     print("| inference bucket series | with rules: summary | limit | ratio p50 | without rules: summary | limit "
@@ -286,6 +323,14 @@ def main() -> None:
               f"| {rules['summary'][0] / rules['limit'][0]:.2f}x | {pair(raw['summary'])} | {pair(raw['limit'])} "
               f"| {raw['summary'][0] / raw['limit'][0]:.2f}x | {pair(raw['before'])} "
               f"| {raw['before'][0] / raw['summary'][0]:.2f}x |")
+    print(f"\nPrometheus CPU per cold summary, ms (its queries sent one summary after the other, less a quiet "
+          f"stretch), scraped every {args.scrape_interval:g} s")
+    print("| inference bucket series | with rules | without rules | before | before / without rules |")
+    print("|---|---:|---:|---:|---:|")
+    for row in rows:
+        rules, raw = row["rules"], row["raw"]
+        print(f"| {row['buckets']:,} | {rules['cpu']:,.1f} | {raw['cpu']:,.1f} | {raw['before_cpu']:,.1f} "
+              f"| {raw['before_cpu'] / max(raw['cpu'], 1e-9):.2f}x |")
     for row in rows:
         print(f"{row['name']}: recorded queries read: {', '.join(row['recorded']) or 'none'}")
 
