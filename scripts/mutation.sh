@@ -4,7 +4,7 @@
 # mutants (those no test reaches count as survivors). Equivalent survivors are listed in
 # tests/mutation-survivors.md. Not part of .ci/run.
 #
-#   scripts/mutation.sh [scoring]   the failover brain, app/scoring/ (about half an hour on 2 cores)
+#   scripts/mutation.sh [scoring]   the failover brain, app/scoring/ (about ten minutes on 2 cores)
 #   scripts/mutation.sh summary     the summary's computations and the label/series guards:
 #                                   app/summary/figures.py, quantiles.py, app/topn.py, app/registry.py
 #   scripts/mutation.sh TARGET 'app.topn*'   only the mutants whose names match (mutmut's patterns);

@@ -380,6 +380,21 @@ def test_start_probes_in_a_daemon_thread_until_stop(tracker: HealthTracker) -> N
     assert len(answers) == count
 
 
+def test_the_probes_thread_is_a_daemon_whoever_starts_it(tracker: HealthTracker) -> None:
+    """Started from the main thread (no daemon), the probes' thread still is one: it must
+    never hold the interpreter open at exit."""
+    assert not threading.current_thread().daemon
+    before = _probe_threads()
+    runner = ProbeRunner(tracker, {"p": UP},
+                         client=httpx.AsyncClient(transport=httpx.MockTransport(lambda _: httpx.Response(200))))
+    runner.start()
+    try:
+        (thread,) = _probe_threads() - before
+        assert thread.daemon
+    finally:
+        runner.stop()
+
+
 def test_stop_right_after_start_stops_the_thread(tracker: HealthTracker) -> None:
     before = _probe_threads()
     runner = ProbeRunner(tracker, {"p": UP},
