@@ -403,13 +403,7 @@ class _FamilyLines:
         prefixes = self._prefixes
 
         def write(start: int, end: int, text_of: Callable[[float], bytes]) -> bytes:
-            values: list[float] = []
-            extend, append = values.extend, values.append
-            for at in range(start, end, cells):
-                cumulative = list(accumulate(raw[at : at + buckets]))
-                extend(cumulative)
-                append(cumulative[-1])
-                extend(raw[at + buckets : at + cells])
+            values = render.histogram_values(raw[start:end], buckets, cells, others)
             first = start // cells * lines_per_set
             return render.write_lines(prefixes[first : first + len(values)], values, text_of)
 

@@ -237,6 +237,20 @@ def kept_text(texts: ValueTexts, layout: Sequence[bytes], values: Sequence[float
     return pieces
 
 
+def histogram_values(raw: Sequence[float], buckets: int, cells: int, kept: int) -> list[float]:
+    """The values of a histogram's lines from its cells, ``cells`` per child (``buckets``
+    bucket cells first): the buckets made cumulative, ``_count`` (the last of them), then
+    the first ``kept`` of the child's other cells (its sum, where it has one)."""
+    values: list[float] = []
+    extend, append = values.extend, values.append
+    for at in range(0, len(raw), cells):
+        cumulative = list(accumulate(raw[at : at + buckets]))
+        extend(cumulative)
+        append(cumulative[-1])
+        extend(raw[at + buckets : at + buckets + kept])
+    return values
+
+
 def join_lines(prefixes: Sequence[bytes], values: Sequence[float], texts: ValueTexts) -> list[bytes]:
     """The sample lines of ``prefixes`` (from :func:`line_prefix`) with ``values``, one
     line per value, in pieces (:func:`kept_text`); ``texts`` keeps them for the next scrape
@@ -454,16 +468,8 @@ class _MetricLines:
         """The lines of the children whose cells (buckets then sum, each child's) are ``raw``,
         from the child numbered ``first_child``."""
         buckets, has_sum = len(self._le), self._has_sum
-        cells_per_child, lines_per_child = buckets + 1, buckets + 1 + has_sum
-        values: list[float] = []
-        extend, append = values.extend, values.append
-        for at in range(0, len(raw), cells_per_child):
-            cumulative = list(accumulate(raw[at : at + buckets]))
-            extend(cumulative)
-            append(cumulative[-1])
-            if has_sum:
-                append(raw[at + buckets])
-        first = first_child * lines_per_child
+        values = histogram_values(raw, buckets, buckets + 1, int(has_sum))
+        first = first_child * (buckets + 1 + has_sum)
         return write_lines(self._prefixes[first : first + len(values)], values, text_of)
 
 
