@@ -28,7 +28,7 @@ from typing import Literal
 from app.catalogue import FAMILIES, Category
 from app.registry import has_surrogates
 from app.scoring.outcome import CALLER_FAULTS, ERRORS, SCORED, THROTTLES, Outcome, status_labels
-from app.summary.quantiles import Result
+from app.summary.quantiles import Result, quantile_le
 
 #: The inference ``status`` values of each outcome class of app.scoring.outcome: every
 #: error rate is ERROR_STATUSES over SCORED_STATUSES, in the summaries, the fleet formula
@@ -98,6 +98,15 @@ class Recorded:
     record: str
     labels: tuple[str, ...]
     window_s: int | None = 300
+    #: A bucket record's quantiles recorded per group, (q, record): read instead of its
+    #: buckets, with the ``+Inf`` bucket alone for the observations. Quantiles do not add
+    #: up across jobs: these are read only while one job holds them (app.summary.rules).
+    quantiles: tuple[tuple[float, str], ...] = ()
+
+    @property
+    def records(self) -> tuple[str, ...]:
+        """Every record this figure reads."""
+        return (self.record, *(record for _, record in self.quantiles))
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,8 +131,7 @@ class Query:
     recorded: Recorded | None = None
 
     def selector(self, suffix: str = "", extra: tuple[Matcher, ...] = ()) -> str:
-        inner = ",".join(m.promql() for m in (*self.matchers, *extra))
-        return f"{self.metric}{suffix}{{{inner}}}" if inner else f"{self.metric}{suffix}"
+        return _selector(f"{self.metric}{suffix}", (*self.matchers, *extra))
 
     def promql(self, window_s: int, extra: tuple[Matcher, ...] = ()) -> str:
         """The PromQL of this query over ``window_s``; ``extra`` matchers narrow every
@@ -141,6 +149,11 @@ class Query:
         return (self.recorded is not None and self.recorded.window_s in (None, window_s)
                 and not self.matchers)
 
+    def reads_quantiles(self, recorded: frozenset[str]) -> bool:
+        """Whether this query's answer holds recorded quantiles rather than buckets, when
+        the queries named in ``recorded`` read their recorded series."""
+        return self.name in recorded and self.recorded is not None and bool(self.recorded.quantiles)
+
     def recorded_promql(self, extra: tuple[Matcher, ...] = ()) -> str:
         """The PromQL of this query read from its recorded series (see :meth:`covered`).
 
@@ -152,11 +165,25 @@ class Query:
         as :func:`one_per_instance` does for the raw series.
         """
         assert self.recorded is not None, f"{self.name} has no recorded series"
-        inner = ",".join(m.promql() for m in extra)
-        series = f"{self.recorded.record}{{{inner}}}" if inner else self.recorded.record
-        copies = f"max by ({', '.join(('job', *self.recorded.labels))}) ({series})"
+        recorded = self.recorded
         by = ", ".join(self.by)
+        if recorded.quantiles:
+            # The observations (``+Inf``) and each quantile of every group, under ``le``
+            # (app.summary.quantiles.quantile_le): a few series per group, not 13 buckets.
+            # ``> -Inf`` drops the NaN of idle groups, which have no observations either.
+            selector = _selector(recorded.record, (*extra, Matcher("le", "=", "+Inf")))
+            groups = ", ".join(label for label in self.by if label != "le")
+            parts = [f"sum by ({by}) (max by ({', '.join(('job', *recorded.labels))}) ({selector}))"]
+            parts += [f'label_replace(max by ({groups}) ({_selector(record, extra)}) > -Inf, '
+                      f'"le", "{quantile_le(q)}", "", "")' for q, record in recorded.quantiles]
+            return " or ".join(parts)
+        copies = f"max by ({', '.join(('job', *recorded.labels))}) ({_selector(recorded.record, extra)})"
         return f"{self.aggregate} by ({by}) ({copies})" if by else f"{self.aggregate}({copies})"
+
+
+def _selector(metric: str, matchers: Iterable[Matcher]) -> str:
+    inner = ",".join(m.promql() for m in matchers)
+    return f"{metric}{{{inner}}}" if inner else metric
 
 
 def active_groups(result: Result) -> Result:
@@ -218,12 +245,27 @@ def buckets(name: str, histogram: str, *by: str, recorded: Recorded | None = Non
 
 #: The recorded series the summaries read (deploy/prometheus/rules/recording.yml).
 CALLS_RECORD = Recorded("job_provider_model_status:model_inference_requests:rate5m", ("provider", "model", "status"))
-INFERENCE_RECORD = Recorded("job_provider_model_le:model_inference_duration_seconds_bucket:rate5m",
-                            ("provider", "model", "le"))
-TTFT_RECORD = Recorded("job_provider_model_le:gatewayz_time_to_first_token_seconds_bucket:rate5m",
-                       ("provider", "model", "le"))
-TPOT_RECORD = Recorded("job_provider_model_le:gatewayz_time_per_output_token_seconds_bucket:rate5m",
-                       ("provider", "model", "le"))
+
+
+def _per_model_buckets(histogram: str, *qs: float) -> Recorded:
+    """A histogram's bucket rates per model and the quantiles ``qs`` per model, recorded."""
+    quantiles = tuple((q, f"job_provider_model:{histogram}:p{round(q * 100)}_rate5m") for q in qs)
+    return Recorded(f"job_provider_model_le:{histogram}_bucket:rate5m", ("provider", "model", "le"),
+                    quantiles=quantiles)
+
+
+def _fleet_buckets(histogram: str) -> Recorded:
+    """A histogram's bucket rates summed over every provider and model, recorded."""
+    return Recorded(f"job_le:{histogram}_bucket:rate5m", ("le",))
+
+
+#: The per-model percentiles the summaries show (app.summary.models.ModelSummary).
+INFERENCE_RECORD = _per_model_buckets("model_inference_duration_seconds", 0.5, 0.95, 0.99)
+TTFT_RECORD = _per_model_buckets("gatewayz_time_to_first_token_seconds", 0.5, 0.95)
+TPOT_RECORD = _per_model_buckets("gatewayz_time_per_output_token_seconds", 0.5, 0.95)
+INFERENCE_FLEET_RECORD = _fleet_buckets("model_inference_duration_seconds")
+TTFT_FLEET_RECORD = _fleet_buckets("gatewayz_time_to_first_token_seconds")
+TPOT_FLEET_RECORD = _fleet_buckets("gatewayz_time_per_output_token_seconds")
 TPOT_SUM_RECORD = Recorded("job_provider_model:gatewayz_time_per_output_token_seconds_sum:rate5m",
                            ("provider", "model"))
 PROVIDER_LATENCY_RECORD = Recorded("job_provider_le:provider_response_time_seconds_bucket:rate5m", ("provider", "le"))
@@ -283,9 +325,9 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
         buckets("http_buckets", "http_request_duration_seconds", recorded=HTTP_RECORD),
         # Overall only, unless the models category came along: then the sums of its
         # per-model buckets (DERIVED), which are many series, read once.
-        buckets("inference_buckets_all", "model_inference_duration_seconds", recorded=INFERENCE_RECORD),
-        buckets("ttft_buckets_all", "gatewayz_time_to_first_token_seconds", recorded=TTFT_RECORD),
-        buckets("tpot_buckets_all", "gatewayz_time_per_output_token_seconds", recorded=TPOT_RECORD),
+        buckets("inference_buckets_all", "model_inference_duration_seconds", recorded=INFERENCE_FLEET_RECORD),
+        buckets("ttft_buckets_all", "gatewayz_time_to_first_token_seconds", recorded=TTFT_FLEET_RECORD),
+        buckets("tpot_buckets_all", "gatewayz_time_per_output_token_seconds", recorded=TPOT_FLEET_RECORD),
         buckets("database_buckets", "database_query_duration_seconds"),
         current("in_flight", "http_requests_in_flight"),
         rate("cache_hits_per_second", "cache_hits_total"),
@@ -308,7 +350,8 @@ SUMMARY_QUERIES: dict[Category, tuple[Query, ...]] = {
 
 #: Figures that are sums of a finer figure over the same series and window: when both are
 #: wanted, only the finer one is asked for and the coarser is summed from it in Python
-#: (:func:`derive`), so no series is read twice for one summary. coarse -> finer.
+#: (:func:`derive`), so no series is read twice for one summary; unless the finer one is
+#: read as recorded quantiles, which do not add up. coarse -> finer.
 DERIVED: dict[str, str] = {
     "inference_buckets_all": "inference_buckets",
     "ttft_buckets_all": "ttft_buckets",
@@ -389,15 +432,16 @@ def _keys(by: tuple[str, ...], labels: list[Mapping[str, str]]) -> Iterable[tupl
     return list(zip(keys)) if len(by) == 1 else keys
 
 
-def packs_for(categories: list[Category]) -> dict[str, list[Query]]:
+def packs_for(categories: list[Category], recorded: frozenset[str] = frozenset()) -> dict[str, list[Query]]:
     """The queries of ``categories`` as one pack per category, each query in one pack,
-    and none whose figure is summed from another one of them (DERIVED)."""
-    wanted = {query.name for query in queries_for(categories)}
+    and none whose figure is summed from another one of them (DERIVED). ``recorded``:
+    the queries read from their recorded series."""
+    summable = {query.name for query in queries_for(categories) if not query.reads_quantiles(recorded)}
     packs: dict[str, list[Query]] = {}
     seen: set[str] = set()
     for category in categories:
         pack = [query for query in SUMMARY_QUERIES[category]
-                if query.name not in seen and DERIVED.get(query.name) not in wanted]
+                if query.name not in seen and DERIVED.get(query.name) not in summable]
         seen.update(query.name for query in pack)
         if pack:
             packs[category.value] = pack

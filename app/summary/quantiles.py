@@ -32,14 +32,25 @@ def many_quantiles_by(
     group: Callable[[tuple[str, ...]], tuple[str, ...]] = lambda key: (),
 ) -> dict[float, Result]:
     """Several quantiles of the same grouping, grouping the buckets and accumulating each
-    group's counts once."""
+    group's counts once.
+
+    A quantile already computed for a group (its key's ``le`` is :func:`quantile_le`, a
+    recording rule's ``histogram_quantile``) is taken as it is; one that ``group`` merges
+    with another group's is undefined (NaN), since quantiles do not add up.
+    """
     groups: dict[tuple[str, ...], dict[float, float]] = {}
+    given: dict[float, dict[tuple[str, ...], float]] = {}
+    wanted = {quantile_le(q): q for q in qs}
     bounds: dict[str, float | None] = {}  # this answer's few distinct ``le`` values
     for key, value in bucket_rates.items():
         le = key[0]
         bound = bounds[le] if le in bounds else bounds.setdefault(le, _bound(le))
-        if bound is None:  # not a bucket: a backend answering nonsense
-            continue
+        if bound is None:
+            if le in wanted:
+                computed = given.setdefault(wanted[le], {})
+                coarse = group(key[1:])
+                computed[coarse] = math.nan if coarse in computed else value
+            continue  # otherwise not a bucket: a backend answering nonsense
         coarse = group(key[1:])
         buckets = groups.get(coarse)
         if buckets is None:
@@ -50,7 +61,15 @@ def many_quantiles_by(
         cumulative = _cumulative(buckets)
         for q in qs:
             by_q[q][coarse] = _quantile(q, cumulative)
+    for q, computed in given.items():
+        by_q[q].update(computed)
     return by_q
+
+
+def quantile_le(q: float) -> str:
+    """The ``le`` under which a bucket query's result holds its group's ``q`` quantile,
+    computed already (app.summary.promql reads it from a recording rule)."""
+    return f"q{q:g}"
 
 
 def observations_by(

@@ -12,7 +12,8 @@ that still answer for five minutes, with old numbers, so its records fall back t
 expressions at the next re-check. Without a ``job`` to narrow them to, a record is read
 only when no instance is scraped by two of the jobs holding it (``up``), since a recorded
 series sums one job's instances and the summary sums the jobs (app.summary.promql's
-``Query.recorded_promql``).
+``Query.recorded_promql``); a recorded quantile only while one job holds it, since
+quantiles do not add up.
 """
 
 from __future__ import annotations
@@ -63,6 +64,11 @@ def shared_instances(jobs_of_record: dict[str, set[str]], instances_of_job: dict
     return frozenset(shared)
 
 
+def held_by_several_jobs(jobs_of_record: dict[str, set[str]], records: Iterable[str]) -> frozenset[str]:
+    """The ``records`` whose series more than one job holds."""
+    return frozenset(record for record in records if len(jobs_of_record.get(record, ())) > 1)
+
+
 class RecordingRules:
     """The records of ``wanted`` a summary may read from ``backend`` now."""
 
@@ -77,7 +83,10 @@ class RecordingRules:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.backend = backend
-        self.wanted = frozenset(recorded.record for recorded in wanted)
+        wanted = list(wanted)
+        self.wanted = frozenset(record for recorded in wanted for record in recorded.records)
+        #: Quantiles, which do not add up across jobs: read only while one job holds them.
+        self.one_job_only = frozenset(record for recorded in wanted for _, record in recorded.quantiles)
         self.job = job
         self.recheck_s = recheck_s
         self.retry_s = retry_s
@@ -137,4 +146,5 @@ class RecordingRules:
         instances_of_job: dict[str, set[str]] = {}
         for labels, _ in batch.results["targets"].samples:
             instances_of_job.setdefault(labels.get("job", ""), set()).add(labels.get("instance", ""))
-        return live - shared_instances(jobs_of_record, instances_of_job), True
+        return (live - shared_instances(jobs_of_record, instances_of_job)
+                - held_by_several_jobs(jobs_of_record, self.one_job_only)), True

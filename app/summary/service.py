@@ -168,15 +168,17 @@ class SummaryService:
     def summary(self, categories: list[Category], window_s: int | None = None, local: bool = False) -> Summary:
         self.snapshots.start()  # no-op once running; an embedding app may skip our lifespan
         window = int(window_s or self.settings.summary_window_seconds)
-        packs = packs_for(categories)
-        queries = [query for pack in packs.values() for query in pack]
         if self.backend is None or local:
+            queries = [query for pack in packs_for(categories).values() for query in pack]
             local_results = self.snapshots.evaluate(queries, window)
             _add_derived(local_results, queries_for(categories))
             return self._summary("local", window, categories, local_results, local_health(self.tracker), False, [])
 
         at = self.instant()
-        recorded = self._recorded(queries, window)
+        recorded = self._recorded(queries_for(categories), window)
+        packs = packs_for(categories, recorded)
+        queries = [query for pack in packs.values() for query in pack]
+        recorded &= {query.name for query in queries}
         texts = {name: packed_promql(pack, window, self.extra_matchers, recorded) for name, pack in packs.items()}
         if Category.PROVIDERS in categories:  # the fleet's health, over the tracker's window
             health_window = self._health_window()
@@ -210,7 +212,8 @@ class SummaryService:
         """The names of ``queries`` to read from their recorded series over ``window``."""
         usable = self.rules.usable() if self.rules is not None else frozenset()
         return frozenset(query.name for query in queries
-                         if query.covered(window) and query.recorded is not None and query.recorded.record in usable)
+                         if query.covered(window) and query.recorded is not None
+                         and usable.issuperset(query.recorded.records))
 
     def instant(self) -> float:
         """The instant a summary asked now is evaluated at (Unix seconds, to the

@@ -7,14 +7,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from app.catalogue import Category
 from app.summary.promql import (
+    INFERENCE_RECORD,
     PACK_LABEL,
+    SUMMARY_QUERIES,
     Matcher,
     active_groups,
     buckets,
     current,
     derive,
     escape_label_value,
+    packs_for,
     rate,
     unpack,
 )
@@ -113,3 +117,27 @@ def test_derive_sums_the_finer_figure_in_its_order() -> None:
     by_provider = derive(rate("by_provider", "x_total", "provider", "le"), finer, result)
     assert by_provider == {("p", "1.0"): 0.1, ("p", "+Inf"): 0.2, ("q", "1.0"): 0.7, ("q", "+Inf"): 0.3}
     assert derive(rate("total", "x_total"), finer, result) == {(): 0.1 + 0.2 + 0.7 + 0.3}
+
+
+_INFERENCE = next(query for query in SUMMARY_QUERIES[Category.MODELS] if query.name == "inference_buckets")
+
+
+def test_per_model_buckets_read_as_recorded_quantiles_leave_the_fleet_figure_to_its_own_record() -> None:
+    everything = list(Category)
+    asked = {query.name for pack in packs_for(everything).values() for query in pack}
+    assert "inference_buckets" in asked and "inference_buckets_all" not in asked  # summed in Python
+    recorded = frozenset({"inference_buckets", "inference_buckets_all"})
+    asked = {query.name for pack in packs_for(everything, recorded).values() for query in pack}
+    assert {"inference_buckets", "inference_buckets_all"} <= asked  # quantiles do not add up
+    assert "ttft_buckets_all" not in asked  # its per-model buckets still read raw
+
+
+def test_recorded_quantiles_come_under_le_beside_the_observations() -> None:
+    text = _INFERENCE.recorded_promql((Matcher("job", "=", "gw"),))
+    parts = text.split(" or ")
+    assert parts[0] == ('sum by (le, provider, model) (max by (job, provider, model, le) '
+                        '(job_provider_model_le:model_inference_duration_seconds_bucket:rate5m{job="gw",le="+Inf"}))')
+    assert parts[2] == ('label_replace(max by (provider, model) '
+                        '(job_provider_model:model_inference_duration_seconds:p95_rate5m{job="gw"}) > -Inf, '
+                        '"le", "q0.95", "", "")')
+    assert len(parts) == 4 and INFERENCE_RECORD.records[1:] == tuple(record for _, record in INFERENCE_RECORD.quantiles)

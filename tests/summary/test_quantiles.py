@@ -8,7 +8,7 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from app.summary.quantiles import histogram_quantile, many_quantiles_by, quantiles_by
+from app.summary.quantiles import histogram_quantile, many_quantiles_by, quantile_le, quantiles_by
 
 INF = math.inf
 
@@ -53,3 +53,21 @@ def test_many_quantiles_are_each_quantile_of_each_group(rates: dict[tuple[str, .
         assert by_q[q].keys() == expected.keys()
         for key, value in expected.items():
             assert value == by_q[q][key] or (math.isnan(value) and math.isnan(by_q[q][key]))
+
+
+def test_a_recorded_quantile_is_taken_as_it_is() -> None:
+    # Only the +Inf bucket and the recording rule's quantiles per model, as the summaries
+    # read them with the rules loaded (app.summary.promql.Recorded.quantiles).
+    rates = {("+Inf", "p", "a"): 2.0, (quantile_le(0.5), "p", "a"): 0.8, (quantile_le(0.95), "p", "a"): 3.5,
+             ("+Inf", "p", "b"): 1.0, (quantile_le(0.5), "p", "b"): 0.2, (quantile_le(0.99), "p", "b"): 9.0}
+    by_model = many_quantiles_by(rates, (0.5, 0.95), lambda key: key)
+    assert by_model[0.5] == {("p", "a"): 0.8, ("p", "b"): 0.2}
+    assert by_model[0.95][("p", "a")] == 3.5
+    assert math.isnan(by_model[0.95][("p", "b")])  # not recorded: one bucket alone tells nothing
+
+
+def test_recorded_quantiles_merged_by_a_coarser_group_are_undefined() -> None:
+    rates = {("+Inf", "p", "a"): 2.0, (quantile_le(0.5), "p", "a"): 0.8,
+             ("+Inf", "p", "b"): 1.0, (quantile_le(0.5), "p", "b"): 0.2}
+    by_provider = many_quantiles_by(rates, (0.5,), lambda key: key[:1])
+    assert math.isnan(by_provider[0.5][("p",)])

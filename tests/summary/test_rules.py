@@ -12,7 +12,7 @@ import pytest
 
 from app.summary.backend import PrometheusBackend
 from app.summary.promql import CALLS_RECORD, INFERENCE_RECORD
-from app.summary.rules import RecordingRules, shared_instances
+from app.summary.rules import RecordingRules, held_by_several_jobs, shared_instances
 from tests.support.faulty_backend import FaultyBackend, Reply
 
 WANTED = (CALLS_RECORD, INFERENCE_RECORD)
@@ -81,3 +81,9 @@ def test_records_of_jobs_sharing_an_instance_are_not_read() -> None:
     # gw-models scrapes instance 1 as gw does: summing the two jobs would count it twice.
     assert shared_instances(jobs, {"gw": {"i1", "i2"}, "gw-models": {"i1"}}) == {"a:b:c"}
     assert shared_instances(jobs, {"gw": {"i2"}, "gw-models": {"i1"}}) == frozenset()
+
+
+def test_quantile_records_of_several_jobs_are_not_read() -> None:
+    # Quantiles do not add up: two jobs' p95 of one model is no p95 of the two.
+    jobs = {"a:b:p95": {"gw-eu", "gw-us"}, "c:d:p95": {"gw-eu"}, "e:f:rate5m": {"gw-eu", "gw-us"}}
+    assert held_by_several_jobs(jobs, ["a:b:p95", "c:d:p95", "g:h:p95"]) == {"a:b:p95"}
