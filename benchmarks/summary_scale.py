@@ -17,6 +17,9 @@ told) and evaluates the rules as often. Each size first waits ``--fill`` seconds
 the same request bodies posted by one thread each, timed until the last body is read
 (the summary first, then the limit first, in turns).
 
+It also times this process's CPU per summary and per limit (every thread's, which the
+limit spends in its HTTP client alone): the difference is what the summary adds in Python.
+
 Then Prometheus' own CPU per summary (its ``process_cpu_seconds_total``): the queries of
 ``--requests`` summaries sent one summary after the other, less what Prometheus spent in a
 quiet stretch as long just before (ingesting the fleet and evaluating the rules). Under
@@ -234,26 +237,38 @@ def measure(service: SummaryService, url: str, requests_n: int, before: bool) ->
     summaries: list[float] = []
     limits: list[float] = []
     befores: list[float] = []
+    # This process's CPU (every thread's) per summary and per limit: the limit's is its
+    # HTTP client alone, the summary's adds reading the answers and building the figures.
+    summary_cpu: list[float] = []
+    limit_cpu: list[float] = []
     categories = list(Category)
+
+    def limit() -> None:
+        cpu = time.process_time()
+        limits.append(send_directly(url, sent, time.time(), pool, sessions))
+        limit_cpu.append((time.process_time() - cpu) * 1000)
+
     with ThreadPoolExecutor(8) as pool:
         sessions = threading.local()
         service.summary_json(categories)  # the texts a summary sends, for a limit sent first
         for number in range(requests_n):
             # Which goes first alternates: the second may find what the first read warm.
             if number % 2:
-                limits.append(send_directly(url, sent, time.time(), pool, sessions))
-            started = time.perf_counter()
+                limit()
+            started, cpu = time.perf_counter(), time.process_time()
             answer = service.summary_json(categories)
             summaries.append((time.perf_counter() - started) * 1000)
+            summary_cpu.append((time.process_time() - cpu) * 1000)
             if b'"errors":[]' not in answer:
                 raise RuntimeError(f"the summary reports errors: {answer[:600]!r}")
             if not number % 2:
-                limits.append(send_directly(url, sent, time.time(), pool, sessions))
+                limit()
             if before:
                 texts = before_texts(service.settings.summary_window_seconds, {FLEET_PACK: sent[FLEET_PACK]})
                 befores.append(send_directly(url, texts, time.time(), pool, sessions))
     service.backend.query_many = query_many  # type: ignore[method-assign]
-    result: dict[str, Any] = {"summary": cuts(summaries), "limit": cuts(limits)}
+    result: dict[str, Any] = {"summary": cuts(summaries), "limit": cuts(limits),
+                              "summary_cpu": statistics.median(summary_cpu), "limit_cpu": statistics.median(limit_cpu)}
     packs = [dict(sent)] * requests_n
     result["cpu"] = cpu_per_summary(url, packs)
     if before:
@@ -337,6 +352,15 @@ def main() -> None:
         rules, raw = row["rules"], row["raw"]
         print(f"| {row['buckets']:,} | {rules['cpu']:,.1f} | {raw['cpu']:,.1f} | {raw['before_cpu']:,.1f} "
               f"| {raw['before_cpu'] / max(raw['cpu'], 1e-9):.2f}x |")
+    print("\nThis process's CPU per cold summary, ms (median; every thread): the summary, its limit's HTTP "
+          "client, and what the summary adds (reading the answers, building the figures)")
+    print("| inference bucket series | with rules: summary | limit | added | without rules: summary | limit | added |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        rules, raw = row["rules"], row["raw"]
+        print(f"| {row['buckets']:,} | {rules['summary_cpu']:,.1f} | {rules['limit_cpu']:,.1f} "
+              f"| {rules['summary_cpu'] - rules['limit_cpu']:,.1f} | {raw['summary_cpu']:,.1f} "
+              f"| {raw['limit_cpu']:,.1f} | {raw['summary_cpu'] - raw['limit_cpu']:,.1f} |")
     for row in rows:
         print(f"{row['name']}: recorded queries read: {', '.join(row['recorded']) or 'none'}")
 
