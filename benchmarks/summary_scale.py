@@ -20,9 +20,10 @@ the same request bodies posted by one thread each, timed until the last body is 
 It also times this process's CPU per summary and per limit (every thread's, which the
 limit spends in its HTTP client alone): the difference is what the summary adds in Python.
 
-Then Prometheus' own CPU per summary (its ``process_cpu_seconds_total``): the queries of
-``--requests`` summaries sent one summary after the other, less what Prometheus spent in a
-quiet stretch as long just before (ingesting the fleet and evaluating the rules). Under
+Then Prometheus' own CPU per summary (its ``process_cpu_seconds_total``): a summary's
+queries sent again and again, one summary after the other, for whole scrape intervals (two
+or more, 10 s at least), less what Prometheus spent in a quiet stretch as long just before
+(ingesting the fleet and evaluating the rules). Under
 many dashboards the backend's CPU, not one summary's latency, is what bounds how many
 summaries a second a fleet's Prometheus answers.
 
@@ -33,6 +34,7 @@ under 100 ms p95 at ~100k bucket series; without them, at least 1.6x faster than
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 import tempfile
@@ -206,22 +208,26 @@ def prometheus_cpu_s(url: str) -> float:
     raise RuntimeError("Prometheus does not expose process_cpu_seconds_total")
 
 
-def cpu_per_summary(url: str, packs: list[Mapping[str, str]]) -> float:
-    """Prometheus CPU ms per summary: ``packs`` sent one after the other (each pack's texts
-    concurrently), less the CPU of a quiet stretch as long just before."""
+def cpu_per_summary(url: str, texts: Mapping[str, str], span_s: float) -> float:
+    """Prometheus CPU ms per summary: ``texts`` (one summary's queries, concurrently) sent
+    one summary after the other for at least ``span_s``, less the CPU of a quiet stretch
+    as long just before. Each stretch spans whole scrape and rule cycles (``span_s`` is a
+    multiple of the interval), or whether an ingest lands in it decides the figure."""
     with ThreadPoolExecutor(8) as pool:
         sessions = threading.local()
         started, cpu = time.perf_counter(), prometheus_cpu_s(url)
-        time.sleep(max(5.0, 0.5 * len(packs)))  # long enough to hold a scrape or two at 1 s
+        time.sleep(span_s)
         quiet_s, quiet_cpu = time.perf_counter() - started, prometheus_cpu_s(url) - cpu
         started, cpu = time.perf_counter(), prometheus_cpu_s(url)
-        for texts in packs:
+        sent = 0
+        while sent == 0 or time.perf_counter() - started < span_s:
             send_directly(url, texts, time.time(), pool, sessions)
+            sent += 1
         busy_s, busy_cpu = time.perf_counter() - started, prometheus_cpu_s(url) - cpu
-    return max(0.0, busy_cpu - quiet_cpu * busy_s / quiet_s) * 1000 / len(packs)
+    return max(0.0, busy_cpu - quiet_cpu * busy_s / quiet_s) * 1000 / sent
 
 
-def measure(service: SummaryService, url: str, requests_n: int, before: bool) -> dict[str, Any]:
+def measure(service: SummaryService, url: str, requests_n: int, before: bool, span_s: float) -> dict[str, Any]:
     """p50/p95 ms of the cold summary and of its limit (its own texts sent directly), and
     Prometheus' CPU per summary (``cpu``, and ``before_cpu`` for the queries asked before)."""
     assert service.backend is not None
@@ -269,12 +275,11 @@ def measure(service: SummaryService, url: str, requests_n: int, before: bool) ->
     service.backend.query_many = query_many  # type: ignore[method-assign]
     result: dict[str, Any] = {"summary": cuts(summaries), "limit": cuts(limits),
                               "summary_cpu": statistics.median(summary_cpu), "limit_cpu": statistics.median(limit_cpu)}
-    packs = [dict(sent)] * requests_n
-    result["cpu"] = cpu_per_summary(url, packs)
+    result["cpu"] = cpu_per_summary(url, dict(sent), span_s)
     if before:
         result["before"] = cuts(befores)
         before_pack = before_texts(service.settings.summary_window_seconds, {FLEET_PACK: sent[FLEET_PACK]})
-        result["before_cpu"] = cpu_per_summary(url, [before_pack] * requests_n)
+        result["before_cpu"] = cpu_per_summary(url, before_pack, span_s)
     return result
 
 
@@ -282,6 +287,7 @@ def run_size(name: str, fill_s: float, requests_n: int, interval_s: float) -> di
     import multiprocessing
 
     instances, providers, models = SIZES[name]
+    cpu_span_s = 2 * interval_s * math.ceil(10.0 / (2 * interval_s))  # whole cycles, 10 s at least
     port = free_port()
     exporter = multiprocessing.Process(target=serve_fleet, args=(port, instances, providers, models, interval_s),
                                        daemon=True)
@@ -306,10 +312,10 @@ def run_size(name: str, fill_s: float, requests_n: int, interval_s: float) -> di
                 assert service.rules is not None
                 usable = service.rules.refresh()
                 service.summary(list(Category))  # connections, imports
-                with_rules = measure(service, prometheus.url, requests_n, before=False)
+                with_rules = measure(service, prometheus.url, requests_n, before=False, span_s=cpu_span_s)
                 recorded = service.summary(list(Category)).recorded_queries
                 service.rules = None
-                without_rules = measure(service, prometheus.url, requests_n, before=True)
+                without_rules = measure(service, prometheus.url, requests_n, before=True, span_s=cpu_span_s)
             finally:
                 service.close()
             return {"name": name, "buckets": buckets, "usable": sorted(usable),
