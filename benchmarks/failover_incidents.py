@@ -322,50 +322,87 @@ class Ours:
                             error=outcome.error, headers=outcome.headers, permit=permit)
 
 
+class Prober:
+    """One process's ``ProbeRunner`` in the replay: a probe of each provider every 15 s,
+    every 1 s while the provider needs watching (circuit not closed, or ranked out by its
+    score), each due an interval after the last was sent; a probe answers as a call would
+    and gives up after 5 s. The first probes go at ``first_s`` (a process's start)."""
+
+    def __init__(self, tracker: HealthTracker, clock: SimClock, scenario: Scenario, rng: random.Random,
+                 first_s: float = 0.0) -> None:
+        self.tracker = tracker
+        self.clock = clock
+        self.scenario = scenario
+        self.rng = rng
+        self.probes: list[tuple[float, int, str, bool, float]] = []  # (ends, seq, provider, ok, sent)
+        # When each was last sent: the first ones are due at first_s.
+        self.last_probe: dict[str, float] = dict.fromkeys(PROVIDERS, first_s - PROBE_INTERVAL_S)
+        self.seq = itertools.count()
+        self.seen = -math.inf  # the last instant this process ran at
+        self.sent = 0
+
+    def next_at(self, floor: float, by: float = math.inf) -> float:
+        """When this process's next probe event comes: a probe sent (not before ``floor``,
+        the last instant it ran at) or one ending; inf when none can come by ``by``."""
+        ends = self.probes[0][0] if self.probes else math.inf
+        if ends > by and min(self.last_probe.values()) + PROBE_UNHEALTHY_INTERVAL_S > by:
+            return math.inf  # nothing due by then, whichever interval applies (the cheap test)
+        return min(ends, max(floor, min(self._due(name) for name in PROVIDERS)))
+
+    def _interval(self, name: str) -> float:
+        return PROBE_UNHEALTHY_INTERVAL_S if self.tracker.needs_watching(name) else PROBE_INTERVAL_S
+
+    def _due(self, name: str) -> float:
+        return self.last_probe[name] + self._interval(name)
+
+    def step(self, floor: float) -> float:
+        """Do the next probe event (see ``next_at``); when it happened."""
+        ends = self.probes[0][0] if self.probes else math.inf
+        at, name = min((self._due(name), name) for name in PROVIDERS)
+        if at <= ends:
+            at = max(at, floor)  # noticed due at the last event seen, not earlier
+            interval = self._interval(name)
+            self.last_probe[name] = at
+            if self.tracker.trial_gate is not None:  # a worker: the host's workers take turns
+                self.clock.now = at
+                if not self.tracker.claim_probe(name, interval):
+                    return at  # another worker of the host sends this one
+            answer = respond(self.scenario, name, at, self.rng.random(), self.rng.random())
+            heapq.heappush(self.probes, (at + min(answer.duration_s, PROBE_TIMEOUT_S), next(self.seq),
+                                         name, answer.ok, at))
+            self.sent += 1
+            return at
+        ended, _, name, ok, sent = heapq.heappop(self.probes)
+        self.clock.now = ended
+        self.tracker.record_probe(name, ok, sent)
+        return ended
+
+    def run(self, now: float) -> None:
+        """Every probe event due by ``now``, in order."""
+        while self.next_at(self.seen) <= now:
+            self.seen = max(self.seen, self.step(self.seen))
+        self.seen = max(self.seen, now)
+
+
 class OursWithProbes(Ours):
-    """Ours, with an active probe per provider as ProbeRunner runs them: every 15 s, every
-    1 s while the provider needs watching (circuit not closed, or ranked out by its score),
-    each due an interval after the last was sent; a probe answers as a call would."""
+    """Ours, with a :class:`Prober` beside it."""
 
     name = "ours + probes"
 
     def __init__(self, seed: int, scenario: Scenario) -> None:
         super().__init__(seed, scenario)
-        self.scenario = scenario
-        self.rng = random.Random(seed + 2)
-        self.probes: list[tuple[float, int, str, bool, float]] = []  # (ends, seq, provider, ok, sent)
-        self.last_probe: dict[str, float] = dict.fromkeys(PROVIDERS, -math.inf)  # when each was last sent
-        self.seq = itertools.count()
-        self.probes_sent = 0
+        self.prober = Prober(self.tracker, self.clock, scenario, random.Random(seed + 2))
 
-    def _run_probes(self, now: float) -> None:
-        while True:
-            sends = [(at, name) for name, last in self.last_probe.items() if
-                     (at := last + (PROBE_UNHEALTHY_INTERVAL_S if self.tracker.needs_watching(name) else
-                                    PROBE_INTERVAL_S)) <= now]
-            ends = self.probes[0][0] if self.probes else math.inf
-            first_send = min(sends, default=(math.inf, ""))
-            if first_send[0] == math.inf and ends > now:
-                return
-            if first_send[0] <= ends:
-                at, name = first_send
-                at = max(at, self.clock.now)  # noticed due at the last event seen, not earlier
-                answer = respond(self.scenario, name, at, self.rng.random(), self.rng.random())
-                self.last_probe[name] = at
-                heapq.heappush(self.probes, (at + min(answer.duration_s, PROBE_TIMEOUT_S), next(self.seq),
-                                             name, answer.ok, at))
-                self.probes_sent += 1
-            else:
-                ended, _, name, ok, sent = heapq.heappop(self.probes)
-                self.clock.now = ended
-                self.tracker.record_probe(name, ok, sent)
+    @property
+    def probes_sent(self) -> int:
+        return self.prober.sent
 
     def pick(self, candidates: tuple[str, ...], now: float) -> str:
-        self._run_probes(now)
+        self.prober.run(now)
         return super().pick(candidates, now)
 
     def observe(self, provider: str, outcome: Outcome, now: float, ticket: object = None) -> None:
-        self._run_probes(now)
+        self.prober.run(now)
         super().observe(provider, outcome, now, ticket)
 
 
@@ -506,7 +543,7 @@ class Fleet:
     seeded instant of its first round, so the replicas' Redis rounds are out of phase."""
 
     def __init__(self, seed: int, scenario: Scenario, *, hosts: int, workers: int, shared: bool,
-                 name: str) -> None:
+                 name: str, probes: bool = False) -> None:
         self.name = name
         self.clock = SimClock()
         self.rng = random.Random(seed + 3)
@@ -514,6 +551,13 @@ class Fleet:
         self.last_ticket: object = None  # (process, permit)
         self.trackers = [HealthTracker(clock=self.clock, wall_clock=self.clock.wall)
                          for _ in range(hosts * workers)]
+        # Each process probes on its own (every worker runs its ProbeRunner), from its start.
+        self.probers = [
+            Prober(tracker, self.clock, scenario, random.Random(seed * 1009 + index),
+                   first_s=self.rng.uniform(0.0, PROBE_UNHEALTHY_INTERVAL_S))
+            for index, tracker in enumerate(self.trackers)
+        ] if probes else []
+        self.seen = 0.0  # the last instant of the replay's events
         self.sharings: list[tuple[float, Sharing]] = []  # (starts, its Sharing)
         self.directory: tempfile.TemporaryDirectory[str] | None = None
         self.rounds = 0  # Sharing rounds done (each on every process)
@@ -537,13 +581,27 @@ class Fleet:
             self.sharings.append((starts, sharing))
 
     def _sync(self, now: float) -> None:
-        """Every Sharing round due by ``now``, at its own instant on the simulated clock."""
-        while (at := self.rounds * INTERVAL_S) <= now:
-            self.clock.now = at
-            for starts, sharing in self.sharings:
-                if at >= starts:
-                    sharing.sync_once()
-            self.rounds += 1
+        """Every Sharing round and probe event due by ``now``, each at its own instant on
+        the simulated clock, in order."""
+        while True:
+            round_at = self.rounds * INTERVAL_S if self.sharings else math.inf
+            probe_at, prober = min(((prober.next_at(self.seen, now), index)
+                                    for index, prober in enumerate(self.probers)), default=(math.inf, -1))
+            if min(round_at, probe_at) > now:
+                break
+            if round_at <= probe_at:
+                self.clock.now = self.seen = round_at
+                for starts, sharing in self.sharings:
+                    if round_at >= starts:
+                        sharing.sync_once()
+                self.rounds += 1
+            else:
+                self.seen = max(self.seen, self.probers[prober].step(self.seen))
+        self.seen = max(self.seen, now)
+
+    @property
+    def probes_sent(self) -> int:
+        return sum(prober.sent for prober in self.probers)
 
     def pick(self, candidates: tuple[str, ...], now: float) -> str:
         self._sync(now)
@@ -569,9 +627,10 @@ class Fleet:
             self.directory.cleanup()
 
 
-def fleet(name: str, hosts: int, workers: int, shared: bool) -> Callable[[int, Scenario], Policy]:
+def fleet(name: str, hosts: int, workers: int, shared: bool, probes: bool = False
+          ) -> Callable[[int, Scenario], Policy]:
     def make(seed: int, scenario: Scenario) -> Policy:
-        return Fleet(seed, scenario, hosts=hosts, workers=workers, shared=shared, name=name)
+        return Fleet(seed, scenario, hosts=hosts, workers=workers, shared=shared, name=name, probes=probes)
     make.__name__ = name
     return make
 
@@ -626,13 +685,16 @@ def litellm_fleet(name: str, instances: int) -> Callable[[int, Scenario], Policy
 
 
 WORKERS_4, REPLICAS_4X4 = "ours, 4 workers", "ours, 4 replicas x 4 workers"
+PROBED_4, PROBED_4X4 = "ours + probes, 4 workers", "ours + probes, 4 x 4"
 UNSHARED_16 = "ours, 16 processes, no sharing"
 LITELLM_16 = "LiteLLM, 16 instances, Redis"
-#: The fleets, their targets against one process (ours) on detection, down share and failed.
-FLEET_LIMITS = {WORKERS_4: 1.25, REPLICAS_4X4: 2.0}
+#: The fleets, their targets against one process (ours, or ours + probes for the fleets
+#: that probe) on detection, down share and failed.
+FLEET_LIMITS = {WORKERS_4: 1.25, REPLICAS_4X4: 2.0, PROBED_4: 1.25, PROBED_4X4: 2.0}
 
 POLICIES: tuple[Callable[[int, Scenario], Policy], ...] = (
     Ours, OursWithProbes, fleet(WORKERS_4, 1, 4, True), fleet(REPLICAS_4X4, 4, 4, True),
+    fleet(PROBED_4, 1, 4, True, probes=True), fleet(PROBED_4X4, 4, 4, True, probes=True),
     fleet(UNSHARED_16, 16, 1, False), RoundRobin, EnvoyConsecutive5xx, LiteLLMCooldown,
     litellm_fleet(LITELLM_16, 16))
 #: What the single-process targets compare with (one process each).
@@ -785,15 +847,21 @@ def misses(table: Table, cols: list[Column], variant: str) -> list[str]:
     return found
 
 
+def alone_of(variant: str) -> str:
+    """The one-process row a fleet is compared with: the same policy, probes or not."""
+    return OursWithProbes.name if variant in (PROBED_4, PROBED_4X4) else Ours.name
+
+
 def fleet_misses(table: Table, cols: list[Column], variant: str) -> list[str]:
     limit = FLEET_LIMITS[variant]
+    single = alone_of(variant)
     found = []
     for i, (title, _, show, figure) in enumerate(cols):
         mine = figure(table[variant][i])
         if title in ("detection", "down share", "failed"):
-            alone = figure(table[Ours.name][i])
+            alone = figure(table[single][i])
             if mine > limit * alone:
-                found.append(f"{title} {show(table[variant][i])} > {limit:g} x {show(table[Ours.name][i])} (ours)")
+                found.append(f"{title} {show(table[variant][i])} > {limit:g} x {show(table[single][i])} ({single})")
         if title == "into cooldown" and mine > figure(table[LiteLLMCooldown.name][i]):
             found.append(f"into cooldown {mine:.0f} > {LiteLLMCooldown.name}'s "
                          f"{figure(table[LiteLLMCooldown.name][i]):.0f}")
@@ -834,12 +902,13 @@ def run_incident(scenario: Scenario, seed: int, calls: list[tuple[float, float, 
         ok = ok and not missed
         print(f"  targets       {'met' if not missed else 'missed: ' + '; '.join(missed)}")
     for variant, limit in FLEET_LIMITS.items():
-        print(f"\n{variant} against ours (one process; target: detection, down share and failed within "
+        single = alone_of(variant)
+        print(f"\n{variant} against {single} (one process; target: detection, down share and failed within "
               f"{limit:g}x), {LiteLLMCooldown.name} (into cooldown) and {LITELLM_16} (every column):")
         for i, (title, _, show, figure) in enumerate(cols):
-            mine, alone, rival = (figure(table[name][i]) for name in (variant, Ours.name, LITELLM_16))
-            ratio = ("same as ours" if mine == alone else "ours: 0" if alone == 0 else
-                     f"{mine / alone:.2f}x ours" if math.isfinite(mine / alone) else "never")
+            mine, alone, rival = (figure(table[name][i]) for name in (variant, single, LITELLM_16))
+            ratio = ("same as alone" if mine == alone else "alone: 0" if alone == 0 else
+                     f"{mine / alone:.2f}x alone" if math.isfinite(mine / alone) else "never")
             versus = "better than" if mine < rival else "tied with" if mine == rival else "worse than"
             print(f"  {title:<13} {show(table[variant][i]):>14}  {ratio:<13} {versus} {LITELLM_16} "
                   f"({show(table[LITELLM_16][i])})")

@@ -222,11 +222,13 @@ class Breaker:
         successful_active_health_check_uneject_host). In half-open, trial calls sent before
         the probe are overtaken by it: they no longer hold the door, and a late failure of
         theirs (a timeout sent while the provider was still down) cannot reopen it."""
-        if self.effective_state(now) is _OPEN:  # past its cooldown the next call moves it anyway
+        sent = now if sent is None else sent
+        # Past its cooldown the next call moves it anyway; a probe sent before the circuit
+        # opened says nothing of the provider since.
+        if self.effective_state(now) is _OPEN and sent >= self.since:
             self._enter(_HALF_OPEN, now)
             return [Transition(_OPEN, _HALF_OPEN, "a probe succeeded")]
         if self.state is _HALF_OPEN:
-            sent = now if sent is None else sent
             while self.trials and self.trials[0].issued < sent:  # handed out in time order
                 self.trials.popleft().void = True
         return []

@@ -70,11 +70,14 @@ class ProbeRunner:
         waited = self.interval_s  # probe at once on start
         try:
             while True:
-                if waited >= self.next_wait_s(provider):
-                    task = asyncio.get_running_loop().create_task(self.probe(provider, client))
-                    running.add(task)
-                    task.add_done_callback(running.discard)
+                wait_s = self.next_wait_s(provider)
+                if waited >= wait_s:
                     waited = 0.0
+                    # Workers of one host take turns: one probe per interval from the host.
+                    if self.tracker.claim_probe(provider, wait_s):
+                        task = asyncio.get_running_loop().create_task(self.probe(provider, client))
+                        running.add(task)
+                        task.add_done_callback(running.discard)
                 # Wake at the short interval, so a circuit that opens meanwhile is probed soon.
                 await asyncio.sleep(self.unhealthy_interval_s)
                 waited += self.unhealthy_interval_s

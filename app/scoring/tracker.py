@@ -158,6 +158,9 @@ class _Provider:
     #: Other processes' trial calls out, as they announced them: sent -> held until.
     remote_trials: dict[float, float] = field(default_factory=dict)
     ewma_s: float | None = None
+    #: The place this process holds at the trial gate after its trial failed (its issue
+    #: time), until the next trial is due; given back early when a probe ends the cooldown.
+    gate_hold: float | None = None
     ewma_at: float = 0.0
 
 
@@ -212,6 +215,8 @@ class HealthTracker:
         self._outbox: list[SharedOutcome] | None = None
         #: Counts half-open trials with the other processes' (None: this process alone).
         self.trial_gate: TrialGate | None = None
+        #: provider -> when this process claimed its current probe on the gate (claim_probe).
+        self._probe_claims: dict[str, float] = {}
         #: How long past the moment a provider's trial (cycle: its breaker's trips) or
         #: retrial (cycle -1) is due this process waits before sending one itself: hosts
         #: that share through a slower channel take turns, so the first one's announcement
@@ -268,7 +273,7 @@ class HealthTracker:
                 now = self.clock()
                 state = self._provider(item.provider)
                 if item.kind == PROBE:
-                    moves = self._account_probe(state, now, item.outcome == "success", item.issued)
+                    moves = self._account_probe(state, item.provider, now, item.outcome == "success", item.issued)
                 else:
                     moves = self._apply_call(state, item, now)
                 self._prune(state, now)
@@ -463,7 +468,8 @@ class HealthTracker:
             if trial and moves and moves[-1].to_state is Circuit.OPEN:
                 # It failed and reopened the circuit: its place stays taken until the next
                 # trial is due, or another process could send one before this verdict reaches it.
-                gate.acquire(provider, now, state.breaker.next_trial_at, self.config.trials_at_once)
+                if gate.acquire(provider, now, state.breaker.next_trial_at, self.config.trials_at_once):
+                    state.gate_hold = now
         if moves:
             self._notify(provider, moves)
         return zone
@@ -536,14 +542,15 @@ class HealthTracker:
         now = self.clock()
         with self._lock:
             state = self._provider(provider)
-            moves = self._account_probe(state, now, ok, sent_at)
+            moves = self._account_probe(state, provider, now, ok, sent_at)
             self._prune(state, now)
             if self._outbox is not None and len(self._outbox) < MAX_UNSHARED:
                 self._outbox.append(SharedOutcome(PROBE, provider, "success" if ok else "unreached", now,
                                                   now if sent_at is None else sent_at))
         self._notify(provider, moves)
 
-    def _account_probe(self, state: _Provider, now: float, ok: bool, sent_at: float | None) -> list[Transition]:
+    def _account_probe(self, state: _Provider, provider: str, now: float, ok: bool,
+                       sent_at: float | None) -> list[Transition]:
         """Count one probe's outcome (lock held); returns the breaker's moves."""
         state.window.add_probe(now, ok)
         state.last_probe = now
@@ -562,6 +569,11 @@ class HealthTracker:
             for permit in trials:
                 if permit.void:  # overtaken by the probe: its place at the gate comes back
                     gate.release(permit.provider, permit.issued)
+            if moves and state.gate_hold is not None:
+                # The probe (this process's or another's) ended the cooldown the place was
+                # held for: the trials it lets go must find it free.
+                gate.release(provider, state.gate_hold)
+                state.gate_hold = None
         return moves
 
     def _prune(self, state: _Provider, now: float) -> None:
@@ -755,6 +767,26 @@ class HealthTracker:
             return (waited >= self.config.open_cooldown_s and len(passed) == passed.maxlen
                     and passed[0] >= state.last_granted)
         return waited >= self.config.max_cooldown_s
+
+    def claim_probe(self, provider: str, for_s: float) -> bool:
+        """Whether this process sends ``provider``'s probe now. Processes that share a trial
+        gate (one host's workers) send one probe per provider per interval between them,
+        whichever claims it first, for ``for_s``: every worker runs its prober, and the
+        host probes as one process would (a probe success opens the door to trials, so
+        four probers would let trials through four times as often). A process alone, or a
+        gate that cannot decide at once, sends it."""
+        gate = self.trial_gate
+        if gate is None:
+            return True
+        now = self.clock()
+        key = f"{provider}\0probe"
+        held = self._probe_claims.pop(provider, None)
+        if held is not None:  # this process's own claim: the prober that holds it goes on
+            gate.release(key, held)
+        if not gate.acquire(key, now, now + for_s, 1):
+            return False
+        self._probe_claims[provider] = now
+        return True
 
     def needs_watching(self, provider: str) -> bool:
         """Whether probes should come at the short interval: the circuit is not closed, or

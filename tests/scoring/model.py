@@ -138,6 +138,7 @@ class ProviderModel:
     moves: list[tuple[str, str]] = field(default_factory=list)
     #: How the circuit last opened: "trial" (a failed trial), "run" or "rate".
     opened_by: str = ""
+    opened_at: float = -math.inf
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -218,6 +219,7 @@ class ProviderModel:
         else:
             self.cooldown_s = min(self.cooldown_s * 2, self.cfg.max_cooldown_s)
         self._enter(OPEN)
+        self.opened_at = now
         self.next_trial_at = max(now, sent + self.cooldown_s)
         self.opened_by = by
 
@@ -356,13 +358,15 @@ class ProviderModel:
 
     def probe(self, now: float, ok: bool, sent_at: float | None) -> None:
         """HEALTH "Active probes": a successful probe "ends a quota lockout; moves an open
-        circuit to half-open at once ...; in half-open, voids the trial calls sent before the
-        probe was". A circuit whose cooldown is already over is left for the next call to
-        move (it reads half-open anyway, with no trial out)."""
+        circuit to half-open at once, if the probe was sent after it opened ...; in
+        half-open, voids the trial calls sent before the probe was". A circuit whose
+        cooldown is already over is left for the next call to move (it reads half-open
+        anyway, with no trial out)."""
         if not ok:
             return
         self.quota_until = -math.inf
-        if self.state == OPEN and now < self.next_trial_at:
+        sent = now if sent_at is None else sent_at
+        if self.state == OPEN and now < self.next_trial_at and sent >= self.opened_at:
             self._enter(HALF_OPEN)
         elif self.state == HALF_OPEN:
             sent = now if sent_at is None else sent_at

@@ -638,3 +638,12 @@ def test_a_denied_permit_carries_its_period_and_time() -> None:
 
     assert not denied
     assert (denied.provider, denied.period, denied.issued, denied.trial) == ("p", 1, T0 + 1, False)
+
+
+def test_a_probe_sent_before_the_circuit_opened_does_not_move_it() -> None:
+    # It says nothing of the provider since the failures that opened the circuit.
+    breaker = tripped()
+
+    assert breaker.probe_succeeded(T0 + 1, sent=breaker.since - 0.5) == []
+    assert breaker.state is Circuit.OPEN
+    assert breaker.probe_succeeded(T0 + 1, sent=breaker.since)[0].to_state is Circuit.HALF_OPEN

@@ -5,12 +5,14 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import pytest
 import respx
 
 from app.scoring import HealthTracker, ProbeRunner, State
+from app.scoring.sharing import FileTrialGate
 from tests.scoring.fake_clock import FakeClock
 
 UP = "https://up.example/health"
@@ -529,3 +531,32 @@ def test_the_first_probe_goes_before_the_loop_first_sleeps(
 
     # Sent as the loop starts: it runs while the loop waits for the first time, not a wait later.
     assert events[:2] == ["sleep", "probe"]
+
+
+def test_two_workers_on_one_gate_probe_as_one(tmp_path: Path) -> None:
+    # Each worker runs its prober; their claims on the host's gate last an interval each,
+    # so the host sends at most one probe per interval, whichever worker sends it.
+    interval_s, run_s = 0.05, 0.5
+    workers = []
+    for pid in (101, 102):
+        tracker = HealthTracker()
+        tracker.trial_gate = FileTrialGate(str(tmp_path), pid=pid)
+        workers.append(ProbeRunner(tracker, {"p": UP}, interval_s=interval_s, unhealthy_interval_s=interval_s))
+
+    async def run_briefly() -> None:
+        tasks = [asyncio.get_running_loop().create_task(runner.run()) for runner in workers]
+        await asyncio.sleep(run_s)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    with respx.mock() as router:
+        up = router.get(UP).mock(return_value=httpx.Response(200))
+        asyncio.run(run_briefly())
+
+    # Alone, each would send one at start and one per tick: about 20 between them.
+    assert 2 <= up.call_count <= 1 + round(run_s / interval_s)
+    for runner in workers:
+        gate = runner.tracker.trial_gate
+        assert isinstance(gate, FileTrialGate)
+        gate.close()

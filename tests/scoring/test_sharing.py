@@ -397,3 +397,43 @@ def test_a_trial_overtaken_by_a_probe_gives_its_place_back(tmp_path: Path, clock
     sync(a, b)
     # Neither process has a trial out, so one of them must get the next one.
     assert a.tracker.allow(PROVIDER) or b.tracker.allow(PROVIDER)
+
+
+def test_a_probe_success_after_a_failed_trial_frees_the_place_it_held(tmp_path: Path, clock: FakeClock) -> None:
+    # A failed trial keeps its place at the gate until the next trial is due, so no other
+    # worker sends one before its verdict arrives; a probe that ends the cooldown early
+    # must free that place, or the trials it lets go wait out the cooldown anyway.
+    config = HealthConfig(trials_at_once=1, open_cooldown_s=5.0, max_cooldown_s=10.0, trial_timeout_s=300.0)
+    a, b = worker(tmp_path, clock, 101, config), worker(tmp_path, clock, 102, config)
+    a.fail(config.consecutive_failures)
+    sync(a, b)
+    clock.advance(config.open_cooldown_s)
+    trial = a.tracker.allow(PROVIDER)
+    assert trial.trial
+    clock.advance(0.5)
+    a.tracker.record(PROVIDER, duration_s=0.5, status_code=503, permit=trial)  # relapse: open 10 s
+    sync(a, b)
+    assert a.gate.held(PROVIDER, clock()) == 1  # its place, held for the next trial
+    clock.advance(1)
+    b.tracker.record_probe(PROVIDER, True, sent_at=clock() - 0.2)  # sent after the circuit reopened
+    sync(a, b)
+    assert a.tracker.status(PROVIDER).circuit is Circuit.HALF_OPEN
+    assert a.gate.held(PROVIDER, clock()) == 0
+    assert b.tracker.allow(PROVIDER).trial  # at once, not 10 s after the failed trial
+
+
+def test_the_workers_of_a_host_send_one_probe_per_interval_between_them(tmp_path: Path, clock: FakeClock) -> None:
+    a, b = worker(tmp_path, clock, 101, CONFIG), worker(tmp_path, clock, 102, CONFIG)
+    assert a.tracker.claim_probe(PROVIDER, 1.0)
+    assert not b.tracker.claim_probe(PROVIDER, 1.0)  # a sends this interval's probe
+    assert b.tracker.claim_probe("anthropic", 1.0)  # each provider has its own
+    clock.advance(0.6)
+    assert a.tracker.claim_probe(PROVIDER, 1.0)  # its own claim: the prober that holds it goes on
+    clock.advance(0.6)
+    assert not b.tracker.claim_probe(PROVIDER, 1.0)
+    clock.advance(1.0)
+    assert b.tracker.claim_probe(PROVIDER, 1.0)  # a's claim ran out: b takes over
+    a.gate.close()  # a's process gone: its claim frees at once
+    b.gate.close()
+    alone = HealthTracker(CONFIG, clock=clock)
+    assert alone.claim_probe(PROVIDER, 1.0) and alone.claim_probe(PROVIDER, 1.0)  # no gate: always
