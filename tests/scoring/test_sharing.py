@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from app.scoring import Circuit, HealthConfig, HealthTracker
+from app.scoring import Circuit, HealthConfig, HealthTracker, Permit
 from app.scoring.events import CALL, SharedOutcome, encode
 from app.scoring.sharing import FileTrialGate, HostChannel, Sharing
 from tests.scoring.fake_clock import FakeClock
@@ -381,14 +381,21 @@ def test_the_thread_shares_a_trip_within_a_few_rounds(tmp_path: Path) -> None:
             sharing.stop()
 
 
-def test_a_trial_overtaken_by_a_probe_gives_its_place_back(tmp_path: Path, clock: FakeClock) -> None:
-    config = HealthConfig(trials_at_once=1, open_cooldown_s=5.0, trial_timeout_s=300.0)
+def trial_out(tmp_path: Path, clock: FakeClock) -> tuple[Worker, Worker, Permit]:
+    """Two workers, one trial at a time: a tripped the circuit, and after the cooldown
+    holds the trial permit."""
+    config = HealthConfig(trials_at_once=1, open_cooldown_s=5.0, max_cooldown_s=10.0, trial_timeout_s=300.0)
     a, b = worker(tmp_path, clock, 101, config), worker(tmp_path, clock, 102, config)
     a.fail(config.consecutive_failures)
     sync(a, b)
     clock.advance(config.open_cooldown_s)
     trial = a.tracker.allow(PROVIDER)
     assert trial.trial
+    return a, b, trial
+
+
+def test_a_trial_overtaken_by_a_probe_gives_its_place_back(tmp_path: Path, clock: FakeClock) -> None:
+    a, b, trial = trial_out(tmp_path, clock)
     clock.advance(1)
     b.tracker.record_probe(PROVIDER, True, sent_at=clock())  # overtakes a's trial: voided in both
     sync(a, b)
@@ -403,13 +410,7 @@ def test_a_probe_success_after_a_failed_trial_frees_the_place_it_held(tmp_path: 
     # A failed trial keeps its place at the gate until the next trial is due, so no other
     # worker sends one before its verdict arrives; a probe that ends the cooldown early
     # must free that place, or the trials it lets go wait out the cooldown anyway.
-    config = HealthConfig(trials_at_once=1, open_cooldown_s=5.0, max_cooldown_s=10.0, trial_timeout_s=300.0)
-    a, b = worker(tmp_path, clock, 101, config), worker(tmp_path, clock, 102, config)
-    a.fail(config.consecutive_failures)
-    sync(a, b)
-    clock.advance(config.open_cooldown_s)
-    trial = a.tracker.allow(PROVIDER)
-    assert trial.trial
+    a, b, trial = trial_out(tmp_path, clock)
     clock.advance(0.5)
     a.tracker.record(PROVIDER, duration_s=0.5, status_code=503, permit=trial)  # relapse: open 10 s
     sync(a, b)
