@@ -51,7 +51,11 @@ random (seeded), as a gateway's workers and replicas take them:
   minute's failures, a cooldown set by one seen by the others at their next read of Redis,
   once a second at a seeded phase (its PR #40025).
 
-The processes run without probes (compare them with ours, one process without probes).
+The first two run again with probes (``ours + probes, 4 workers`` and ``ours + probes, 4 x
+4``; compare them with ours + probes): every worker runs its prober (:class:`Prober`) from a
+start at a random instant of the first second, and claims each probe on its host's trial
+gate (``HealthTracker.claim_probe``), as ``ProbeRunner`` does. The others run without
+probes (compare them with ours, one process without probes).
 
 Columns (an incident with several bad periods gives the mean over them):
 
@@ -361,7 +365,7 @@ class Prober:
         at, name = min((self._due(name), name) for name in PROVIDERS)
         if at <= ends:
             at = max(at, floor)  # noticed due at the last event seen, not earlier
-            interval = self._interval(name)
+            interval = self._interval(name)  # before the send moves its due time
             self.last_probe[name] = at
             if self.tracker.trial_gate is not None:  # a worker: the host's workers take turns
                 self.clock.now = at

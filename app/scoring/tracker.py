@@ -157,10 +157,10 @@ class _Provider:
     last_probe: float = -math.inf  # when a probe last ended
     #: Other processes' trial calls out, as they announced them: sent -> held until.
     remote_trials: dict[float, float] = field(default_factory=dict)
-    ewma_s: float | None = None
     #: The place this process holds at the trial gate after its trial failed (its issue
     #: time), until the next trial is due; given back early when a probe ends the cooldown.
     gate_hold: float | None = None
+    ewma_s: float | None = None
     ewma_at: float = 0.0
 
 
