@@ -88,6 +88,12 @@ class Breaker:
     trials: deque[Permit] = field(default_factory=deque)
     trials_passed: int = 0
     open_reason: str = ""
+    #: The current half-open period began with a probe, not at the end of a cooldown.
+    half_open_by_probe: bool = False
+    #: A trial let through by a probe failed since the circuit last closed: the provider
+    #: answers probes but fails calls (a partial failure), so until it closes again a
+    #: cooldown ends early only after a run of passed probes (``misled_probe_run_s``).
+    probes_misled: bool = False
     #: (time, failed) of the calls since the circuit last closed, within the window
     recent: deque[tuple[float, bool]] = field(default_factory=deque)
     recent_failures: int = 0  # kept with ``recent``, so a call costs O(1)
@@ -216,22 +222,35 @@ class Breaker:
         """Closed again less than ``probation_s`` ago: a failure sends it back to half-open."""
         return self.state is _CLOSED and now - self.closed_at < self.config.probation_s
 
-    def probe_succeeded(self, now: float, sent: float | None = None) -> list[Transition]:
+    def probe_succeeded(self, now: float, sent: float | None = None,
+                        passing_since: float | None = None) -> list[Transition]:
         """An active probe sent at ``sent`` reached the provider: an open circuit goes
         half-open at once and lets its trial calls decide (Envoy's
         successful_active_health_check_uneject_host). In half-open, trial calls sent before
         the probe are overtaken by it: they no longer hold the door, and a late failure of
-        theirs (a timeout sent while the provider was still down) cannot reopen it."""
+        theirs (a timeout sent while the provider was still down) cannot reopen it.
+
+        Once a trial a probe let through has failed (``probes_misled``), one passed probe
+        is not enough: the probes must have passed without a failure since ``passing_since``
+        (the send of the first of their run sent in this open period), for
+        ``misled_probe_run_s``."""
         sent = now if sent is None else sent
         # Past its cooldown the next call moves it anyway; a probe sent before the circuit
         # opened says nothing of the provider since.
-        if self.effective_state(now) is _OPEN and sent >= self.since:
+        if self.effective_state(now) is _OPEN and sent >= self.since and self._probes_convince(sent, passing_since):
             self._enter(_HALF_OPEN, now)
+            self.half_open_by_probe = True
             return [Transition(_OPEN, _HALF_OPEN, "a probe succeeded")]
         if self.state is _HALF_OPEN:
             while self.trials and self.trials[0].issued < sent:  # handed out in time order
                 self.trials.popleft().void = True
         return []
+
+    def _probes_convince(self, sent: float, passing_since: float | None) -> bool:
+        if not self.probes_misled:
+            return True
+        return (passing_since is not None and passing_since >= self.since
+                and sent - passing_since >= self.config.misled_probe_run_s)
 
     # --- moves ----------------------------------------------------------------------------
 
@@ -239,6 +258,7 @@ class Breaker:
         if state is _HALF_OPEN:
             self.half_open_since = now
         self.state, self.since = state, now
+        self.half_open_by_probe = False
         self.period += 1
         for permit in self.trials:  # trials still out belong to the period that ends
             permit.void = True
@@ -261,6 +281,7 @@ class Breaker:
     def _close(self, now: float) -> Transition:
         self._enter(_CLOSED, now)
         self.closed_at = now  # on probation: the backoff is kept until it has passed
+        self.probes_misled = False
         return Transition(_HALF_OPEN, _CLOSED, f"{self.config.half_open_trials} trial calls passed")
 
     def _trip(self, now: float, reason: str, sent: float | None = None) -> Transition:
@@ -275,6 +296,8 @@ class Breaker:
         else:
             self.cooldown_s = min(self.cooldown_s * 2.0, self.config.max_cooldown_s)
         self.trips += 1
+        if before is _HALF_OPEN and self.half_open_by_probe:
+            self.probes_misled = True
         self._enter(_OPEN, now)
         self.next_trial_at = max(now, (now if sent is None else sent) + self.cooldown_s)
         self.open_reason = reason

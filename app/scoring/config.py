@@ -52,6 +52,13 @@ class HealthConfig(BaseModel):
     #: healthy. A minute: the sliding window, so the failures that opened the circuit have
     #: left the score by the time the provider is judged afresh.
     probation_s: float = Field(60.0, ge=0)
+    #: Once a trial let through by a probe has failed, the provider answers probes but fails
+    #: calls (a partial failure, a rising error rate): one passed probe ends its cooldowns
+    #: no more, until the circuit closes, but probes that pass without a failure for this
+    #: long still do. 2 s is three probes in a row at the 1 s unhealthy interval: a
+    #: provider failing half its calls passes them one time in eight, a recovered one
+    #: within 2 s. Several hosts probing make the run longer in probes, not in seconds.
+    misled_probe_run_s: float = Field(2.0, ge=0)
     #: Trial calls in flight at once in half-open: one, so a provider still down costs one
     #: failed call per cooldown, never a burst.
     trials_at_once: int = Field(1, ge=1)

@@ -16,6 +16,7 @@ half-open trials are counted together (``trial_gate``): ``app.scoring.sharing`` 
 
 from __future__ import annotations
 
+import bisect
 import math
 import threading
 import time
@@ -139,6 +140,43 @@ class _Window:
             self.probes_ok -= probes.popleft()[1]
 
 
+#: Passes a probe run keeps, the latest: several seconds of probes from every host at the
+#: 1 s interval.
+MAX_RUN_PASSES = 32
+
+
+@dataclass(slots=True)
+class _ProbeRun:
+    """The unbroken run of passed probes, in the order the probes were *sent*: a failed
+    probe ends the run of the passes sent before it, not of those sent after it. A probe
+    that times out reports its failure 5 s after its send, when the probes sent behind it
+    may have passed already (a provider that has just recovered); the breaker orders a
+    run of failed calls the same way."""
+
+    failed_sent: float = -math.inf  # the send of the latest failed probe
+    passes: list[float] = field(default_factory=list)  # sends of the passes since, in order
+
+    def failed(self, sent: float) -> None:
+        if sent >= self.failed_sent:
+            self.failed_sent = sent
+            self.passes = [at for at in self.passes if at > sent]
+
+    def passed(self, sent: float) -> None:
+        if sent >= self.failed_sent:  # sent with the failure: in the order they came
+            bisect.insort(self.passes, sent)
+            if len(self.passes) > MAX_RUN_PASSES:
+                del self.passes[0]  # the run reads shorter than it is, never longer
+
+    def first_since(self, at: float) -> float:
+        """The send of the run's first pass sent at ``at`` or later (inf: none)."""
+        index = bisect.bisect_left(self.passes, at)
+        return self.passes[index] if index < len(self.passes) else math.inf
+
+    def two_since(self, at: float) -> bool:
+        """Whether two passes in a row were sent at ``at`` or later."""
+        return len(self.passes) >= 2 and self.passes[-2] >= at
+
+
 @dataclass(slots=True)
 class _Provider:
     breaker: Breaker
@@ -152,8 +190,7 @@ class _Provider:
     quota_reason: str = ""
     in_flight: int = 0
     last_granted: float = -math.inf  # when a call last went (allow, start) or ended
-    #: Send times of the latest probes in an unbroken run of successes (the last two).
-    probes_passed: deque[float] = field(default_factory=lambda: deque(maxlen=2))
+    probe_run: _ProbeRun = field(default_factory=_ProbeRun)
     last_probe: float = -math.inf  # when a probe last ended
     #: Other processes' trial calls out, as they announced them: sent -> held until.
     remote_trials: dict[float, float] = field(default_factory=dict)
@@ -554,14 +591,14 @@ class HealthTracker:
         """Count one probe's outcome (lock held); returns the breaker's moves."""
         state.window.add_probe(now, ok)
         state.last_probe = now
+        sent = now if sent_at is None else sent_at
         if not ok:
-            state.probes_passed.clear()
+            state.probe_run.failed(sent)
             return []
-        state.probes_passed.append(now if sent_at is None else sent_at)
+        state.probe_run.passed(sent)
         state.quota_until = -math.inf
         trials = list(state.breaker.trials)
-        moves = state.breaker.probe_succeeded(now, sent_at)
-        sent = now if sent_at is None else sent_at
+        moves = state.breaker.probe_succeeded(now, sent, state.probe_run.first_since(state.breaker.since))
         for issued in [issued for issued in state.remote_trials if issued < sent]:
             del state.remote_trials[issued]  # overtaken by the probe, as this process's own
         gate = self.trial_gate
@@ -688,6 +725,10 @@ class HealthTracker:
             reasons.append(f"circuit open since {self._at(now, breaker.since)} after {breaker.open_reason}; "
                            f"next trial call at {self._at(now, breaker.next_trial_at)} "
                            f"(cooldown {breaker.cooldown_s:g} s)")
+            if breaker.probes_misled:
+                reasons.append(f"probes pass but a trial call they let through failed: until the circuit "
+                               f"closes, probes end a cooldown once they have passed for "
+                               f"{config.misled_probe_run_s:g} s")
         elif circuit is Circuit.HALF_OPEN:
             out = breaker.trials_out(now) + self._prune_remote_trials(state, now)
             reasons.append(f"circuit half-open: {out} trial call{'' if out == 1 else 's'} in flight, "
@@ -763,9 +804,7 @@ class HealthTracker:
         if self.turn is not None:
             waited -= self.turn(provider, -1)  # hosts take turns: the first one's call reaches the others
         if now - state.last_probe < self.config.max_cooldown_s:
-            passed = state.probes_passed
-            return (waited >= self.config.open_cooldown_s and len(passed) == passed.maxlen
-                    and passed[0] >= state.last_granted)
+            return waited >= self.config.open_cooldown_s and state.probe_run.two_since(state.last_granted)
         return waited >= self.config.max_cooldown_s
 
     def claim_probe(self, provider: str, for_s: float) -> bool:

@@ -114,6 +114,7 @@ class Cfg:
     throttle_min_s: float = 1.0
     throttle_max_s: float = 300.0
     quota_cooldown_s: float = 600.0
+    misled_probe_run_s: float = 2.0
 
 
 @dataclass
@@ -139,6 +140,11 @@ class ProviderModel:
     #: How the circuit last opened: "trial" (a failed trial), "run" or "rate".
     opened_by: str = ""
     opened_at: float = -math.inf
+    #: HEALTH: the half-open period began with a probe; and "a trial let through by a probe
+    #: failed": until the circuit closes again one passed probe no longer ends a cooldown.
+    half_open_by_probe: bool = False
+    probes_misled: bool = False
+    probes: list[tuple[float, bool]] = field(default_factory=list)  # (sent, passed) of every probe
 
     # --- reading ---------------------------------------------------------------------------
 
@@ -192,6 +198,7 @@ class ProviderModel:
         counted within one period, as the failure rate is)."""
         self.moves.append((self.state, state))
         self.state = state
+        self.half_open_by_probe = False
         self.period += 1
         self.trials = []
         self.trials_passed = 0
@@ -218,6 +225,8 @@ class ProviderModel:
             self.cooldown_s = self.cfg.open_cooldown_s
         else:
             self.cooldown_s = min(self.cooldown_s * 2, self.cfg.max_cooldown_s)
+        if self.state == HALF_OPEN and self.half_open_by_probe:
+            self.probes_misled = True
         self._enter(OPEN)
         self.opened_at = now
         self.next_trial_at = max(now, sent + self.cooldown_s)
@@ -313,6 +322,7 @@ class ProviderModel:
             if self.trials_passed >= self.cfg.half_open_trials:
                 self._enter(CLOSED)
                 self.closed_at = now
+                self.probes_misled = False
             return
         # closed
         if failed and self.on_probation(now):
@@ -362,12 +372,23 @@ class ProviderModel:
         half-open, voids the trial calls sent before the probe was". A circuit whose
         cooldown is already over is left for the next call to move (it reads half-open
         anyway, with no trial out)."""
+        sent = now if sent_at is None else sent_at
+        self.probes.append((sent, ok))
         if not ok:
             return
         self.quota_until = -math.inf
-        sent = now if sent_at is None else sent_at
-        if self.state == OPEN and now < self.next_trial_at and sent >= self.opened_at:
+        # "once a trial a probe let through has failed, ... only when the probes have passed
+        # without a failure for misled_probe_run_s (2 s), all sent since the circuit opened":
+        # the run is in the order of the probes' sends, from the latest failed one on.
+        # (A failure sent at the same instant as a pass breaks it when it came after it.)
+        run = [at for index, (at, passed) in enumerate(self.probes) if passed and not any(
+            not ok and (failed_at > at or (failed_at == at and later > index))
+            for later, (failed_at, ok) in enumerate(self.probes))]
+        run_from = min((at for at in run if at >= self.opened_at), default=math.inf)
+        convinced = not self.probes_misled or sent - run_from >= self.cfg.misled_probe_run_s
+        if self.state == OPEN and now < self.next_trial_at and sent >= self.opened_at and convinced:
             self._enter(HALF_OPEN)
+            self.half_open_by_probe = True
         elif self.state == HALF_OPEN:
             sent = now if sent_at is None else sent_at
             self.trials = [permit for permit in self.trials if permit.issued >= sent]

@@ -543,6 +543,67 @@ def test_a_probe_success_without_a_send_time_overtakes_every_trial_out() -> None
     assert breaker.trials_out(T0 + 7) == 0
 
 
+def misled() -> Breaker:
+    """A breaker whose trial, let through by a probe at T0 + 1, failed at T0 + 2."""
+    breaker = tripped()
+    breaker.probe_succeeded(T0 + 1, sent=T0 + 1)
+    trial, _ = breaker.allow("p", T0 + 1)
+    moves = breaker.record(T0 + 2, True, "server_error 503", trial)
+    assert moves_of(moves) == [("half_open", "open")] and breaker.probes_misled
+    return breaker
+
+
+def test_after_a_probe_let_a_failing_trial_through_one_passed_probe_ends_no_cooldown() -> None:
+    # The provider answers probes but fails calls (a rising error rate): probes that pass one
+    # time in two would otherwise end every cooldown within a second or two.
+    breaker = misled()
+
+    assert breaker.probe_succeeded(T0 + 3, sent=T0 + 3, passing_since=T0 + 3) == []
+    assert breaker.state is Circuit.OPEN
+    assert breaker.next_trial_at == T0 + 1 + 10  # the doubled cooldown, from the trial's send
+
+
+def test_after_a_misled_probe_a_run_of_passes_for_misled_probe_run_s_ends_the_cooldown() -> None:
+    breaker = misled()
+    assert breaker.probe_succeeded(T0 + 4.9, sent=T0 + 4.9, passing_since=T0 + 3) == []
+
+    moves = breaker.probe_succeeded(T0 + 5, sent=T0 + 5, passing_since=T0 + 3)
+
+    assert moves == [Transition(Circuit.OPEN, Circuit.HALF_OPEN, "a probe succeeded")]
+    assert breaker.probes_misled  # until the circuit closes
+
+
+def test_a_run_of_passes_that_began_before_the_circuit_reopened_does_not_count() -> None:
+    breaker = misled()
+
+    assert breaker.probe_succeeded(T0 + 6, sent=T0 + 6, passing_since=T0 + 1) == []
+    assert breaker.state is Circuit.OPEN
+
+
+def test_a_trial_that_fails_after_the_cooldown_ran_out_leaves_probes_trusted() -> None:
+    breaker = tripped()
+    trial, _ = breaker.allow("p", T0 + 5)  # half-open when the 5 s cooldown is over
+
+    breaker.record(T0 + 6, True, "server_error 503", trial)
+
+    assert not breaker.probes_misled
+    assert breaker.probe_succeeded(T0 + 7, sent=T0 + 7)[0].to_state is Circuit.HALF_OPEN
+
+
+def test_a_circuit_that_closes_trusts_one_passed_probe_again() -> None:
+    breaker = misled()
+    breaker.probe_succeeded(T0 + 5, sent=T0 + 5, passing_since=T0 + 3)
+    for at in (T0 + 5, T0 + 6, T0 + 7):
+        trial, _ = breaker.allow("p", at)
+        breaker.record(at + 0.5, False, "ok", trial)
+    assert breaker.state is Circuit.CLOSED and not breaker.probes_misled
+    closed = breaker.closed_at
+    for _ in range(breaker.config.consecutive_failures):  # a new incident, past its probation
+        breaker.record(closed + 61, True, "timeout")
+
+    assert breaker.probe_succeeded(closed + 62, sent=closed + 62)[0].to_state is Circuit.HALF_OPEN
+
+
 # --- probation -----------------------------------------------------------------------------------
 
 

@@ -250,13 +250,19 @@ def test_a_half_open_provider_goes_before_a_retrial(tracker: HealthTracker, cloc
     assert tracker.choose(["well", "sick", "trial"]).order == ["trial", "sick", "well"]
 
 
-def test_with_probes_a_retrial_is_due_after_two_passed_probes_sent_since_the_last_call(
-    tracker: HealthTracker, clock: FakeClock
-) -> None:
+def sick_ranked_out(tracker: HealthTracker, clock: FakeClock, for_s: float) -> None:
+    """``sick`` ranked out by four timeouts (its circuit still closed) beside ``well``, and
+    ``for_s`` seconds since its last call."""
     for _ in range(4):
         tracker.record("sick", duration_s=0.1, error="timeout")
     tracker.record("well", duration_s=0.5)
-    clock.advance(5.0)
+    clock.advance(for_s)
+
+
+def test_with_probes_a_retrial_is_due_after_two_passed_probes_sent_since_the_last_call(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    sick_ranked_out(tracker, clock, 5.0)
     tracker.record_probe("sick", True)
     assert tracker.choose(["well", "sick"]).order == ["well", "sick"]  # one probe is not two
 
@@ -266,10 +272,7 @@ def test_with_probes_a_retrial_is_due_after_two_passed_probes_sent_since_the_las
 
 
 def test_with_probes_a_retrial_waits_at_least_open_cooldown_s(tracker: HealthTracker, clock: FakeClock) -> None:
-    for _ in range(4):
-        tracker.record("sick", duration_s=0.1, error="timeout")
-    tracker.record("well", duration_s=0.5)
-    clock.advance(1.0)
+    sick_ranked_out(tracker, clock, 1.0)
     tracker.record_probe("sick", True)
     tracker.record_probe("sick", True)
     clock.advance(3.9)  # 4.9 s since its last call
@@ -281,10 +284,7 @@ def test_with_probes_a_retrial_waits_at_least_open_cooldown_s(tracker: HealthTra
 
 
 def test_with_probes_a_failed_probe_breaks_the_run(tracker: HealthTracker, clock: FakeClock) -> None:
-    for _ in range(4):
-        tracker.record("sick", duration_s=0.1, error="timeout")
-    tracker.record("well", duration_s=0.5)
-    clock.advance(5.0)
+    sick_ranked_out(tracker, clock, 5.0)
     tracker.record_probe("sick", True)
     tracker.record_probe("sick", False)
     tracker.record_probe("sick", True)
@@ -295,11 +295,23 @@ def test_with_probes_a_failed_probe_breaks_the_run(tracker: HealthTracker, clock
     assert tracker.choose(["well", "sick"]).order == ["sick", "well"]
 
 
+def test_with_probes_a_failure_reported_late_breaks_only_the_passes_sent_before_it(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    # A probe that times out reports 5 s after its send, behind the probes sent after it.
+    sick_ranked_out(tracker, clock, 6.0)
+    tracker.record_probe("sick", True, sent_at=clock.now - 2.0)
+    tracker.record_probe("sick", True, sent_at=clock.now - 1.0)
+    tracker.record_probe("sick", False, sent_at=clock.now - 5.0)  # sent before both: the run stands
+    assert tracker.choose(["well", "sick"]).order == ["sick", "well"]
+
+    tracker.record_probe("sick", False, sent_at=clock.now - 1.5)  # sent between them
+
+    assert tracker.choose(["well", "sick"]).order == ["well", "sick"]
+
+
 def test_with_probes_only_probes_sent_since_the_last_call_count(tracker: HealthTracker, clock: FakeClock) -> None:
-    for _ in range(4):
-        tracker.record("sick", duration_s=0.1, error="timeout")
-    tracker.record("well", duration_s=0.5)
-    clock.advance(5.0)
+    sick_ranked_out(tracker, clock, 5.0)
     tracker.record_probe("sick", True, sent_at=clock.now - 6.0)  # sent before its last call
     tracker.record_probe("sick", True)
     assert tracker.choose(["well", "sick"]).order == ["well", "sick"]
@@ -312,10 +324,7 @@ def test_with_probes_only_probes_sent_since_the_last_call_count(tracker: HealthT
 def test_a_provider_probed_recently_waits_for_its_probes_not_the_timer(
     tracker: HealthTracker, clock: FakeClock
 ) -> None:
-    for _ in range(4):
-        tracker.record("sick", duration_s=0.1, error="timeout")
-    tracker.record("well", duration_s=0.5)
-    clock.advance(9.0)
+    sick_ranked_out(tracker, clock, 9.0)
     tracker.record_probe("sick", False)
     clock.advance(1.0)  # 10 s without a call, but a probe ended 1 s ago and failed
 

@@ -305,6 +305,8 @@ class TrackerAgainstModel(RuleBasedStateMachine):
                 assert f"next trial call at {_hms(model.next_trial_at)} " in line, where
                 if model.opened_by == "run":
                     assert f"after {model.cfg.consecutive_failures} consecutive failures (last: " in line, where
+            misled = any(reason.startswith("probes pass but a trial call") for reason in reasons)
+            assert misled is (circuit == OPEN and model.probes_misled), where
             probation = any(reason.startswith("circuit closed at ") for reason in reasons)
             assert probation is (circuit == CLOSED and model.on_probation(now)), where
 
@@ -371,6 +373,18 @@ STORIES: list[tuple[str, Cfg, list[tuple[str, dict[str, object]]]]] = [
         ("allow", {"provider": "a"}), ("advance", {"seconds": 1.0}),
         ("probe", {"provider": "a", "ok": True, "sent_ago": 1.0}), ("allow", {"provider": "a"}),
         ("probe", {"provider": "a", "ok": True, "sent_ago": 0.25}), ("allow", {"provider": "a"}),
+    ]),
+    ("after a probe let a failing trial through, only a 2 s run of passed probes ends a cooldown", Cfg(), [
+        ("an_outage", {"provider": "a", "answer": (500, None)}), ("advance", {"seconds": 1.0}),
+        ("probe", {"provider": "a", "ok": True, "sent_ago": 0.0}),  # half-open at once
+        ("a_long_call", {"provider": "a", "wait": 0.25, "answer": (503, None), "probe_ago": None}),
+        ("advance", {"seconds": 1.0}), ("probe", {"provider": "a", "ok": True, "sent_ago": 0.0}),
+        ("allow", {"provider": "a"}), ("advance", {"seconds": 1.0}),
+        ("probe", {"provider": "a", "ok": False, "sent_ago": 0.0}),  # the run starts again
+        ("advance", {"seconds": 1.0}), ("probe", {"provider": "a", "ok": True, "sent_ago": 0.0}),
+        ("advance", {"seconds": 1.0}), ("probe", {"provider": "a", "ok": True, "sent_ago": 0.0}),
+        ("allow", {"provider": "a"}), ("advance", {"seconds": 1.0}),
+        ("probe", {"provider": "a", "ok": True, "sent_ago": 0.0}), ("allow", {"provider": "a"}),
     ]),
     ("a trial out when the circuit reopens is no trial of the next half-open", Cfg(trials_at_once=2), [
         ("an_outage", {"provider": "a", "answer": (500, None)}), ("advance", {"seconds": 5.0}),

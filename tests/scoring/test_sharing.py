@@ -423,6 +423,37 @@ def test_a_probe_success_after_a_failed_trial_frees_the_place_it_held(tmp_path: 
     assert b.tracker.allow(PROVIDER).trial  # at once, not 10 s after the failed trial
 
 
+def test_a_trial_a_probe_let_through_that_fails_in_one_worker_misleads_the_probes_of_both(
+        tmp_path: Path, clock: FakeClock) -> None:
+    # The provider passes probes but fails calls: neither worker lets one passed probe end
+    # the next cooldown, whichever probed and whichever sent the trial.
+    config = HealthConfig(trials_at_once=1, open_cooldown_s=5.0, max_cooldown_s=10.0)
+    a, b = worker(tmp_path, clock, 101, config), worker(tmp_path, clock, 102, config)
+    a.fail(config.consecutive_failures)
+    sync(a, b)
+    clock.advance(1)
+    b.tracker.record_probe(PROVIDER, True, sent_at=clock())  # half-open in both at once
+    sync(a, b)
+    trial = a.tracker.allow(PROVIDER)
+    assert trial.trial
+    clock.advance(0.5)
+    a.tracker.record(PROVIDER, duration_s=0.5, status_code=503, permit=trial)
+    sync(a, b)
+    assert b.tracker.status(PROVIDER).circuit is Circuit.OPEN
+    assert ("probes pass but a trial call they let through failed: until the circuit closes, probes end a "
+            "cooldown once they have passed for 2 s") in b.tracker.status(PROVIDER).reasons
+    for sent in (0.5, 1.5):  # one probe, then a run of 1 s: too short
+        clock.advance(1)
+        b.tracker.record_probe(PROVIDER, True, sent_at=clock() - 0.25)
+        sync(a, b)
+        assert a.tracker.status(PROVIDER).circuit is Circuit.OPEN, sent
+    clock.advance(1)
+    b.tracker.record_probe(PROVIDER, True, sent_at=clock() - 0.25)  # passing for 2 s
+    sync(a, b)
+    assert a.tracker.status(PROVIDER).circuit is Circuit.HALF_OPEN
+    assert a.tracker.allow(PROVIDER).trial
+
+
 def test_the_workers_of_a_host_send_one_probe_per_interval_between_them(tmp_path: Path, clock: FakeClock) -> None:
     a, b = worker(tmp_path, clock, 101, CONFIG), worker(tmp_path, clock, 102, CONFIG)
     assert a.tracker.claim_probe(PROVIDER, 1.0)
