@@ -197,6 +197,9 @@ class _Provider:
     #: The place this process holds at the trial gate after its trial failed (its issue
     #: time), until the next trial is due; given back early when a probe ends the cooldown.
     gate_hold: float | None = None
+    #: When this process last heard a trial's verdict (its own or another's): the hosts take
+    #: their turns for the next trial from then, as for the first of a half-open period.
+    trial_heard_at: float = -math.inf
     ewma_s: float | None = None
     ewma_at: float = 0.0
 
@@ -324,6 +327,8 @@ class HealthTracker:
             outcome = Outcome(item.outcome)
         except ValueError:
             return []  # an outcome this version does not know: no verdict
+        if item.trial:
+            state.trial_heard_at = now
         # A call went: the retrial of a provider ranked out is due once per fleet, not once per process.
         state.last_granted = max(state.last_granted, min(now, item.at))
         breaker = state.breaker
@@ -399,8 +404,12 @@ class HealthTracker:
         if breaker.effective_state(now) is not Circuit.HALF_OPEN:
             return False
         turn = self.turn
-        if turn is not None and now < _half_open_start(breaker) + turn(provider, breaker.trips):
-            return True
+        if turn is not None:
+            # Every host hears a trial's verdict at about the same moment, so the next trial
+            # takes turns from then too, in the same order, or each host would send one at once.
+            start = max(_half_open_start(breaker), state.trial_heard_at)
+            if now < start + turn(provider, breaker.trips):
+                return True
         if not state.remote_trials:
             return False
         return breaker.trials_out(now) + self._prune_remote_trials(state, now) >= self.config.trials_at_once
@@ -474,6 +483,8 @@ class HealthTracker:
             if state.in_flight > 0:
                 state.in_flight -= 1
             trial = permit is not None and permit.trial and not permit.void
+            if trial:
+                state.trial_heard_at = now
             if outcome in _SCORED:
                 latency = ttft_s if ttft_s is not None else duration_s
                 # Only a failure can trip the circuit and needs words for its reason.

@@ -151,8 +151,11 @@ def test_after_the_cooldown_one_trial_goes_from_the_host_whose_turn_it_is(hosts:
     assert "1 trial call in flight" in " ".join(second.tracker.status(PROVIDER).reasons)
     first.tracker.record(PROVIDER, duration_s=0.2, status_code=200, permit=trial)
     sync(hosts)
-    # Its verdict counts everywhere, and the next trial may go from any host.
+    # Its verdict counts everywhere, and every host heard it at once: the next trial takes
+    # turns again from then, or each host would send one.
     assert all("1 of 3 passed" in " ".join(host.tracker.status(PROVIDER).reasons) for host in hosts)
+    assert not second.tracker.allow(PROVIDER) and not third.tracker.allow(PROVIDER)
+    clock.advance(2 * TURN_S + 0.01)  # the first and the second had no call to send it with
     follow_up = third.tracker.allow(PROVIDER)
     assert follow_up and follow_up.trial
 
