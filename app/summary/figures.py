@@ -61,7 +61,8 @@ def ratio(part: float | None, whole: float | None) -> float | None:
 
 
 def ms(seconds: float | None) -> float | None:
-    return round(seconds * 1000.0, 3) if seconds is not None and math.isfinite(seconds) else None
+    seconds = number(seconds)
+    return None if seconds is None else round(seconds * 1000.0, 3)
 
 
 def rollup(result: Result, group: Group, keep: Callable[[tuple[str, ...]], bool] = lambda key: True) -> Result:
