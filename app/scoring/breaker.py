@@ -82,6 +82,7 @@ class Breaker:
     next_trial_at: float = 0.0  # open: when the cooldown is over and a trial call may go
     trips: int = 0  # opens since the circuit last stayed closed through its probation
     closed_at: float = -math.inf  # when the circuit last closed after half-open
+    opened_at: float = -math.inf  # when the circuit last opened
     consecutive: int = 0  # failures in a row
     last_failure_issued: float = -math.inf  # when the run's latest failed call was admitted
     #: Trial permits handed out in this half-open period and not yet back (a few at most).
@@ -231,13 +232,13 @@ class Breaker:
         theirs (a timeout sent while the provider was still down) cannot reopen it.
 
         Once a trial a probe let through has failed (``probes_misled``), one passed probe
-        is not enough: the probes must have passed without a failure since ``passing_since``
-        (the send of the first of their run sent in this open period), for
-        ``misled_probe_run_s``."""
+        does neither: see :meth:`probes_convince`."""
         sent = now if sent is None else sent
+        if not self.probes_convince(sent, passing_since):
+            return []
         # Past its cooldown the next call moves it anyway; a probe sent before the circuit
         # opened says nothing of the provider since.
-        if self.effective_state(now) is _OPEN and sent >= self.since and self._probes_convince(sent, passing_since):
+        if self.effective_state(now) is _OPEN and sent >= self.since:
             self._enter(_HALF_OPEN, now)
             self.half_open_by_probe = True
             return [Transition(_OPEN, _HALF_OPEN, "a probe succeeded")]
@@ -246,10 +247,15 @@ class Breaker:
                 self.trials.popleft().void = True
         return []
 
-    def _probes_convince(self, sent: float, passing_since: float | None) -> bool:
+    def probes_convince(self, sent: float, passing_since: float | None) -> bool:
+        """Whether a passed probe sent at ``sent`` speaks for the provider. Always, unless
+        a trial a probe let through has failed (``probes_misled``): then only once the
+        probes have passed without a failure since ``passing_since`` (the send of the first
+        of their run sent since the circuit opened) for ``misled_probe_run_s``. Until then
+        a trial out keeps its place as well: its verdict decides, not the probe."""
         if not self.probes_misled:
             return True
-        return (passing_since is not None and passing_since >= self.since
+        return (passing_since is not None and passing_since >= self.opened_at
                 and sent - passing_since >= self.config.misled_probe_run_s)
 
     # --- moves ----------------------------------------------------------------------------
@@ -299,6 +305,7 @@ class Breaker:
         if before is _HALF_OPEN and self.half_open_by_probe:
             self.probes_misled = True
         self._enter(_OPEN, now)
+        self.opened_at = now
         self.next_trial_at = max(now, (now if sent is None else sent) + self.cooldown_s)
         self.open_reason = reason
         return Transition(before, _OPEN, reason)

@@ -29,6 +29,10 @@ CALL, PROBE = 0, 1
 #: verdict: the other processes hold off theirs meanwhile. A CALL, so that readers which
 #: predate it skip it as an outcome they do not know rather than the batch that holds it.
 GRANTED = "granted"
+#: The ``outcome`` of a CALL that tells the others a trial call announced earlier ended
+#: without a verdict in its process (its permit voided: overtaken by a probe, or its
+#: half-open period over): their hold on it is over. Its verdict, if any, goes as a call's.
+VOIDED = "voided"
 
 #: Bumped whenever the layout changes: a reader skips batches of another version.
 VERSION = 1
@@ -48,7 +52,7 @@ class SharedOutcome(NamedTuple):
 
     kind: int  # CALL or PROBE
     provider: str
-    outcome: str  # an Outcome value (or GRANTED) for a call; "success" or "unreached" for a probe
+    outcome: str  # an Outcome value (or GRANTED, VOIDED) for a call; "success" or "unreached" for a probe
     at: float  # when it was recorded
     issued: float  # when the call was admitted, or the probe sent
     trial: bool = False  # a half-open trial call's verdict

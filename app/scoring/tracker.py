@@ -29,7 +29,7 @@ from typing import Protocol
 
 from app.scoring.breaker import Breaker, Circuit, Permit, Transition
 from app.scoring.config import HealthConfig
-from app.scoring.events import CALL, GRANTED, PROBE, SharedOutcome
+from app.scoring.events import CALL, GRANTED, PROBE, VOIDED, SharedOutcome
 from app.scoring.outcome import ERRORS, SCORED, Outcome, classify, retry_hint
 from app.scoring.score import apdex_zone, health_score
 
@@ -204,6 +204,16 @@ class _Provider:
     ewma_at: float = 0.0
 
 
+def _trials_since(breaker: Breaker) -> float:
+    """Since when another process's trial belongs to the circuit's current half-open
+    period. A circuit that fails on probation goes half-open at each process's own failed
+    call, not at one moment for all: any trial sent since it last closed is of that period,
+    though it may come before this process's own move."""
+    if breaker.state is Circuit.HALF_OPEN and breaker.opened_at < breaker.closed_at:
+        return breaker.closed_at
+    return _half_open_start(breaker)
+
+
 # Module-level names for the members record() tests on every call: a global is read in
 # one step, an enum member through its class in two.
 _SCORED, _ERRORS = SCORED, ERRORS
@@ -323,6 +333,10 @@ class HealthTracker:
         if item.outcome == GRANTED:
             self._apply_grant(state, item, now)
             return []
+        if item.outcome == VOIDED:
+            if self._settle_remote_trial(state, item.issued):
+                state.trial_heard_at = now  # the door is free in every process at about this moment
+            return []
         try:
             outcome = Outcome(item.outcome)
         except ValueError:
@@ -349,7 +363,7 @@ class HealthTracker:
         counts = False
         if item.trial:
             self._settle_remote_trial(state, item.issued)
-            counts = breaker.effective_state(now) is Circuit.HALF_OPEN and item.issued >= _half_open_start(breaker)
+            counts = breaker.effective_state(now) is Circuit.HALF_OPEN and item.issued >= _trials_since(breaker)
             permit: Permit | None = None if counts else Permit(item.provider, False, -1, item.issued)
         else:
             period = breaker.period if breaker.state is _CLOSED and item.issued >= breaker.since else -1
@@ -381,20 +395,26 @@ class HealthTracker:
             remote[item.issued] = item.issued + hold
 
     @staticmethod
-    def _settle_remote_trial(state: _Provider, sent: float) -> None:
-        """A trial's verdict came: the announcement of that trial no longer holds."""
+    def _settle_remote_trial(state: _Provider, sent: float) -> bool:
+        """A trial's verdict came: the announcement of that trial no longer holds. Whether
+        it still held."""
         remote = state.remote_trials
         if remote:
             closest = min(remote, key=lambda issued: abs(issued - sent))
             if abs(closest - sent) <= SAME_SEND_S:
                 del remote[closest]
+                return True
+        return False
 
     @staticmethod
     def _prune_remote_trials(state: _Provider, now: float) -> int:
-        """Forget the announced trials whose hold is over; the count of those still out."""
+        """Forget the announced trials whose hold is over; the count of those still out.
+        A hold runs out at the same moment in every process: the next trial takes turns
+        from then, as from a verdict."""
         remote = state.remote_trials
-        for issued in [issued for issued, until in remote.items() if until <= now]:
+        for issued, until in [(issued, until) for issued, until in remote.items() if until <= now]:
             del remote[issued]
+            state.trial_heard_at = max(state.trial_heard_at, until)
         return len(remote)
 
     def _held_off(self, state: _Provider, provider: str, now: float) -> bool:
@@ -403,6 +423,7 @@ class HealthTracker:
         breaker = state.breaker
         if breaker.effective_state(now) is not Circuit.HALF_OPEN:
             return False
+        held = self._prune_remote_trials(state, now) if state.remote_trials else 0
         turn = self.turn
         if turn is not None:
             # Every host hears a trial's verdict at about the same moment, so the next trial
@@ -410,9 +431,7 @@ class HealthTracker:
             start = max(_half_open_start(breaker), state.trial_heard_at)
             if now < start + turn(provider, breaker.trips):
                 return True
-        if not state.remote_trials:
-            return False
-        return breaker.trials_out(now) + self._prune_remote_trials(state, now) >= self.config.trials_at_once
+        return held > 0 and breaker.trials_out(now) + held >= self.config.trials_at_once
 
     def _announce(self, provider: str, now: float, trial: bool) -> None:
         """Tell the other processes a trial (or a call after a pause) is going now (lock held)."""
@@ -510,6 +529,8 @@ class HealthTracker:
                     CALL, provider, outcome.value, now, permit.issued if permit is not None else now, trial,
                     duration_s, latency, what, state.throttled_until, state.throttle_reason, state.quota_until,
                     state.quota_reason))
+                if permit is not None and permit.trial and not trial:
+                    outbox.append(SharedOutcome(CALL, provider, VOIDED, now, permit.issued, True))
         gate = self.trial_gate
         if permit is not None and permit.trial and gate is not None:
             gate.release(provider, permit.issued)  # voided or not: its place comes back
@@ -608,10 +629,19 @@ class HealthTracker:
             return []
         state.probe_run.passed(sent)
         state.quota_until = -math.inf
-        trials = list(state.breaker.trials)
-        moves = state.breaker.probe_succeeded(now, sent, state.probe_run.first_since(state.breaker.since))
-        for issued in [issued for issued in state.remote_trials if issued < sent]:
-            del state.remote_trials[issued]  # overtaken by the probe, as this process's own
+        breaker = state.breaker
+        trials = list(breaker.trials)
+        passing_since = state.probe_run.first_since(breaker.opened_at)
+        overtaken = False
+        if breaker.probes_convince(sent, passing_since):
+            for issued in [issued for issued in state.remote_trials if issued < sent]:
+                del state.remote_trials[issued]  # overtaken by the probe, as this process's own
+                overtaken = True
+        moves = breaker.probe_succeeded(now, sent, passing_since)
+        if overtaken or any(permit.void for permit in trials):
+            # Every host hears the probe at about the same moment and finds the door free:
+            # the next trial takes turns from then, or each host would send one at once.
+            state.trial_heard_at = now
         gate = self.trial_gate
         if gate is not None:
             for permit in trials:

@@ -389,8 +389,7 @@ class ProviderModel:
         if self.state == OPEN and now < self.next_trial_at and sent >= self.opened_at and convinced:
             self._enter(HALF_OPEN)
             self.half_open_by_probe = True
-        elif self.state == HALF_OPEN:
-            sent = now if sent_at is None else sent_at
+        elif self.state == HALF_OPEN and convinced:
             self.trials = [permit for permit in self.trials if permit.issued >= sent]
 
     def deadlines(self) -> list[float]:

@@ -573,6 +573,21 @@ def test_after_a_misled_probe_a_run_of_passes_for_misled_probe_run_s_ends_the_co
     assert breaker.probes_misled  # until the circuit closes
 
 
+def test_after_a_misled_probe_one_passed_probe_leaves_a_trial_out_its_place() -> None:
+    # The cooldown ran out and a trial is out: a probe that passes once in two would free
+    # its place for another trial into the failing provider, and another, before it answers.
+    breaker = misled()
+    trial, _ = breaker.allow("p", T0 + 11)
+    assert trial.trial
+
+    assert breaker.probe_succeeded(T0 + 12, sent=T0 + 12, passing_since=T0 + 12) == []
+
+    assert not trial.void and breaker.trials_out(T0 + 12) == 1
+    assert not breaker.allow("p", T0 + 12)[0].granted
+    # A run of passes for misled_probe_run_s, all sent since the circuit opened, still does.
+    breaker.probe_succeeded(T0 + 14, sent=T0 + 14, passing_since=T0 + 12)
+    assert trial.void and breaker.trials_out(T0 + 14) == 0
+
 def test_a_run_of_passes_that_began_before_the_circuit_reopened_does_not_count() -> None:
     breaker = misled()
 

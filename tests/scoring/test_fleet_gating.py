@@ -16,7 +16,7 @@ import re
 import pytest
 
 from app.scoring import Circuit, HealthConfig, HealthTracker
-from app.scoring.events import CALL, GRANTED, SharedOutcome
+from app.scoring.events import CALL, GRANTED, VOIDED, SharedOutcome
 from app.scoring.probes import ProbeRunner
 from app.scoring.sharing import TURN_ROUNDS, Sharing, turn_place
 from app.scoring.tracker import MAX_REMOTE_TRIALS, RETRIAL_CLAIM_S, SAME_SEND_S
@@ -283,6 +283,50 @@ def test_a_failed_probe_drops_no_announcement(clock: FakeClock) -> None:
     assert in_flight(tracker) == 1
 
 
+def test_a_passed_probe_that_does_not_convince_drops_no_announcement(clock: FakeClock) -> None:
+    # The provider passes probes but fails calls (a trial a probe let through failed): one
+    # passed probe leaves another host's trial its place, or every host sends one at once.
+    tracker = tracker_on(clock)
+    trip(tracker)
+    clock.advance(1.0)
+    tracker.record_probe(P, True, sent_at=clock.now)  # half-open at once
+    trial = tracker.allow(P)
+    clock.advance(0.5)
+    tracker.record(P, duration_s=0.5, status_code=503, permit=trial)  # the trial it let through fails
+    breaker = tracker._providers[P].breaker
+    assert breaker.probes_misled
+    clock.now = breaker.next_trial_at
+    tracker.apply([granted(clock.now)])
+    clock.advance(1.0)
+    tracker.record_probe(P, True, sent_at=clock.now - 0.5)
+    assert in_flight(tracker) == 1
+    assert not tracker.allow(P)
+
+def test_a_trial_voided_in_its_process_frees_its_announcement_everywhere(clock: FakeClock) -> None:
+    # Its process heard another's failed trial first: the circuit moved on and the trial's own
+    # failure is no verdict there. The others must still learn it is over, or its announcement
+    # holds their trials for a cooldown.
+    sender, receiver = tracker_on(clock), tracker_on(clock)
+    sent = half_open(sender, clock)
+    half_open(receiver, clock)
+    sender.share_outcomes()
+    trial = sender.allow(P)
+    assert trial.trial
+    receiver.apply(sender.take_outcomes())
+    assert in_flight(receiver) == 1
+    sender.apply([verdict(sent, outcome="failure", at=clock.now)])  # another trial sent then failed
+    assert trial.void
+    receiver.turn = Turns(wait_s=1.0)
+    clock.advance(10.0)  # a cooldown later, the circuit half-open again in both
+    sender.record(P, duration_s=10.0, status_code=503, permit=trial)
+    shared = sender.take_outcomes()
+    assert [(item.outcome, item.trial) for item in shared] == [("unreached", False), (VOIDED, True)]
+    receiver.apply(shared)
+    assert in_flight(receiver) == 0
+    assert not receiver.allow(P)  # the door is free in every process at once: turns from now
+    clock.advance(1.0)
+    assert receiver.allow(P).trial
+
 # --- which announcements hold ----------------------------------------------------------------
 
 
@@ -434,6 +478,42 @@ def test_the_turn_of_a_late_move_to_half_open_counts_from_the_end_of_the_cooldow
     assert tracker._providers[P].breaker.state is Circuit.HALF_OPEN
     tracker.turn = Turns(wait_s=2.0)
     assert tracker.allow(P).trial  # the turn came at 1007
+
+def test_a_probe_that_overtakes_the_trials_out_starts_the_turns_again(clock: FakeClock) -> None:
+    """Every host hears the probe at about the same moment and finds the door free: the
+    next trial takes turns from then, or each host would send one at once."""
+    tracker = tracker_on(clock)
+    sent = half_open(tracker, clock)
+    tracker.apply([granted(sent)])
+    tracker.turn = Turns(wait_s=1.0)
+    clock.advance(3.0)  # long past this host's turn of the half-open period
+    tracker.record_probe(P, True, sent_at=clock.now - 0.5)  # overtakes the trial out
+    assert in_flight(tracker) == 0
+    assert not tracker.allow(P)  # its turn comes 1 s after the probe
+    clock.advance(1.0)
+    assert tracker.allow(P).trial
+
+
+def test_a_trial_sent_before_this_hosts_own_failure_on_probation_still_decides(clock: FakeClock) -> None:
+    """Hosts fail on probation each at a call of its own, a moment apart: another host's
+    trial, sent before this one moved to half-open, is a trial of the same period, and its
+    failure opens the circuit here too (or this host sends a trial of its own into it)."""
+    config = HealthConfig(open_cooldown_s=5.0, max_cooldown_s=10.0, consecutive_failures=1,
+                          half_open_trials=1, trials_at_once=1, probation_s=60.0)
+    tracker = tracker_on(clock, config)
+    trip(tracker)
+    clock.advance(5.0)
+    tracker.record(P, duration_s=0.1, status_code=200, permit=tracker.allow(P))  # closed, on probation
+    breaker = tracker._providers[P].breaker
+    assert breaker.state is Circuit.CLOSED
+    clock.advance(10.0)
+    other_trial = clock.now  # sent by a host that had failed on probation just before
+    clock.advance(0.1)
+    tracker.record(P, duration_s=0.1, status_code=500, permit=tracker.allow(P))  # this host's own
+    assert breaker.state is Circuit.HALF_OPEN
+    clock.advance(0.2)
+    tracker.apply([verdict(other_trial, outcome="failure", at=clock.now)])
+    assert breaker.state is Circuit.OPEN
 
 
 class NoCadence:
