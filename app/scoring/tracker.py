@@ -154,27 +154,34 @@ class _ProbeRun:
     run of failed calls the same way."""
 
     failed_sent: float = -math.inf  # the send of the latest failed probe
-    passes: list[float] = field(default_factory=list)  # sends of the passes since, in order
+    #: (sent, heard) of the passes since, in the order they were sent: when each was sent,
+    #: and when this process heard of it (its own at once, another's a channel's lag later).
+    passes: list[tuple[float, float]] = field(default_factory=list)
 
     def failed(self, sent: float) -> None:
         if sent >= self.failed_sent:
             self.failed_sent = sent
-            self.passes = [at for at in self.passes if at > sent]
+            self.passes = [entry for entry in self.passes if entry[0] > sent]
 
-    def passed(self, sent: float) -> None:
+    def passed(self, sent: float, heard: float) -> None:
         if sent >= self.failed_sent:  # sent with the failure: in the order they came
-            bisect.insort(self.passes, sent)
+            bisect.insort(self.passes, (sent, heard))
             if len(self.passes) > MAX_RUN_PASSES:
                 del self.passes[0]  # the run reads shorter than it is, never longer
 
+    def _since(self, at: float) -> list[tuple[float, float]]:
+        return self.passes[bisect.bisect_left(self.passes, (at,)):]
+
     def first_since(self, at: float) -> float:
         """The send of the run's first pass sent at ``at`` or later (inf: none)."""
-        index = bisect.bisect_left(self.passes, at)
-        return self.passes[index] if index < len(self.passes) else math.inf
+        since = self._since(at)
+        return since[0][0] if since else math.inf
 
-    def two_since(self, at: float) -> bool:
-        """Whether two passes in a row were sent at ``at`` or later."""
-        return len(self.passes) >= 2 and self.passes[-2] >= at
+    def two_since(self, at: float) -> float:
+        """When this process had heard of two passes in a row sent at ``at`` or later
+        (inf: not yet)."""
+        since = self._since(at)
+        return sorted(heard for _, heard in since)[1] if len(since) >= 2 else math.inf
 
 
 @dataclass(slots=True)
@@ -627,7 +634,7 @@ class HealthTracker:
         if not ok:
             state.probe_run.failed(sent)
             return []
-        state.probe_run.passed(sent)
+        state.probe_run.passed(sent, now)
         state.quota_until = -math.inf
         breaker = state.breaker
         trials = list(breaker.trials)
@@ -839,14 +846,18 @@ class HealthTracker:
         Probed: once two probes in a row sent since its last call have passed (Envoy's and
         HAProxy's healthy threshold of 2), at most once per ``open_cooldown_s``. Not probed
         (no probe within ``max_cooldown_s``): once per ``max_cooldown_s``."""
-        waited = now - state.last_granted
-        if waited < self.config.open_cooldown_s:
+        config = self.config
+        if now - state.last_granted < config.open_cooldown_s:
             return False
+        if now - state.last_probe < config.max_cooldown_s:
+            due = max(state.last_granted + config.open_cooldown_s, state.probe_run.two_since(state.last_granted))
+        else:
+            due = state.last_granted + config.max_cooldown_s
         if self.turn is not None:
-            waited -= self.turn(provider, -1)  # hosts take turns: the first one's call reaches the others
-        if now - state.last_probe < self.config.max_cooldown_s:
-            return waited >= self.config.open_cooldown_s and state.probe_run.two_since(state.last_granted)
-        return waited >= self.config.max_cooldown_s
+            # Hosts take turns from the moment it came due (every host hears the second
+            # probe at about the same time): the first one's call reaches the others.
+            due += self.turn(provider, -1)
+        return now >= due
 
     def claim_probe(self, provider: str, for_s: float) -> bool:
         """Whether this process sends ``provider``'s probe now. Processes that share a trial

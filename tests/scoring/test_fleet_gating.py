@@ -438,6 +438,20 @@ def test_a_retrial_waits_as_long_as_its_turn_says(clock: FakeClock) -> None:
     assert tracker.choose(["good", "bad"]).order[0] == "bad"
 
 
+def test_a_probed_retrial_takes_its_turn_from_the_probe_that_made_it_due(clock: FakeClock) -> None:
+    """Every host hears the second passed probe at about the same moment: the turns count
+    from then, not from the last call, or every host would call the provider at once."""
+    tracker = tracker_on(clock)
+    ranked_out(tracker, clock, {"good": 0, "bad": 4})
+    tracker.turn = Turns(wait_s=0.5)
+    clock.advance(CONFIG.open_cooldown_s + 3.0)
+    tracker.record_probe("bad", True, sent_at=clock.now - 1.0)
+    tracker.record_probe("bad", True, sent_at=clock.now)  # two passes in a row: due now
+    assert tracker.choose(["good", "bad"]).order[0] == "good"
+    clock.advance(0.5)
+    assert tracker.choose(["good", "bad"]).order[0] == "bad"
+
+
 def test_the_turn_of_a_relapse_on_probation_counts_from_its_own_move(clock: FakeClock) -> None:
     """A failure on probation moves the circuit to half-open at once: the turn counts from
     that moment, even when the last trip's cooldown would have ended earlier and that trip
