@@ -438,7 +438,7 @@ class HealthTracker:
             start = max(_half_open_start(breaker), state.trial_heard_at)
             if now < start + turn(provider, breaker.trips):
                 return True
-        return held > 0 and breaker.trials_out(now) + held >= self.config.trials_at_once
+        return breaker.trials_out(now) + held >= self.config.trials_at_once
 
     def _announce(self, provider: str, now: float, trial: bool) -> None:
         """Tell the other processes a trial (or a call after a pause) is going now (lock held)."""

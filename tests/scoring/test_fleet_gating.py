@@ -444,12 +444,30 @@ def test_a_probed_retrial_takes_its_turn_from_the_probe_that_made_it_due(clock: 
     tracker = tracker_on(clock)
     ranked_out(tracker, clock, {"good": 0, "bad": 4})
     tracker.turn = Turns(wait_s=0.5)
-    clock.advance(CONFIG.open_cooldown_s + 3.0)
+    clock.advance(CONFIG.open_cooldown_s + 2.0)
     tracker.record_probe("bad", True, sent_at=clock.now - 1.0)
-    tracker.record_probe("bad", True, sent_at=clock.now)  # two passes in a row: due now
+    clock.advance(1.0)
+    tracker.record_probe("bad", True, sent_at=clock.now - 0.5)  # heard now: two passes in a row, due now
     assert tracker.choose(["good", "bad"]).order[0] == "good"
-    clock.advance(0.5)
+    clock.advance(0.4)
+    tracker.record_probe("bad", True, sent_at=clock.now)  # a third changes nothing
+    assert tracker.choose(["good", "bad"]).order[0] == "good"
+    clock.advance(0.1)
     assert tracker.choose(["good", "bad"]).order[0] == "bad"
+
+
+def test_a_trial_of_its_own_overtaken_by_a_probe_starts_the_turns_again(clock: FakeClock) -> None:
+    tracker = tracker_on(clock)
+    half_open(tracker, clock)
+    trial = tracker.allow(P)
+    assert trial.trial
+    tracker.turn = Turns(wait_s=1.0)
+    clock.advance(3.0)
+    tracker.record_probe(P, True, sent_at=clock.now - 0.5)  # overtakes it
+    assert trial.void
+    assert not tracker.allow(P)  # the other hosts heard the probe too: turns from now
+    clock.advance(1.0)
+    assert tracker.allow(P).trial
 
 
 def test_the_turn_of_a_relapse_on_probation_counts_from_its_own_move(clock: FakeClock) -> None:
