@@ -154,34 +154,49 @@ class _ProbeRun:
     run of failed calls the same way."""
 
     failed_sent: float = -math.inf  # the send of the latest failed probe
-    #: (sent, heard) of the passes since, in the order they were sent: when each was sent,
-    #: and when this process heard of it (its own at once, another's a channel's lag later).
-    passes: list[tuple[float, float]] = field(default_factory=list)
+    sends: list[float] = field(default_factory=list)  # sends of the passes since, in order
+    heard: list[float] = field(default_factory=list)  # when this process heard of each
+    #: For each pass, when this process had heard of two of the passes from it on (inf:
+    #: fewer than two): kept on every probe, so ``choose()`` reads it in one lookup.
+    second_heard: list[float] = field(default_factory=list)
 
     def failed(self, sent: float) -> None:
         if sent >= self.failed_sent:
             self.failed_sent = sent
-            self.passes = [entry for entry in self.passes if entry[0] > sent]
+            keep = bisect.bisect_right(self.sends, sent)
+            del self.sends[:keep], self.heard[:keep], self.second_heard[:keep]
 
     def passed(self, sent: float, heard: float) -> None:
-        if sent >= self.failed_sent:  # sent with the failure: in the order they came
-            bisect.insort(self.passes, (sent, heard))
-            if len(self.passes) > MAX_RUN_PASSES:
-                del self.passes[0]  # the run reads shorter than it is, never longer
-
-    def _since(self, at: float) -> list[tuple[float, float]]:
-        return self.passes[bisect.bisect_left(self.passes, (at,)):]
+        """A pass sent at ``sent`` that this process heard of at ``heard`` (its own at
+        once, another's a channel's lag later)."""
+        if sent < self.failed_sent:
+            return
+        index = bisect.bisect_right(self.sends, sent)  # sent with the failure: in the order they came
+        self.sends.insert(index, sent)
+        self.heard.insert(index, heard)
+        if len(self.sends) > MAX_RUN_PASSES:  # the run reads shorter than it is, never longer
+            del self.sends[0], self.heard[0]
+        first = second = math.inf
+        second_heard = []
+        for at in reversed(self.heard):
+            if at < first:
+                first, second = at, first
+            elif at < second:
+                second = at
+            second_heard.append(second)
+        second_heard.reverse()
+        self.second_heard = second_heard
 
     def first_since(self, at: float) -> float:
         """The send of the run's first pass sent at ``at`` or later (inf: none)."""
-        since = self._since(at)
-        return since[0][0] if since else math.inf
+        index = bisect.bisect_left(self.sends, at)
+        return self.sends[index] if index < len(self.sends) else math.inf
 
-    def two_since(self, at: float) -> float:
+    def two_heard_since(self, at: float) -> float:
         """When this process had heard of two passes in a row sent at ``at`` or later
         (inf: not yet)."""
-        since = self._since(at)
-        return sorted(heard for _, heard in since)[1] if len(since) >= 2 else math.inf
+        index = bisect.bisect_left(self.sends, at)
+        return self.second_heard[index] if index < len(self.sends) else math.inf
 
 
 @dataclass(slots=True)
@@ -204,9 +219,11 @@ class _Provider:
     #: The place this process holds at the trial gate after its trial failed (its issue
     #: time), until the next trial is due; given back early when a probe ends the cooldown.
     gate_hold: float | None = None
-    #: When this process last heard a trial's verdict (its own or another's): the hosts take
-    #: their turns for the next trial from then, as for the first of a half-open period.
-    trial_heard_at: float = -math.inf
+    #: When the place of a trial last came free in every process at about the same moment
+    #: (a trial's verdict, its own or another's; a probe that overtook the trials out; an
+    #: announcement whose hold ran out): the hosts take their turns for the next trial from
+    #: then, as for the first of a half-open period.
+    trial_freed_at: float = -math.inf
     ewma_s: float | None = None
     ewma_at: float = 0.0
 
@@ -342,14 +359,14 @@ class HealthTracker:
             return []
         if item.outcome == VOIDED:
             if self._settle_remote_trial(state, item.issued):
-                state.trial_heard_at = now  # the door is free in every process at about this moment
+                state.trial_freed_at = now  # the door is free in every process at about this moment
             return []
         try:
             outcome = Outcome(item.outcome)
         except ValueError:
             return []  # an outcome this version does not know: no verdict
         if item.trial:
-            state.trial_heard_at = now
+            state.trial_freed_at = now
         # A call went: the retrial of a provider ranked out is due once per fleet, not once per process.
         state.last_granted = max(state.last_granted, min(now, item.at))
         breaker = state.breaker
@@ -421,7 +438,7 @@ class HealthTracker:
         remote = state.remote_trials
         for issued, until in [(issued, until) for issued, until in remote.items() if until <= now]:
             del remote[issued]
-            state.trial_heard_at = max(state.trial_heard_at, until)
+            state.trial_freed_at = max(state.trial_freed_at, until)
         return len(remote)
 
     def _held_off(self, state: _Provider, provider: str, now: float) -> bool:
@@ -435,7 +452,7 @@ class HealthTracker:
         if turn is not None:
             # Every host hears a trial's verdict at about the same moment, so the next trial
             # takes turns from then too, in the same order, or each host would send one at once.
-            start = max(_half_open_start(breaker), state.trial_heard_at)
+            start = max(_half_open_start(breaker), state.trial_freed_at)
             if now < start + turn(provider, breaker.trips):
                 return True
         return breaker.trials_out(now) + held >= self.config.trials_at_once
@@ -510,7 +527,7 @@ class HealthTracker:
                 state.in_flight -= 1
             trial = permit is not None and permit.trial and not permit.void
             if trial:
-                state.trial_heard_at = now
+                state.trial_freed_at = now
             if outcome in _SCORED:
                 latency = ttft_s if ttft_s is not None else duration_s
                 # Only a failure can trip the circuit and needs words for its reason.
@@ -648,7 +665,7 @@ class HealthTracker:
         if overtaken or any(permit.void for permit in trials):
             # Every host hears the probe at about the same moment and finds the door free:
             # the next trial takes turns from then, or each host would send one at once.
-            state.trial_heard_at = now
+            state.trial_freed_at = now
         gate = self.trial_gate
         if gate is not None:
             for permit in trials:
@@ -850,7 +867,7 @@ class HealthTracker:
         if now - state.last_granted < config.open_cooldown_s:
             return False
         if now - state.last_probe < config.max_cooldown_s:
-            due = max(state.last_granted + config.open_cooldown_s, state.probe_run.two_since(state.last_granted))
+            due = max(state.last_granted + config.open_cooldown_s, state.probe_run.two_heard_since(state.last_granted))
         else:
             due = state.last_granted + config.max_cooldown_s
         if self.turn is not None:
