@@ -366,6 +366,9 @@ class HealthTracker:
         except ValueError:
             return []  # an outcome this version does not know: no verdict
         if item.trial:
+            # Its announcement is over whatever the outcome: a trial that ends without a
+            # verdict (429, 401/403, 404) gave its place back in its own process too.
+            self._settle_remote_trial(state, item.issued)
             state.trial_freed_at = now
         # A call went: the retrial of a provider ranked out is due once per fleet, not once per process.
         state.last_granted = max(state.last_granted, min(now, item.at))
@@ -386,7 +389,6 @@ class HealthTracker:
         at = min(now, max(item.at, breaker.since))
         counts = False
         if item.trial:
-            self._settle_remote_trial(state, item.issued)
             counts = breaker.effective_state(now) is Circuit.HALF_OPEN and item.issued >= _trials_since(breaker)
             permit: Permit | None = None if counts else Permit(item.provider, False, -1, item.issued)
         else:

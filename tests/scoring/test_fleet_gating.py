@@ -327,6 +327,33 @@ def test_a_trial_voided_in_its_process_frees_its_announcement_everywhere(clock: 
     clock.advance(1.0)
     assert receiver.allow(P).trial
 
+@pytest.mark.parametrize("status_code", [404, 401, 429])
+def test_a_trial_that_ends_without_a_verdict_frees_its_announcement_everywhere(clock: FakeClock,
+                                                                                status_code: int) -> None:
+    # A 404, 401 or 429 is no verdict: its permit goes back in its own process, and the
+    # others must hear the same, or its announcement holds their trials for a cooldown.
+    sender, receiver = tracker_on(clock), tracker_on(clock)
+    half_open(sender, clock)
+    half_open(receiver, clock)
+    sender.share_outcomes()
+    trial = sender.allow(P)
+    assert trial.trial
+    receiver.apply(sender.take_outcomes())
+    assert in_flight(receiver) == 1
+    receiver.turn = Turns(wait_s=1.0)
+    clock.advance(0.5)
+    retry_after_s = 30.0 if status_code == 429 else None
+    sender.record(P, duration_s=0.5, status_code=status_code, retry_after_s=retry_after_s, permit=trial)
+    receiver.apply(sender.take_outcomes())
+    assert in_flight(receiver) == 0
+    assert receiver.status(P).circuit is Circuit.HALF_OPEN
+    if status_code == 429:  # its pause is every process's (choose ranks the provider out meanwhile)
+        assert any(reason.startswith("throttled until") for reason in receiver.status(P).reasons)
+    assert not receiver.allow(P)  # the door is free in every process at once: turns from now
+    clock.advance(1.0)
+    assert receiver.allow(P).trial
+
+
 # --- which announcements hold ----------------------------------------------------------------
 
 
