@@ -604,6 +604,14 @@ def test_a_run_of_passes_that_began_before_the_circuit_reopened_does_not_count()
     assert breaker.state is Circuit.OPEN
 
 
+def test_a_run_of_passes_that_began_the_moment_the_circuit_reopened_counts() -> None:
+    breaker = misled()  # reopened at T0 + 2
+
+    moves = breaker.probe_succeeded(T0 + 4, sent=T0 + 4, passing_since=T0 + 2)
+
+    assert moves_of(moves) == [("open", "half_open")]
+
+
 def test_a_trial_that_fails_after_the_cooldown_ran_out_leaves_probes_trusted() -> None:
     breaker = tripped()
     trial, _ = breaker.allow("p", T0 + 5)  # half-open when the 5 s cooldown is over

@@ -271,6 +271,21 @@ def test_with_probes_a_retrial_is_due_after_two_passed_probes_sent_since_the_las
     assert tracker.choose(["well", "sick"]).order == ["sick", "well"]
 
 
+def test_a_provider_known_only_from_its_probes_gets_its_retrial_after_two_passes(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    tracker.record("well", duration_s=0.5)
+    for _ in range(4):  # never called: ranked out by its failed probes alone
+        tracker.record_probe("sick", False)
+        clock.advance(1.0)
+    tracker.record_probe("sick", True)
+    assert tracker.choose(["well", "sick"]).order == ["well", "sick"]
+
+    tracker.record_probe("sick", True)
+
+    assert tracker.choose(["well", "sick"]).order == ["sick", "well"]
+
+
 def test_with_probes_a_retrial_waits_at_least_open_cooldown_s(tracker: HealthTracker, clock: FakeClock) -> None:
     sick_ranked_out(tracker, clock, 1.0)
     tracker.record_probe("sick", True)

@@ -16,7 +16,7 @@ import re
 import pytest
 
 from app.scoring import Circuit, HealthConfig, HealthTracker
-from app.scoring.events import CALL, GRANTED, VOIDED, SharedOutcome
+from app.scoring.events import CALL, GRANTED, VOIDED, SharedOutcome, decode, encode
 from app.scoring.probes import ProbeRunner
 from app.scoring.sharing import TURN_ROUNDS, Sharing, turn_place
 from app.scoring.tracker import MAX_REMOTE_TRIALS, RETRIAL_CLAIM_S, SAME_SEND_S
@@ -301,12 +301,20 @@ def test_a_passed_probe_that_does_not_convince_drops_no_announcement(clock: Fake
     tracker.record_probe(P, True, sent_at=clock.now - 0.5)
     assert in_flight(tracker) == 1
     assert not tracker.allow(P)
+    # Passing for misled_probe_run_s, the probes convince again: they overtake it.
+    for _ in range(2):
+        clock.advance(1.0)
+        assert in_flight(tracker) == 1
+        tracker.record_probe(P, True, sent_at=clock.now - 0.5)
+    assert in_flight(tracker) == 0
+    assert tracker.allow(P).trial
 
 def test_a_trial_voided_in_its_process_frees_its_announcement_everywhere(clock: FakeClock) -> None:
     # Its process heard another's failed trial first: the circuit moved on and the trial's own
     # failure is no verdict there. The others must still learn it is over, or its announcement
     # holds their trials for a cooldown.
-    sender, receiver = tracker_on(clock), tracker_on(clock)
+    config = HealthConfig(open_cooldown_s=5.0, max_cooldown_s=20.0)  # announcements hold 20 s
+    sender, receiver = tracker_on(clock, config), tracker_on(clock, config)
     sent = half_open(sender, clock)
     half_open(receiver, clock)
     sender.share_outcomes()
@@ -318,8 +326,9 @@ def test_a_trial_voided_in_its_process_frees_its_announcement_everywhere(clock: 
     assert trial.void
     receiver.turn = Turns(wait_s=1.0)
     clock.advance(10.0)  # a cooldown later, the circuit half-open again in both
+    assert in_flight(receiver) == 1  # still held
     sender.record(P, duration_s=10.0, status_code=503, permit=trial)
-    shared = sender.take_outcomes()
+    shared = decode(encode(sender.take_outcomes()))  # as the channels carry it
     assert [(item.outcome, item.trial) for item in shared] == [("unreached", False), (VOIDED, True)]
     receiver.apply(shared)
     assert in_flight(receiver) == 0
@@ -352,6 +361,16 @@ def test_a_trial_that_ends_without_a_verdict_frees_its_announcement_everywhere(c
     assert not receiver.allow(P)  # the door is free in every process at once: turns from now
     clock.advance(1.0)
     assert receiver.allow(P).trial
+
+
+def test_a_voided_notice_of_no_announcement_held_here_leaves_the_turns(clock: FakeClock) -> None:
+    tracker = tracker_on(clock)
+    start = half_open(tracker, clock)
+    tracker.turn = Turns(wait_s=1.0)
+    clock.advance(0.5)
+    tracker.apply([SharedOutcome(CALL, P, VOIDED, clock.now, start - 100.0, True)])  # never announced here
+    clock.advance(0.5)
+    assert tracker.allow(P).trial  # the turn counts from the half-open start still
 
 
 # --- which announcements hold ----------------------------------------------------------------
@@ -495,6 +514,32 @@ def test_a_trial_of_its_own_overtaken_by_a_probe_starts_the_turns_again(clock: F
     assert not tracker.allow(P)  # the other hosts heard the probe too: turns from now
     clock.advance(1.0)
     assert tracker.allow(P).trial
+
+
+def test_a_passed_probe_that_overtakes_nothing_leaves_the_turns(clock: FakeClock) -> None:
+    tracker = tracker_on(clock)
+    half_open(tracker, clock)
+    tracker.turn = Turns(wait_s=1.0)
+    clock.advance(0.5)
+    tracker.record_probe(P, True, sent_at=clock.now)  # no trial out anywhere: no door freed
+    clock.advance(0.5)
+    assert tracker.allow(P).trial
+
+
+def test_a_probed_retrial_takes_its_turn_from_a_cooldown_after_the_last_call(clock: FakeClock) -> None:
+    """Two passes heard soon after the last call: the retrial comes due a cooldown after
+    that call, and the turns count from then."""
+    tracker = tracker_on(clock)
+    ranked_out(tracker, clock, {"good": 0, "bad": 4})
+    last_call = clock.now - 0.1
+    tracker.turn = Turns(wait_s=0.5)
+    for heard in (1.0, 2.0):
+        clock.now = last_call + heard
+        tracker.record_probe("bad", True, sent_at=clock.now - 0.5)
+    clock.now = last_call + CONFIG.open_cooldown_s + 0.25
+    assert tracker.choose(["good", "bad"]).order[0] == "good"
+    clock.now = last_call + CONFIG.open_cooldown_s + 0.5
+    assert tracker.choose(["good", "bad"]).order[0] == "bad"
 
 
 def test_the_turn_of_a_relapse_on_probation_counts_from_its_own_move(clock: FakeClock) -> None:

@@ -533,6 +533,29 @@ def test_the_first_probe_goes_before_the_loop_first_sleeps(
     assert events[:2] == ["sleep", "probe"]
 
 
+def test_each_probe_is_claimed_by_its_own_provider(tracker: HealthTracker, upstream: respx.MockRouter) -> None:
+    # The workers of a host take turns per provider: a claim under another name would let
+    # one provider's probe stand in for another's.
+    claims: list[str] = []
+    done = asyncio.Event()
+    claim_probe = tracker.claim_probe
+
+    def claim(provider: str, for_s: float) -> bool:
+        claims.append(provider)
+        if {"p", "q"} <= set(claims):
+            done.set()
+        return claim_probe(provider, for_s)
+
+    tracker.claim_probe = claim  # type: ignore[method-assign]
+    upstream.get(UP).mock(return_value=httpx.Response(200))
+    upstream.get(DOWN).mock(return_value=httpx.Response(200))
+    runner = ProbeRunner(tracker, {"p": UP, "q": DOWN})
+
+    _run_until(runner, done)
+
+    assert set(claims) == {"p", "q"}
+
+
 def test_two_workers_on_one_gate_probe_as_one(tmp_path: Path) -> None:
     # Each worker runs its prober; their claims on the host's gate last an interval each,
     # so the host sends at most one probe per interval, whichever worker sends it.

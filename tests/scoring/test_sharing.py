@@ -406,17 +406,25 @@ def test_a_trial_overtaken_by_a_probe_gives_its_place_back(tmp_path: Path, clock
     assert a.tracker.allow(PROVIDER) or b.tracker.allow(PROVIDER)
 
 
-def test_a_probe_success_after_a_failed_trial_frees_the_place_it_held(tmp_path: Path, clock: FakeClock) -> None:
+@pytest.mark.parametrize("prober", ["holder", "other"])
+def test_a_probe_success_after_a_failed_trial_frees_the_place_it_held(tmp_path: Path, clock: FakeClock,
+                                                                      prober: str) -> None:
     # A failed trial keeps its place at the gate until the next trial is due, so no other
     # worker sends one before its verdict arrives; a probe that ends the cooldown early
     # must free that place, or the trials it lets go wait out the cooldown anyway.
     a, b, trial = trial_out(tmp_path, clock)
+    probing = a if prober == "holder" else b
     clock.advance(0.5)
+    reopened = clock()
     a.tracker.record(PROVIDER, duration_s=0.5, status_code=503, permit=trial)  # relapse: open 10 s
     sync(a, b)
     assert a.gate.held(PROVIDER, clock()) == 1  # its place, held for the next trial
     clock.advance(1)
-    b.tracker.record_probe(PROVIDER, True, sent_at=clock() - 0.2)  # sent after the circuit reopened
+    probing.tracker.record_probe(PROVIDER, True, sent_at=reopened - 0.1)  # sent before: ends nothing
+    sync(a, b)
+    assert a.tracker.status(PROVIDER).circuit is Circuit.OPEN
+    assert a.gate.held(PROVIDER, clock()) == 1
+    probing.tracker.record_probe(PROVIDER, True, sent_at=clock() - 0.2)  # sent after the circuit reopened
     sync(a, b)
     assert a.tracker.status(PROVIDER).circuit is Circuit.HALF_OPEN
     assert a.gate.held(PROVIDER, clock()) == 0
