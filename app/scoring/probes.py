@@ -99,15 +99,30 @@ class ProbeRunner:
         if self._thread is not None or not self.urls:
             return
         started = threading.Event()
-        self._thread = threading.Thread(target=self._serve, args=(started,), name="provider-probes", daemon=True)
+        failed: list[BaseException] = []
+        self._thread = threading.Thread(target=self._serve, args=(started, failed), name="provider-probes",
+                                        daemon=True)
         self._thread.start()
         started.wait()
+        if failed:  # raised here, in the caller's thread: a startup that fails says why, never hangs
+            self._thread.join()
+            self._thread = self._loop = None
+            raise RuntimeError("the provider probes could not start") from failed[0]
 
-    def _serve(self, started: threading.Event) -> None:
-        loop = self._loop = asyncio.new_event_loop()
+    def _serve(self, started: threading.Event, failed: list[BaseException]) -> None:
         try:
-            self._task = loop.create_task(self.run())
+            loop = self._loop = asyncio.new_event_loop()
+            try:
+                self._task = loop.create_task(self.run())
+            except BaseException:
+                loop.close()
+                raise
+        except BaseException as exc:  # noqa: BLE001 - handed to start(), which raises it
+            failed.append(exc)
+            return
+        finally:
             started.set()
+        try:
             loop.run_until_complete(asyncio.gather(self._task, return_exceptions=True))
         finally:
             loop.close()

@@ -467,6 +467,43 @@ def test_start_returns_once_the_probes_run_and_the_thread_ends_cleanly(
     assert failures == []  # cancelled on stop, not crashed
 
 
+@pytest.mark.parametrize("breaks", ["new_event_loop", "create_task"])
+def test_a_probes_thread_that_cannot_start_fails_start_with_its_reason(
+    tracker: HealthTracker, monkeypatch: pytest.MonkeyPatch, breaks: str
+) -> None:
+    # Out of file descriptors, an event loop cannot be made: the service's startup must say
+    # so, not wait forever for a thread that has died.
+    def fail(*args: object, **kwargs: object) -> object:
+        for arg in args:
+            getattr(arg, "close", lambda: None)()  # the coroutine create_task was handed
+        raise OSError(24, "Too many open files")
+
+    if breaks == "new_event_loop":
+        monkeypatch.setattr("app.scoring.probes.asyncio.new_event_loop", fail)
+    else:
+        monkeypatch.setattr(asyncio.BaseEventLoop, "create_task", fail)
+    runner = ProbeRunner(tracker, {"p": UP})
+    raised: list[BaseException] = []
+    before = _probe_threads()
+
+    def start() -> None:
+        try:
+            runner.start()
+        except RuntimeError as exc:
+            raised.append(exc)
+
+    assert _in_a_thread(start)
+    assert [str(exc) for exc in raised] == ["the provider probes could not start"]
+    assert isinstance(raised[0].__cause__, OSError)
+    assert not _probe_threads() - before  # its thread has ended
+    monkeypatch.undo()
+    runner.start()  # once the cause is gone, it starts
+    try:
+        assert runner._task is not None
+    finally:
+        runner.stop()
+
+
 def test_stop_waits_no_longer_than_its_timeout_for_a_probe_that_blocks(tracker: HealthTracker) -> None:
     entered, release = threading.Event(), threading.Event()
 
