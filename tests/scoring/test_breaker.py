@@ -588,6 +588,7 @@ def test_after_a_misled_probe_one_passed_probe_leaves_a_trial_out_its_place() ->
     breaker.probe_succeeded(T0 + 14, sent=T0 + 14, passing_since=T0 + 12)
     assert trial.void and breaker.trials_out(T0 + 14) == 0
 
+
 def test_after_a_misled_probe_a_run_begun_while_open_frees_a_trial_out_in_half_open() -> None:
     breaker = misled()  # open again at T0 + 2, its next trial due at T0 + 11
     trial, _ = breaker.allow("p", T0 + 11)
@@ -596,6 +597,7 @@ def test_after_a_misled_probe_a_run_begun_while_open_frees_a_trial_out_in_half_o
     breaker.probe_succeeded(T0 + 12, sent=T0 + 12, passing_since=T0 + 10)  # passing since it was open
 
     assert trial.void
+
 
 def test_a_run_of_passes_that_began_before_the_circuit_reopened_does_not_count() -> None:
     breaker = misled()

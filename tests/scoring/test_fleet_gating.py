@@ -15,7 +15,7 @@ import re
 
 import pytest
 
-from app.scoring import Circuit, HealthConfig, HealthTracker
+from app.scoring import Circuit, HealthConfig, HealthTracker, Permit
 from app.scoring.events import CALL, GRANTED, VOIDED, SharedOutcome, decode, encode
 from app.scoring.probes import ProbeRunner
 from app.scoring.sharing import TURN_ROUNDS, Sharing, turn_place
@@ -309,11 +309,11 @@ def test_a_passed_probe_that_does_not_convince_drops_no_announcement(clock: Fake
     assert in_flight(tracker) == 0
     assert tracker.allow(P).trial
 
-def test_a_trial_voided_in_its_process_frees_its_announcement_everywhere(clock: FakeClock) -> None:
-    # Its process heard another's failed trial first: the circuit moved on and the trial's own
-    # failure is no verdict there. The others must still learn it is over, or its announcement
-    # holds their trials for a cooldown.
-    config = HealthConfig(open_cooldown_s=5.0, max_cooldown_s=20.0)  # announcements hold 20 s
+
+def announced_trial(clock: FakeClock,
+                    config: HealthConfig = CONFIG) -> tuple[HealthTracker, HealthTracker, Permit, float]:
+    """Two processes half-open at the same moment (returned): the sender's trial is out,
+    and the receiver holds its announcement."""
     sender, receiver = tracker_on(clock, config), tracker_on(clock, config)
     sent = half_open(sender, clock)
     half_open(receiver, clock)
@@ -322,6 +322,15 @@ def test_a_trial_voided_in_its_process_frees_its_announcement_everywhere(clock: 
     assert trial.trial
     receiver.apply(sender.take_outcomes())
     assert in_flight(receiver) == 1
+    return sender, receiver, trial, sent
+
+
+def test_a_trial_voided_in_its_process_frees_its_announcement_everywhere(clock: FakeClock) -> None:
+    # Its process heard another's failed trial first: the circuit moved on and the trial's own
+    # failure is no verdict there. The others must still learn it is over, or its announcement
+    # holds their trials for a cooldown.
+    config = HealthConfig(open_cooldown_s=5.0, max_cooldown_s=20.0)  # announcements hold 20 s
+    sender, receiver, trial, sent = announced_trial(clock, config)
     sender.apply([verdict(sent, outcome="failure", at=clock.now)])  # another trial sent then failed
     assert trial.void
     receiver.turn = Turns(wait_s=1.0)
@@ -336,19 +345,13 @@ def test_a_trial_voided_in_its_process_frees_its_announcement_everywhere(clock: 
     clock.advance(1.0)
     assert receiver.allow(P).trial
 
+
 @pytest.mark.parametrize("status_code", [404, 401, 429])
 def test_a_trial_that_ends_without_a_verdict_frees_its_announcement_everywhere(clock: FakeClock,
                                                                                 status_code: int) -> None:
     # A 404, 401 or 429 is no verdict: its permit goes back in its own process, and the
     # others must hear the same, or its announcement holds their trials for a cooldown.
-    sender, receiver = tracker_on(clock), tracker_on(clock)
-    half_open(sender, clock)
-    half_open(receiver, clock)
-    sender.share_outcomes()
-    trial = sender.allow(P)
-    assert trial.trial
-    receiver.apply(sender.take_outcomes())
-    assert in_flight(receiver) == 1
+    sender, receiver, trial, _ = announced_trial(clock)
     receiver.turn = Turns(wait_s=1.0)
     clock.advance(0.5)
     retry_after_s = 30.0 if status_code == 429 else None
@@ -582,6 +585,7 @@ def test_the_turn_of_a_late_move_to_half_open_counts_from_the_end_of_the_cooldow
     assert tracker._providers[P].breaker.state is Circuit.HALF_OPEN
     tracker.turn = Turns(wait_s=2.0)
     assert tracker.allow(P).trial  # the turn came at 1007
+
 
 def test_a_probe_that_overtakes_the_trials_out_starts_the_turns_again(clock: FakeClock) -> None:
     """Every host hears the probe at about the same moment and finds the door free: the
