@@ -406,6 +406,17 @@ def test_a_trial_overtaken_by_a_probe_gives_its_place_back(tmp_path: Path, clock
     assert a.tracker.allow(PROVIDER) or b.tracker.allow(PROVIDER)
 
 
+def test_a_trial_that_ends_without_a_verdict_frees_the_other_workers_at_once(tmp_path: Path,
+                                                                               clock: FakeClock) -> None:
+    a, b, trial = trial_out(tmp_path, clock)
+    sync(a, b)
+    assert not b.tracker.allow(PROVIDER)  # a's trial is out
+    clock.advance(0.5)
+    a.tracker.record(PROVIDER, duration_s=0.5, status_code=404, permit=trial)  # no verdict
+    sync(a, b)
+    assert b.tracker.allow(PROVIDER).trial  # not a hold's 10 s later
+
+
 @pytest.mark.parametrize("prober", ["holder", "other"])
 def test_a_probe_success_after_a_failed_trial_frees_the_place_it_held(tmp_path: Path, clock: FakeClock,
                                                                       prober: str) -> None:
