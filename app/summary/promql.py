@@ -22,12 +22,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from itertools import groupby
-from operator import itemgetter, methodcaller
+from operator import attrgetter, itemgetter, methodcaller
 from typing import Literal
 
 from app.catalogue import FAMILIES, Category
 from app.registry import has_surrogates
 from app.scoring.outcome import CALLER_FAULTS, ERRORS, SCORED, THROTTLES, Outcome, status_labels
+from app.summary.labelsets import LabelSet
 from app.summary.quantiles import Result, quantile_le
 
 #: The inference ``status`` values of each outcome class of app.scoring.outcome: every
@@ -398,14 +399,17 @@ def packed_promql(queries: list[Query], window_s: int, extra: tuple[Matcher, ...
 
 def unpack(labels: Sequence[Mapping[str, str]], values: Sequence[float], queries: list[Query]) -> dict[str, Result]:
     """The answer to :func:`packed_promql` (its samples' labels and values, in the
-    answer's order), as each query's result."""
+    answer's order), as each query's result. Labels read into a label set
+    (app.summary.labelsets; the summaries' own: app.summary.service.PACKED_LABELS) are read as its
+    attributes, a column at a time."""
     if len(labels) != len(values):
         raise ValueError(f"{len(labels)} label sets for {len(values)} values")
     rows: dict[str, tuple[list[Mapping[str, str]], list[float]]] = {query.name: ([], []) for query in queries}
     # The backend answers each query's series together (``or`` keeps its operands' order):
     # the answer is cut at each change of name, a slice at a time, not a sample at a time.
     start = 0
-    for name, run in groupby(map(methodcaller("get", PACK_LABEL, ""), labels)):
+    names = map(attrgetter(PACK_LABEL) if _read_into_sets(labels) else methodcaller("get", PACK_LABEL, ""), labels)
+    for name, run in groupby(names):
         end = start + len(list(run))
         row = rows.get(name)
         if row is not None:
@@ -420,14 +424,20 @@ def unpack(labels: Sequence[Mapping[str, str]], values: Sequence[float], queries
     return results
 
 
+def _read_into_sets(labels: Sequence[Mapping[str, str]]) -> bool:
+    return bool(labels) and isinstance(labels[0], LabelSet)
+
+
 def _keys(by: tuple[str, ...], labels: list[Mapping[str, str]]) -> Iterable[tuple[str, ...]]:
     """Each series' values of the labels ``by`` ("" for one it lacks), in order."""
     if not by:
         return [()] * len(labels)
-    getter = itemgetter(*by)
+    getter = attrgetter(*by) if _read_into_sets(labels) else itemgetter(*by)
     try:
-        keys = list(map(getter, labels))  # the loop in C; a label missing somewhere: KeyError
-    except KeyError:
+        # The loop in C. A label missing somewhere: KeyError; one a label set does not
+        # hold: AttributeError.
+        keys = list(map(getter, labels))
+    except (KeyError, AttributeError):
         return [tuple(pairs.get(name, "") for name in by) for pairs in labels]
     return list(zip(keys)) if len(by) == 1 else keys
 

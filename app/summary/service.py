@@ -28,9 +28,11 @@ from app.summary.backend import BackendError, PrometheusBackend
 from app.summary.caches import bounded, keep
 from app.summary.figures import HealthFigures, build_metrics
 from app.summary.fleet_health import FLEET_HEALTH_QUERIES, fleet_health
+from app.summary.labelsets import label_set
 from app.summary.models import BackendReadiness, Summary, SummaryError, SummarySource
 from app.summary.promql import (
     DERIVED,
+    PACK_LABEL,
     SUMMARY_QUERIES,
     Matcher,
     Query,
@@ -58,6 +60,9 @@ ANSWER_CACHE_BYTES = 16 * 2**20
 ALL_QUERIES: dict[str, Query] = {
     query.name: query for queries in (*SUMMARY_QUERIES.values(), FLEET_HEALTH_QUERIES) for query in queries
 }
+#: The labels the packed answers are read by (app.summary.labelsets): the labels each query
+#: sums by, and the pack's own. Every other label of a series is left unread.
+PACKED_LABELS = label_set(frozenset({PACK_LABEL, *(label for query in ALL_QUERIES.values() for label in query.by)}))
 #: The recorded series the summaries can read.
 SUMMARY_RECORDS: frozenset[Recorded] = frozenset(
     query.recorded for query in ALL_QUERIES.values() if query.recorded is not None
@@ -189,7 +194,7 @@ class SummaryService:
             fleet_recorded = self._recorded(fleet, health_window)
             recorded |= fleet_recorded
             texts[FLEET_PACK] = packed_promql(fleet, health_window, self.extra_matchers, fleet_recorded)
-        batch = self.backend.query_many(texts, at=at)
+        batch = self.backend.query_many(texts, at=at, into=PACKED_LABELS)
         results: dict[str, Result] = {}
         for name, pack in packs.items():
             answer = batch.results.get(name)
@@ -236,7 +241,7 @@ class SummaryService:
         queries = list(FLEET_HEALTH_QUERIES)
         window = self._health_window()
         text = packed_promql(queries, window, self.extra_matchers, self._recorded(queries, window))
-        batch = self.backend.query_many({FLEET_PACK: text}, at=self.instant())
+        batch = self.backend.query_many({FLEET_PACK: text}, at=self.instant(), into=PACKED_LABELS)
         answer = batch.results.get(FLEET_PACK)
         results = unpack(answer.labels, answer.values, queries) if answer is not None else {}
         return fleet_health(results, self.tracker.config), summary_errors(batch.errors), batch.stale

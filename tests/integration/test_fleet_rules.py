@@ -14,7 +14,7 @@ import pytest
 from app.catalogue import Category
 from app.settings import Settings
 from app.summary.models import Summary
-from app.summary.service import SUMMARY_RECORDS, SummaryService, backend_from_settings
+from app.summary.service import PACKED_LABELS, SUMMARY_RECORDS, SummaryService, backend_from_settings
 from app.telemetry import Telemetry
 from tests.deploy.sources import RULE_FILES
 from tests.support.servers import MetricsServer, ServiceProcess, poll, start_prometheus, start_service
@@ -58,11 +58,14 @@ class Recording:
                                       tracker=telemetry.tracker, top_lists=telemetry.top_lists)
         assert self.service.backend is not None
         self.batches: list[tuple[dict[str, str], float | None]] = []
+        self.options: list[dict[str, Any]] = []  # each batch's other options
         query_many = self.service.backend.query_many
 
-        def recording(texts: Mapping[str, str], deadline_s: float | None = None, *, at: float | None = None) -> Any:
+        def recording(texts: Mapping[str, str], deadline_s: float | None = None, *, at: float | None = None,
+                      **options: Any) -> Any:
             self.batches.append((dict(texts), at))
-            return query_many(texts, deadline_s, at=at)
+            self.options.append(options)
+            return query_many(texts, deadline_s, at=at, **options)
 
         self.service.backend.query_many = recording  # type: ignore[method-assign]
 
@@ -70,6 +73,7 @@ class Recording:
         assert self.service.rules is not None
         self.service.rules.refresh()
         self.batches.clear()
+        self.options.clear()
         return self.service.summary(list(Category), window_s)
 
     def close(self) -> None:
@@ -123,6 +127,23 @@ def test_no_subexpression_is_evaluated_twice(which: str, request: pytest.Fixture
     [(texts, _)] = recording.batches
     seen = Counter(part for text in texts.values() for part in subexpressions(promql_parser.parse(text)))
     assert [part for part, count in seen.items() if count > 1] == []
+
+
+@pytest.mark.parametrize("which", ["ruled", "bare"])
+def test_the_answers_read_into_label_sets_hold_what_they_hold_read_as_dicts(
+        which: str, request: pytest.FixtureRequest) -> None:
+    recording: Recording = request.getfixturevalue(which)
+    recording.summary()
+    [(texts, at)], [options] = recording.batches, recording.options
+    assert options == {"into": PACKED_LABELS}
+    backend = recording.service.backend
+    assert backend is not None
+    read_into, read = backend.query_many(texts, at=at, into=PACKED_LABELS), backend.query_many(texts, at=at)
+    assert read_into.errors == read.errors == [] and set(read_into.results) == set(read.results) == set(texts)
+    for name, answer in read_into.results.items():
+        assert {type(labels) for labels in answer.labels} <= {PACKED_LABELS}
+        assert answer.values == read.results[name].values
+        assert list(map(dict, answer.labels)) == list(map(dict, read.results[name].labels))
 
 
 def test_recorded_series_are_read_while_the_rules_evaluate(ruled: Recording) -> None:

@@ -4,6 +4,7 @@ against a deliberately broken server (tests/support/faulty_backend.py)."""
 from __future__ import annotations
 
 import base64
+import gc
 import math
 import threading
 import time
@@ -26,6 +27,7 @@ from support.servers import (
     start_victoriametrics,
 )
 
+from app.summary import backend as backend_module
 from app.summary.backend import (
     BackendFailure,
     BatchResult,
@@ -33,6 +35,7 @@ from app.summary.backend import (
     QueryResult,
     parse_response,
 )
+from app.summary.labelsets import label_set
 from app.summary.promql import Matcher
 
 #: Label values the probe app exports, one series each, valued by their index.
@@ -497,3 +500,81 @@ def test_finite_only_names_the_value_that_is_not_finite() -> None:
         parse_response(200, _vector(({"m": "a"}, "1"), ({"m": "b"}, "+Inf")), finite_only=True)
     assert failure.value.error.kind == "garbage" and "+Inf" in failure.value.error.message \
         and "is not a finite number" in failure.value.error.message
+
+
+# --- reading into a label set ---------------------------------------------------------------
+
+_INTO = label_set(frozenset({"provider", "model", "le"}))
+#: Mostly what Prometheus sends (a third of them as anything else).
+_GOOD_VALUES = st.floats(allow_nan=False, allow_infinity=False).map(repr) | st.sampled_from(["0", "-2", "1e3"])
+_ODD_VALUES = st.sampled_from(["1e999", " 2", "1_000", "NaN", "+Inf", "-Inf", "inf", "one", "", 1.5, 3, True, None,
+                               [1]])
+_GOOD_LABELS = st.dictionaries(st.sampled_from(["provider", "model", "le"]), st.sampled_from(["a", "b", "x\"y"]),
+                               max_size=3)
+_ODD_LABELS = st.dictionaries(st.sampled_from(["provider", "job", "__name__"]),
+                              st.sampled_from(["a", ""]) | st.integers(0, 2), max_size=2)
+_GOOD_POINTS = st.tuples(st.floats(allow_nan=False, allow_infinity=False), _GOOD_VALUES).map(list)
+_ODD_POINTS = st.tuples(st.just("1700000000.5") | st.none(), _GOOD_VALUES | _ODD_VALUES).map(list) | st.just([1])
+_SERIES = st.fixed_dictionaries({"metric": st.one_of(*[_GOOD_LABELS] * 8, _ODD_LABELS),
+                                 "value": st.one_of(*[_GOOD_POINTS] * 8, _ODD_POINTS)})
+_EXTRA = st.one_of(st.just({}), st.just({}), st.fixed_dictionaries(
+    {}, optional={"warnings": st.sampled_from([[], ["slow"], None, "x"]),
+                  "isPartial": st.sampled_from([False, True, "false"])}))
+
+
+@settings(max_examples=400, deadline=None)
+@given(result_type=st.sampled_from(["vector"] * 8 + ["matrix", "scalar"]), series=st.lists(_SERIES, max_size=4),
+       extra=_EXTRA, status=st.sampled_from([200] * 8 + [206, 503]), finite_only=st.booleans())
+def test_an_answer_read_into_a_label_set_is_the_same_answer_with_those_labels(
+        result_type: str, series: list[Any], extra: dict[str, Any], status: int, finite_only: bool) -> None:
+    body = envelope(result_type, series, **extra)
+    try:
+        general = parse_response(status, body, finite_only=finite_only)
+    except BackendFailure as failure:
+        with pytest.raises(BackendFailure) as read_into:
+            parse_response(status, body, finite_only=finite_only, into=_INTO)
+        assert read_into.value.error == failure.error
+        return
+    answer = parse_response(status, body, finite_only=finite_only, into=_INTO)
+    assert (answer.result_type, answer.values, answer.warnings) == \
+        (general.result_type, general.values, general.warnings)
+    assert [dict(labels) for labels in answer.labels] == \
+        [{name: value for name, value in labels.items() if name in _INTO.__struct_fields__ and value}
+         for labels in general.labels]
+
+
+def test_series_read_into_a_label_set_are_nothing_for_the_garbage_collector() -> None:
+    answer = parse_response(200, _vector(({"provider": "p", "model": "m", "job": "j"}, "1.5")), into=_INTO)
+    (labels,) = answer.labels
+    assert isinstance(labels, _INTO) and not gc.is_tracked(labels)
+    assert dict(labels) == {"provider": "p", "model": "m"} and answer.values == (1.5,)
+
+
+def test_answers_read_into_a_label_set_are_kept_apart(fake: FaultyBackend) -> None:
+    fake.reply = Reply(body=_vector(({"provider": "p", "job": "j"}, "1")))
+    with PrometheusBackend(fake.url, cache_ttl_s=60) as backend:
+        read_into = backend.query_many({"q": "up"}, into=_INTO).results["q"]
+        read = backend.query_many({"q": "up"}).results["q"]
+        assert backend.query_many({"q": "up"}, into=_INTO).results["q"] is read_into
+    assert isinstance(read_into.labels[0], _INTO) and read.labels == ({"provider": "p", "job": "j"},)
+    assert fake.request_count == 2
+
+
+_PLAIN = [{"metric": {"provider": "p", "le": "+Inf"}, "value": [1700000000.5, "2.5"]}]
+
+
+@pytest.mark.parametrize(("status", "body", "finite_only"), [
+    pytest.param(206, envelope(result=_PLAIN), False, id="not-200"),
+    pytest.param(200, envelope("matrix", [{"metric": {}, "values": [[1, "1"]]}]), False, id="matrix"),
+    pytest.param(200, envelope(result=_PLAIN, warnings=["slow"]), False, id="warnings"),
+    pytest.param(200, envelope(result=_PLAIN, isPartial=True), False, id="partial"),
+    pytest.param(200, envelope(result=[{"metric": {"job": "j"}, "value": [1, "1"]}]), False, id="label-not-held"),
+    pytest.param(200, _vector(({}, "NaN")), False, id="nan-to-drop"),
+    pytest.param(200, _vector(({}, "-Inf")), True, id="not-finite"),
+    pytest.param(200, envelope(result=_PLAIN).replace(b"success", b"error"), False, id="not-success"),
+])
+def test_only_a_plain_vector_is_read_straight_into_label_sets(status: int, body: bytes, finite_only: bool) -> None:
+    assert backend_module._vector_into(_INTO, 200, envelope(result=_PLAIN), finite_only) is not None
+    assert backend_module._vector_into(_INTO, 200, envelope(result=_PLAIN, warnings=[], isPartial=False),
+                                       finite_only) is not None
+    assert backend_module._vector_into(_INTO, status, body, finite_only) is None

@@ -3,11 +3,14 @@ packed answer, and figures summed from finer ones."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container, Mapping
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.catalogue import Category
+from app.summary.labelsets import LabelSet, label_set
 from app.summary.promql import (
     INFERENCE_RECORD,
     PACK_LABEL,
@@ -92,6 +95,30 @@ _LABEL_VALUES = st.sampled_from(["a", "b", "c"])
                           st.dictionaries(st.sampled_from(["provider", "model", "status", "le"]), _LABEL_VALUES),
                           st.floats(allow_nan=False, min_value=0, max_value=100)), max_size=40))
 def test_unpack_reads_as_one_sample_at_a_time_would(answer: list[tuple[str, dict[str, str], float]]) -> None:
+    _unpack_reads_as_one_sample_at_a_time_would(answer, lambda pairs: pairs)
+
+
+_ALL_LABELS = label_set(frozenset({PACK_LABEL, "provider", "model", "status", "le"}))
+#: Lacks a label a query sums by: that label reads as empty.
+_SOME_LABELS = label_set(frozenset({PACK_LABEL, "provider", "model", "le"}))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["calls", "latency", "cpu", "keys", "other"]),
+                          st.dictionaries(st.sampled_from(["provider", "model", "status", "le"]), _LABEL_VALUES),
+                          st.floats(allow_nan=False, min_value=0, max_value=100)), max_size=40),
+       st.sampled_from([_ALL_LABELS, _SOME_LABELS]))
+def test_unpack_reads_label_sets_as_it_reads_their_labels(answer: list[tuple[str, dict[str, str], float]],
+                                                          into: type[LabelSet]) -> None:
+    fields = set(into.__struct_fields__)
+    _unpack_reads_as_one_sample_at_a_time_would(
+        answer, lambda pairs: into(**{name: value for name, value in pairs.items() if name in fields}), fields)
+
+
+def _unpack_reads_as_one_sample_at_a_time_would(answer: list[tuple[str, dict[str, str], float]],
+                                                read: Callable[[dict[str, str]], Mapping[str, str]],
+                                                kept: Container[str] | None = None) -> None:
+    """``read``: each series' labels as unpack gets them, keeping the labels in ``kept`` (all: None)."""
     labels = [_series(query, **pairs) for query, pairs, _ in answer]
     values = [value for _, _, value in answer]
     expected: dict[str, dict[tuple[str, ...], float]] = {query.name: {} for query in _PACK}
@@ -99,9 +126,10 @@ def test_unpack_reads_as_one_sample_at_a_time_would(answer: list[tuple[str, dict
     for pairs, value in zip(labels, values, strict=True):
         query = by_name.get(pairs[PACK_LABEL])
         if query is not None:
-            expected[query.name][tuple(pairs.get(name, "") for name in query.by)] = value
+            key = tuple(pairs.get(name, "") if kept is None or name in kept else "" for name in query.by)
+            expected[query.name][key] = value
     expected["latency"] = active_groups(expected["latency"])
-    results = unpack(labels, values, _PACK)
+    results = unpack([read(pairs) for pairs in labels], values, _PACK)
     assert {name: list(result.items()) for name, result in results.items()} == \
         {name: list(result.items()) for name, result in expected.items()}
 
