@@ -25,10 +25,14 @@ def steady_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Met
     try:
         instances = [start_service(tmp, index, env, steady=True) for index in range(2)]
         prometheus.set_targets([instance.address for instance in instances])
-        # rate() over the window needs two scrapes of each replica with traffic between.
+        # rate() over the window needs scrapes of each replica with traffic between, and
+        # enough of them (15 s at 1 s scrapes, some 600 calls of beta) that a 503 more or
+        # less in the window moves beta's score by a small part of the tolerance: with two
+        # scrapes a second apart (some 40 calls) it moves it by 0.025, more than all of it.
         prometheus.wait_until(
-            lambda: len(prometheus.query(f'rate(gatewayz_provider_apdex_total{{job="{JOB}"}}[1m]) > 0')["result"]) >= 4,
-            timeout=40,
+            lambda: len(prometheus.query(
+                f'count_over_time(gatewayz_provider_apdex_total{{job="{JOB}"}}[1m]) >= 15')["result"]) >= 4,
+            timeout=60,
         )
         yield prometheus, instances
     finally:
