@@ -303,7 +303,9 @@ def _vector_decoder(labels: type[LabelSet]) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(envelope, strict=False)
 
 
+#: What the general way reads as no warnings, and as not partial.
 _NO_WARNINGS = frozenset({b"[]", b"null", b"false"})
+_NOT_PARTIAL = b"false"
 
 
 def _vector_into(labels: type[LabelSet], status: int, body: bytes, finite_only: bool) -> QueryResult | None:
@@ -323,7 +325,7 @@ def _vector_into(labels: type[LabelSet], status: int, body: bytes, finite_only: 
     data = envelope.data
     if (envelope.status != "success" or data.resultType != "vector"
             or bytes(envelope.warnings).strip() not in _NO_WARNINGS
-            or bytes(envelope.isPartial).strip() not in _NO_WARNINGS):
+            or bytes(envelope.isPartial).strip() != _NOT_PARTIAL):
         return None
     values = tuple(map(_POINT_VALUE, map(_SERIES_VALUE, data.result)))
     if not all(map(math.isfinite, values)) and (finite_only or any(map(math.isnan, values))):

@@ -518,8 +518,8 @@ _ODD_POINTS = st.tuples(st.just("1700000000.5") | st.none(), _GOOD_VALUES | _ODD
 _SERIES = st.fixed_dictionaries({"metric": st.one_of(*[_GOOD_LABELS] * 8, _ODD_LABELS),
                                  "value": st.one_of(*[_GOOD_POINTS] * 8, _ODD_POINTS)})
 _EXTRA = st.one_of(st.just({}), st.just({}), st.fixed_dictionaries(
-    {}, optional={"warnings": st.sampled_from([[], ["slow"], None, "x"]),
-                  "isPartial": st.sampled_from([False, True, "false"])}))
+    {}, optional={"warnings": st.sampled_from([[], ["slow"], None, False, 0, "x"]),
+                  "isPartial": st.sampled_from([False, True, "false", None, []])}))
 
 
 @settings(max_examples=400, deadline=None)
