@@ -327,15 +327,14 @@ def _vector_into(labels: type[LabelSet], status: int, body: bytes, finite_only: 
             or bytes(envelope.warnings).strip() not in _NO_WARNINGS
             or bytes(envelope.isPartial).strip() != _NOT_PARTIAL):
         return None
-    values = tuple(map(_POINT_VALUE, map(_SERIES_VALUE, data.result)))
+    values = tuple(map(_ATTR_VALUE, map(_ATTR_VALUE, data.result)))  # each series' point's value
     if not all(map(math.isfinite, values)) and (finite_only or any(map(math.isnan, values))):
         return None  # garbage, or NaN samples to drop: the general way does both
     return QueryResult("vector", cast(_Labels, tuple(map(_SERIES_METRIC, data.result))), values)
 
 
 _SERIES_METRIC = attrgetter("metric")
-_SERIES_VALUE = attrgetter("value")
-_POINT_VALUE = attrgetter("value")
+_ATTR_VALUE = attrgetter("value")
 
 
 def _into(labels: type[LabelSet], result: QueryResult) -> QueryResult:
@@ -639,8 +638,8 @@ class PrometheusBackend:
         # (text, label set) -> its last good answer
         self._kept: LRUCache[_Asked, _Kept] = bounded(LRUCache, max_entries=MAX_CACHED_QUERIES,
                                                    max_bytes=max_cache_bytes, nbytes=attrgetter("nbytes"))
-        # (text, label set, instant) -> (request, its deadline)
-        self._inflight: dict[tuple[str, type[LabelSet] | None, float | None], tuple[Future[Outcome], float]] = {}
+        # (what was asked, instant) -> (request, its deadline)
+        self._inflight: dict[tuple[_Asked, float | None], tuple[Future[Outcome], float]] = {}
 
     # --- queries ----------------------------------------------------------------------
 
@@ -685,7 +684,7 @@ class PrometheusBackend:
     def _submit(self, asked: _Asked, deadline: float, at: float | None) -> Future[Outcome]:
         # Concurrent batches asking for the same text at the same instant share one
         # request, unless its own deadline has passed (it is about to fail with a timeout).
-        key = (*asked, at)
+        key = (asked, at)
         with self._lock:
             inflight = self._inflight.get(key)
             if inflight is not None and inflight[1] > time.monotonic():
@@ -695,8 +694,7 @@ class PrometheusBackend:
         future.add_done_callback(lambda done: self._forget_inflight(key, done))
         return future
 
-    def _forget_inflight(self, key: tuple[str, type[LabelSet] | None, float | None],
-                         future: Future[Outcome]) -> None:
+    def _forget_inflight(self, key: tuple[_Asked, float | None], future: Future[Outcome]) -> None:
         with self._lock:
             if self._inflight.get(key, (None,))[0] is future:
                 del self._inflight[key]

@@ -61,7 +61,7 @@ ALL_QUERIES: dict[str, Query] = {
     query.name: query for queries in (*SUMMARY_QUERIES.values(), FLEET_HEALTH_QUERIES) for query in queries
 }
 #: The labels the packed answers are read by (app.summary.labelsets): the labels each query
-#: sums by, and the pack's own. Every other label of a series is left unread.
+#: sums by, and the pack's own. Every other label of a series is dropped.
 PACKED_LABELS = label_set(frozenset({PACK_LABEL, *(label for query in ALL_QUERIES.values() for label in query.by)}))
 #: The recorded series the summaries can read.
 SUMMARY_RECORDS: frozenset[Recorded] = frozenset(
