@@ -59,7 +59,7 @@ from pydantic import SecretStr
 from urllib3.util.retry import Retry
 
 from app.summary.caches import bounded, keep
-from app.summary.labelsets import LabelSet
+from app.summary.labelsets import LabelSet, held_values
 
 ErrorKind = Literal[
     "unreachable",  # no connection (refused, DNS, TLS, reset)
@@ -554,15 +554,16 @@ def result_nbytes(result: QueryResult) -> int:
     or label sets, and label values (ASCII: a byte a character). Label names are not
     counted: the JSON reader shares one str per distinct key of an answer."""
     labels = result.labels
-    values: list[str]
-    if labels and isinstance(labels[0], LabelSet):
-        values = list(chain.from_iterable(map(msgspec.structs.astuple, cast(tuple[LabelSet, ...], labels))))
-        strings = sum(map(bool, values))  # "" is one shared str
+    if not labels:
+        return sys.getsizeof(()) * 2
+    if isinstance(labels[0], LabelSet):  # one label set type per answer, one size
+        strings, chars = held_values(cast(tuple[LabelSet, ...], labels))
+        containers = len(labels) * sys.getsizeof(labels[0])
     else:
         values = list(chain.from_iterable(map(dict.values, cast(tuple[dict[str, str], ...], labels))))
-        strings = len(values)
-    return (sys.getsizeof(()) * 2 + len(labels) * _SAMPLE_BYTES + sum(map(sys.getsizeof, labels))
-            + strings * _STR_BYTES + sum(map(len, values)))
+        strings, chars = len(values), sum(map(len, values))
+        containers = sum(map(sys.getsizeof, labels))
+    return sys.getsizeof(()) * 2 + len(labels) * _SAMPLE_BYTES + containers + strings * _STR_BYTES + chars
 
 
 #: What was asked: a query's text, and the label set its answer is read into, if one.

@@ -65,6 +65,28 @@ def ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
+def numbers(result: Result) -> Result:
+    """:func:`number` of every value of ``result``, the undefined ones left out (a
+    missing key reads as None): one pass, not a call per figure."""
+    isfinite = math.isfinite
+    return {key: value for key, value in result.items() if isfinite(value)}
+
+
+def ratios(parts: Result, wholes: Result, missing_part: float | None = 0.0) -> Result:
+    """:func:`ratio` of ``parts[key]`` (``missing_part`` when absent; None: no ratio) to
+    ``wholes[key]`` for every key where it is defined."""
+    isfinite = math.isfinite
+    return {key: share for key, whole in wholes.items() if whole
+            for part in (parts.get(key, missing_part),) if part is not None
+            for share in (part / whole,) if isfinite(share)}
+
+
+def milliseconds(seconds: Result) -> Result:
+    """:func:`ms` of every value of ``seconds``, the undefined ones left out."""
+    isfinite = math.isfinite
+    return {key: round(value * 1000.0, 3) for key, value in seconds.items() if isfinite(value)}
+
+
 def rollup(result: Result, group: Group, keep: Callable[[tuple[str, ...]], bool] = lambda key: True) -> Result:
     """``result`` summed to the coarser keys ``group`` gives (like PromQL's ``sum by``)."""
     summed: Result = {}
@@ -122,14 +144,14 @@ class Outcomes:
                 summed[coarse] = summed.get(coarse, 0.0) + value
         return outcomes
 
-    def error_rate(self, key: tuple[str, ...]) -> float | None:
-        return ratio(self.errors.get(key, 0.0), self.scored.get(key))
+    def error_rates(self) -> Result:
+        return ratios(self.errors, self.scored)
 
-    def throttled_share(self, key: tuple[str, ...]) -> float | None:
-        return ratio(self.throttled.get(key, 0.0), self.calls.get(key))
+    def throttled_shares(self) -> Result:
+        return ratios(self.throttled, self.calls)
 
-    def client_error_share(self, key: tuple[str, ...]) -> float | None:
-        return ratio(self.caller_faults.get(key, 0.0), self.calls.get(key))
+    def client_error_shares(self) -> Result:
+        return ratios(self.caller_faults, self.calls)
 
 
 def _http_outcome(code: str) -> Outcome | None:
@@ -145,14 +167,17 @@ def _status_outcome(code: str) -> Outcome:
 
 
 def _percentiles(buckets: Result, group: Group) -> dict[str, Result]:
+    """p50, p95 and p99 of ``buckets`` by ``group``, in milliseconds (see :func:`milliseconds`)."""
     by_q = many_quantiles_by(buckets, tuple(PERCENTILES.values()), group)
-    return {label: by_q[q] for label, q in PERCENTILES.items()}
+    return {label: milliseconds(by_q[q]) for label, q in PERCENTILES.items()}
 
 
 def build_providers(results: Results, health: Mapping[str, HealthFigures]) -> ProvidersSummary:
     by_provider: Group = lambda key: key[:1]  # noqa: E731
     outcomes = Outcomes.of(results.get("calls_per_second", {}), by_provider)
     calls = outcomes.calls
+    error_rates, throttled, caller_faults = outcomes.error_rates(), outcomes.throttled_shares(), \
+        outcomes.client_error_shares()
     latency_buckets = results.get("provider_latency_buckets", {})
     latency_count = observations_by(latency_buckets, by_provider)
     latency_sum = results.get("provider_latency_sum", {})
@@ -170,9 +195,9 @@ def build_providers(results: Results, health: Mapping[str, HealthFigures]) -> Pr
                 state=figures.state,
                 circuit=figures.circuit,
                 availability=figures.availability,
-                error_rate=outcomes.error_rate(key),
-                throttled_share=outcomes.throttled_share(key),
-                client_error_share=outcomes.client_error_share(key),
+                error_rate=error_rates.get(key),
+                throttled_share=throttled.get(key),
+                client_error_share=caller_faults.get(key),
                 requests_per_second=number(calls.get(key)),
                 avg_response_time_ms=ms(ratio(latency_sum.get(key), latency_count.get(key))),
                 p95_response_time_ms=ms(p95.get(key)),
@@ -193,9 +218,14 @@ def build_providers(results: Results, health: Mapping[str, HealthFigures]) -> Pr
 
 
 def build_models(results: Results) -> ModelsSummary:
+    """Every model's row. At fleet scale (hundreds of models) each figure is computed a
+    column at a time (:func:`numbers`, :func:`ratios`, :func:`milliseconds`), and a row
+    only looks its figures up."""
     by_model: Group = lambda key: key[:2]  # noqa: E731
     outcomes = Outcomes.of(results.get("calls_per_second", {}), by_model)
-    calls = outcomes.calls
+    calls = numbers(outcomes.calls)
+    error_rates, throttled, caller_faults = outcomes.error_rates(), outcomes.throttled_shares(), \
+        outcomes.client_error_shares()
     totals = results.get("calls_total", {})
     latency = _percentiles(results.get("inference_buckets", {}), by_model)
     ttft = _percentiles(results.get("ttft_buckets", {}), by_model)
@@ -203,36 +233,41 @@ def build_models(results: Results) -> ModelsSummary:
     tpot = _percentiles(tpot_buckets, by_model)
     # Streamed calls per second over the seconds per second they spent per token after the
     # first: 1 / the mean time per output token (models.OUTPUT_TOKENS_PER_SECOND).
-    tpot_calls = observations_by(tpot_buckets, by_model)
-    tpot_sum = results.get("tpot_sum", {})
-    tokens: dict[tuple[str, ...], dict[str, float]] = {}
+    output_speed = ratios(observations_by(tpot_buckets, by_model), results.get("tpot_sum", {}), None)
+    inputs: Result = {}
+    outputs: Result = {}
     for (provider, model, token_type), value in results.get("tokens_total", {}).items():
-        tokens.setdefault((provider, model), {})[token_type] = value
-    models = []
-    for key in sorted(set(totals) | set(calls) | set(tokens)):
-        counts = tokens.get(key, {})
-        models.append(
-            ModelSummary(
-                provider=key[0],
-                model=key[1],
-                requests_total=totals.get(key, 0.0),
-                requests_per_second=number(calls.get(key)),
-                error_rate=outcomes.error_rate(key),
-                throttled_share=outcomes.throttled_share(key),
-                client_error_share=outcomes.client_error_share(key),
-                p50_ms=ms(latency["p50"].get(key)),
-                p95_ms=ms(latency["p95"].get(key)),
-                p99_ms=ms(latency["p99"].get(key)),
-                ttft_p50_ms=ms(ttft["p50"].get(key)),
-                ttft_p95_ms=ms(ttft["p95"].get(key)),
-                tpot_p50_ms=ms(tpot["p50"].get(key)),
-                tpot_p95_ms=ms(tpot["p95"].get(key)),
-                output_tokens_per_second=ratio(tpot_calls.get(key), tpot_sum.get(key)),
-                tokens_input=counts.get("input", 0.0),
-                tokens_output=counts.get("output", 0.0),
-                token_efficiency=ratio(counts.get("output", 0.0), counts.get("input")),
-            )
+        if token_type == "input":
+            inputs[provider, model] = value
+        elif token_type == "output":
+            outputs[provider, model] = value
+    efficiency = ratios(outputs, inputs)
+    p50, p95, p99 = latency["p50"].get, latency["p95"].get, latency["p99"].get
+    ttft_p50, ttft_p95, tpot_p50, tpot_p95 = ttft["p50"].get, ttft["p95"].get, tpot["p50"].get, tpot["p95"].get
+    seen = {key[:2] for key in results.get("tokens_total", {})}
+    models = [
+        ModelSummary(
+            provider=key[0],
+            model=key[1],
+            requests_total=totals.get(key, 0.0),
+            requests_per_second=calls.get(key),
+            error_rate=error_rates.get(key),
+            throttled_share=throttled.get(key),
+            client_error_share=caller_faults.get(key),
+            p50_ms=p50(key),
+            p95_ms=p95(key),
+            p99_ms=p99(key),
+            ttft_p50_ms=ttft_p50(key),
+            ttft_p95_ms=ttft_p95(key),
+            tpot_p50_ms=tpot_p50(key),
+            tpot_p95_ms=tpot_p95(key),
+            output_tokens_per_second=output_speed.get(key),
+            tokens_input=inputs.get(key, 0.0),
+            tokens_output=outputs.get(key, 0.0),
+            token_efficiency=efficiency.get(key),
         )
+        for key in sorted(set(totals) | set(outcomes.calls) | seen)
+    ]
     return ModelsSummary(total_models=len(models), models=models)
 
 
@@ -277,12 +312,12 @@ def build_performance(results: Results) -> PerformanceSummary:
     return PerformanceSummary(
         requests_per_second=number(requests),
         error_rate=ratio(errors, scored) if http else None,
-        p50_ms=ms(http_latency["p50"].get(())),
-        p95_ms=ms(http_latency["p95"].get(())),
-        p99_ms=ms(http_latency["p99"].get(())),
-        inference_p50_ms=ms(inference["p50"].get(())),
-        inference_p95_ms=ms(inference["p95"].get(())),
-        inference_p99_ms=ms(inference["p99"].get(())),
+        p50_ms=http_latency["p50"].get(()),
+        p95_ms=http_latency["p95"].get(()),
+        p99_ms=http_latency["p99"].get(()),
+        inference_p50_ms=inference["p50"].get(()),
+        inference_p95_ms=inference["p95"].get(()),
+        inference_p99_ms=inference["p99"].get(()),
         ttft_p95_ms=ms(quantiles_by(ttft, 0.95).get(())),
         tpot_p95_ms=ms(quantiles_by(results.get("tpot_buckets_all", {}), 0.95).get(())),
         database_p95_ms=ms(quantiles_by(results.get("database_buckets", {}), 0.95).get(())),

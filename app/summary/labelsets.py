@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import keyword
-from collections.abc import ItemsView, Iterator, KeysView, Mapping, ValuesView
+from collections.abc import ItemsView, Iterator, KeysView, Mapping, Sequence, ValuesView
 from typing import cast
 
 import msgspec
@@ -75,3 +75,25 @@ def label_set(names: frozenset[str]) -> type[LabelSet]:
     # which checks every label (app.summary.backend.parse_response).
     return cast(type[LabelSet], msgspec.defstruct("Labels", fields, bases=(LabelSet,), frozen=True, gc=False,
                                                   forbid_unknown_fields=True))
+
+
+_ENCODER = msgspec.json.Encoder()
+#: How an empty label value is written in a label set's JSON. Inside a JSON string every
+#: quote is escaped, so these bytes can only be a field's name ending and an empty value.
+_EMPTY_VALUE = b'":""'
+
+
+def held_values(sets: Sequence[LabelSet]) -> tuple[int, int]:
+    """How many non-empty label values ``sets`` (of one label set type) hold, and their
+    characters (exact for values without JSON escapes, more otherwise), from one JSON
+    encoding of them all: an answer's tens of thousands of values are counted in C, not
+    read one attribute at a time (a few milliseconds a summary at fleet scale)."""
+    if not sets:
+        return 0, 0
+    names = type(sets[0]).__struct_fields__
+    encoded = _ENCODER.encode(sets)
+    # ``[`` ``]`` and a comma between sets; per set ``{`` ``}``, a comma between fields
+    # and each field's ``"name":""`` around its value.
+    framing = 1 + len(sets) * (2 + len(names) + sum(len(name) + 5 for name in names))
+    values = len(sets) * len(names) - encoded.count(_EMPTY_VALUE)
+    return values, len(encoded) - framing

@@ -57,12 +57,19 @@ def many_quantiles_by(
             buckets = groups[coarse] = {}
         buckets[bound] = buckets.get(bound, 0.0) + value
     by_q: dict[float, Result] = {q: {} for q in qs}
+    # Groups with no quantile defined (a recording rule's group holds its lone ``+Inf``
+    # bucket beside its quantiles) take each quantile's undefined value in one go.
+    undefined: list[tuple[str, ...]] = []
     for coarse, buckets in groups.items():
         cumulative = _cumulative(buckets)
+        if cumulative is None:
+            undefined.append(coarse)
+            continue
         for q in qs:
             by_q[q][coarse] = _quantile(q, cumulative)
-    for q, computed in given.items():
-        by_q[q].update(computed)
+    for q in qs:
+        by_q[q].update(dict.fromkeys(undefined, _quantile(q, None)))
+        by_q[q].update(given.get(q, {}))
     return by_q
 
 
@@ -120,8 +127,10 @@ Cumulative = tuple[list[float], list[float]] | None
 
 
 def _cumulative(buckets: dict[float, float]) -> Cumulative:
+    if len(buckets) < 2:
+        return None
     bounds = sorted(buckets)
-    if len(bounds) < 2 or bounds[-1] != math.inf:
+    if bounds[-1] != math.inf:
         return None
     counts = [buckets[bound] for bound in bounds]
     for index in range(1, len(counts)):  # counts must not decrease (scrape races)

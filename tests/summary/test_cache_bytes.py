@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
+import tracemalloc
 from collections.abc import Iterator
 
 import pytest
@@ -15,9 +17,9 @@ from support.model_fleet import ModelFleet
 from app.catalogue import Category
 from app.scoring import HealthTracker
 from app.settings import Settings
-from app.summary.backend import PrometheusBackend
+from app.summary.backend import PrometheusBackend, parse_response, result_nbytes
 from app.summary.caches import bounded, keep
-from app.summary.service import SummaryService
+from app.summary.service import PACKED_LABELS, SummaryService
 from app.summary.snapshots import Snapshots
 from app.topn import TopLists
 
@@ -115,6 +117,22 @@ def test_backend_answer_bigger_than_the_budget_is_served_and_not_kept(fake: Faul
             assert batch.errors == [] and len(batch.results["q"].samples) == 400
             assert fake.request_count == expected_requests  # asked again: nothing was kept
         assert backend.cached_bytes == 0
+
+
+@pytest.mark.parametrize("into", [None, PACKED_LABELS], ids=["dicts", "label sets"])
+def test_an_answer_is_charged_what_it_holds(into: type | None) -> None:
+    body = envelope(result=[{"metric": {"provider": "p", "model": f"model-{n}", "le": "0.5",
+                                        "summary_query": "inference_buckets"}, "value": [0, "1"]}
+                            for n in range(3000)])
+    parse_response(200, body, into=into)  # the decoders made, caches warm
+    gc.collect()
+    tracemalloc.start()
+    try:
+        answer = parse_response(200, body, into=into)
+        held, _ = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert 0.9 * held <= result_nbytes(answer) <= 1.1 * held
 
 
 # --- the caches' rule ---------------------------------------------------------------------

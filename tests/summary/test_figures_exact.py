@@ -98,18 +98,16 @@ def test_outcomes_by_class() -> None:
     assert outcomes.errors == {("a",): 3.0}
     assert outcomes.throttled == {("a",): 2.0}
     assert outcomes.caller_faults == {("a",): 2.0}
-    assert outcomes.error_rate(("a",)) == 0.3
-    assert outcomes.throttled_share(("a",)) == 0.125
-    assert outcomes.client_error_share(("a",)) == 0.125
-    for figure in (outcomes.error_rate, outcomes.throttled_share, outcomes.client_error_share):
-        assert figure(("b",)) is None
+    assert outcomes.error_rates() == {("a",): 0.3}  # b: no finite calls, no figure
+    assert outcomes.throttled_shares() == {("a",): 0.125}
+    assert outcomes.client_error_shares() == {("a",): 0.125}
 
 
 def test_a_class_without_calls_is_a_zero_share_of_the_calls() -> None:
     outcomes = Outcomes.of({("p", "m", "success"): 4.0}, lambda key: key[:1])
-    assert outcomes.error_rate(("p",)) == 0.0
-    assert outcomes.throttled_share(("p",)) == 0.0
-    assert outcomes.client_error_share(("p",)) == 0.0
+    assert outcomes.error_rates() == {("p",): 0.0}
+    assert outcomes.throttled_shares() == {("p",): 0.0}
+    assert outcomes.client_error_shares() == {("p",): 0.0}
 
 
 @pytest.mark.parametrize(

@@ -7,8 +7,10 @@ from collections.abc import Mapping
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from app.summary.labelsets import label_set
+from app.summary.labelsets import held_values, label_set
 
 Labels = label_set(frozenset({"provider", "model", "le"}))
 
@@ -42,3 +44,20 @@ def test_a_series_with_a_label_the_set_does_not_hold_is_not_read_into_it() -> No
 def test_names_that_cannot_be_fields_are_refused(name: str) -> None:
     with pytest.raises(ValueError, match="cannot hold"):
         label_set(frozenset({"provider", name}))
+
+
+_VALUES = st.text(max_size=6)
+_SETS = st.lists(st.builds(Labels, provider=_VALUES, model=_VALUES, le=_VALUES), max_size=8)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_SETS)
+def test_held_values_are_counted_from_the_sets_encoding(sets: list[msgspec.Struct]) -> None:
+    values = [value for labels in sets for value in msgspec.structs.astuple(labels) if value]
+    counted, chars = held_values(sets)  # type: ignore[arg-type]
+    assert counted == len(values)
+    # A value JSON writes with escapes (a quote, a control character) or in several UTF-8
+    # bytes counts as more characters than it has: an estimate that errs on the high side.
+    plain = all(value.isascii() and value.isprintable() and '"' not in value and "\\" not in value
+                for value in values)
+    assert chars == sum(map(len, values)) if plain else chars >= sum(map(len, values))
