@@ -859,6 +859,10 @@ class HealthTracker:
     def _at(self, now: float, at: float) -> str:
         return self._wall(now, at).strftime("%H:%M:%S")
 
+    def _probed(self, state: _Provider, now: float) -> bool:
+        """Whether active probes test the provider (one ended within ``max_cooldown_s``)."""
+        return now - state.last_probe < self.config.max_cooldown_s
+
     def _retrial_due(self, state: _Provider, provider: str, now: float) -> bool:
         """Whether a provider ranked out by its score is due one call to test it again.
 
@@ -868,7 +872,7 @@ class HealthTracker:
         config = self.config
         if now - state.last_granted < config.open_cooldown_s:
             return False
-        if now - state.last_probe < config.max_cooldown_s:
+        if self._probed(state, now):
             due = max(state.last_granted + config.open_cooldown_s, state.probe_run.two_heard_since(state.last_granted))
         else:
             due = state.last_granted + config.max_cooldown_s
@@ -944,7 +948,16 @@ class HealthTracker:
                     excluded.append(((blocked_until, -health.score, index), name))
                     continue
                 idle = self._retrial_due(state, name, now)
-                trial_first = 0.0 if health.circuit is Circuit.HALF_OPEN else 1.0 if not idle else 0.9
+                if health.circuit is Circuit.HALF_OPEN:
+                    # A trial goes first, so the circuit closes as soon as its trials pass;
+                    # but once one has passed, a probed provider still ranked out by its
+                    # score waits for its retrial (0.8, see rank): its probes, not the
+                    # users' calls, show it back, and a partial failure (a rising error rate)
+                    # passes one trial in two, so trials in a row would spend calls on it.
+                    paced = breaker.trials_passed > 0 and not idle and self._probed(state, now)
+                    trial_first = 0.8 if paced else 0.0
+                else:
+                    trial_first = 1.0 if not idle else 0.9
                 cost = self._ewma_now(state, now) * (state.in_flight + 1)
                 eligible.append((trial_first, health.score, cost, index, name))
         best = max((score for _, score, _, _, _ in eligible), default=0.0)
@@ -965,6 +978,8 @@ class HealthTracker:
             tier = tier_of(score)
             if trial_first == 0.9 and tier <= 0:
                 trial_first = 1.0  # among the best it gets calls anyway: no retrial needed
+            elif trial_first == 0.8:
+                trial_first = 0.0 if tier <= 0 else 1.0  # among the best, its trial goes first
             return (trial_first, tier, cost, index)
 
         eligible.sort(key=rank)

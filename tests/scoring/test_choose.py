@@ -2,7 +2,8 @@
 docs/HEALTH.md ("choose"), on hand-made providers.
 
 Rules, in order: open, throttled and quota-locked providers go last (the soonest back
-first), a half-open provider with a trial free goes first, then a provider ranked out whose
+first), a half-open provider with a trial free goes first (once one of its trials passed, a
+probed provider ranked out waits for its retrial), then a provider ranked out whose
 retrial is due, then by score where scores within ``tie_band`` of the best are equals, then
 equals by load (peak-EWMA of latency times calls in flight plus one), then the caller's order.
 """
@@ -237,6 +238,50 @@ def test_a_provider_ranked_out_is_retried_once_max_cooldown_s_passed_without_cal
     assert tracker.choose(["well", "sick"]).order == ["sick", "well"]
     tracker.allow("sick")  # the retrial goes: the next is due 10 s later
     assert tracker.choose(["well", "sick"]).order == ["well", "sick"]
+
+
+def one_trial_passed(tracker: HealthTracker, clock: FakeClock, probed: bool) -> None:
+    """``p`` tripped by five 503s beside ``well``, half-open (by a passed probe, or at the
+    end of its cooldown), and its first trial passed: its score still ranks it out."""
+    for _ in range(5):
+        tracker.record("p", duration_s=0.1, status_code=503)
+    tracker.record("well", duration_s=0.5)
+    clock.advance(1.0 if probed else 5.0)
+    if probed:
+        tracker.record_probe("p", True)
+    permit = tracker.allow("p")
+    assert permit
+    tracker.record("p", duration_s=0.5, permit=permit)
+    assert tracker.status("p").circuit == "half_open"
+
+
+def test_after_a_passed_trial_a_probed_provider_ranked_out_waits_for_its_retrial(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    one_trial_passed(tracker, clock, probed=True)
+    clock.advance(1.0)
+    tracker.record_probe("p", True)
+    tracker.record_probe("p", True)  # two passes since its trial: due once open_cooldown_s passed
+    assert tracker.choose(["well", "p"]).order == ["well", "p"]
+
+    clock.advance(4.0)  # 5 s since its trial
+
+    assert tracker.choose(["well", "p"]).order == ["p", "well"]
+
+
+def test_after_a_passed_trial_an_unprobed_provider_sends_its_next_trial_first(
+    tracker: HealthTracker, clock: FakeClock
+) -> None:
+    one_trial_passed(tracker, clock, probed=False)  # its trials are all that can show it back
+
+    assert tracker.choose(["well", "p"]).order == ["p", "well"]
+
+
+def test_after_a_passed_trial_a_probed_provider_among_the_best_goes_first(clock: FakeClock) -> None:
+    tracker = make(clock, tie_band=1.0)  # every score an equal
+    one_trial_passed(tracker, clock, probed=True)
+
+    assert tracker.choose(["well", "p"]).order == ["p", "well"]
 
 
 def test_a_half_open_provider_goes_before_a_retrial(tracker: HealthTracker, clock: FakeClock) -> None:
