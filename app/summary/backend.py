@@ -73,8 +73,9 @@ ErrorKind = Literal[
 ]
 
 #: Answers kept (fresh ones and last good ones alike), and their bytes at most. A summary
-#: is six packed requests per window. The models pack of a fleet of 1,000 models is about
-#: 32,000 samples, some 15 MB parsed (about 450 bytes a sample), so 32 MiB holds every pack
+#: is a dozen packed requests per window (app.summary.promql.packs_for). The per-model
+#: answers of a fleet of 1,000 models are about 32,000 samples, some 15 MB parsed (about
+#: 450 bytes a sample), so 32 MiB holds every pack
 #: of the default window of such a fleet, and those of many windows of a smaller one;
 #: callers asking for distinct windows cannot grow the process past it.
 MAX_CACHED_QUERIES = 4096

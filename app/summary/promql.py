@@ -386,8 +386,8 @@ def packed_promql(queries: list[Query], window_s: int, extra: tuple[Matcher, ...
     """Several queries as one PromQL request: each one's series tagged with its name.
 
     Every query is one backend round trip and about a millisecond of the client's CPU,
-    so a category's queries travel together; the backend evaluates them in one request
-    and :func:`unpack` splits the answer. The series cannot collide: each carries its
+    so a category's queries travel together (:func:`packs_for`); the backend evaluates
+    them in one request and :func:`unpack` splits the answer. The series cannot collide: each carries its
     query's name in PACK_LABEL. Queries named in ``recorded`` read their recorded series.
     """
     return " or ".join(
@@ -443,9 +443,14 @@ def _keys(by: tuple[str, ...], labels: list[Mapping[str, str]]) -> Iterable[tupl
 
 
 def packs_for(categories: list[Category], recorded: frozenset[str] = frozenset()) -> dict[str, list[Query]]:
-    """The queries of ``categories`` as one pack per category, each query in one pack,
-    and none whose figure is summed from another one of them (DERIVED). ``recorded``:
-    the queries read from their recorded series."""
+    """The queries of ``categories`` as packs, each query in one pack, and none whose
+    figure is summed from another one of them (DERIVED). ``recorded``: the queries read
+    from their recorded series.
+
+    A category's queries travel together (named after the category), but for those by
+    model: each travels alone, named after itself. At fleet scale they hold most of a
+    summary's series (providers x models), and Prometheus evaluates a request on one core:
+    apart, the backend evaluates them side by side (benchmarks/summary_scale.py)."""
     summable = {query.name for query in queries_for(categories) if not query.reads_quantiles(recorded)}
     packs: dict[str, list[Query]] = {}
     seen: set[str] = set()
@@ -453,8 +458,10 @@ def packs_for(categories: list[Category], recorded: frozenset[str] = frozenset()
         pack = [query for query in SUMMARY_QUERIES[category]
                 if query.name not in seen and DERIVED.get(query.name) not in summable]
         seen.update(query.name for query in pack)
-        if pack:
-            packs[category.value] = pack
+        packs.update((query.name, [query]) for query in pack if "model" in query.by)
+        together = [query for query in pack if "model" not in query.by]
+        if together:
+            packs[category.value] = together
     return packs
 
 

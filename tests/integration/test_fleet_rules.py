@@ -116,7 +116,11 @@ def test_every_query_of_a_summary_carries_its_instant(ruled: Recording) -> None:
     summary = ruled.summary()
     assert len(ruled.batches) == 1  # one batch, every pack in it
     texts, at = ruled.batches[0]
-    assert len(texts) == 6 and at is not None
+    # A pack per category and one per query by model (app.summary.promql.packs_for).
+    assert set(texts) == {"system", "providers", "calls_per_second", "calls_total", "inference_buckets",
+                          "ttft_buckets", "tpot_buckets", "tpot_sum", "tokens_total", "business",
+                          "performance", "fleet_health"}
+    assert at is not None
     assert summary.timestamp.timestamp() == pytest.approx(at, abs=1e-3)
 
 

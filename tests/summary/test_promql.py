@@ -150,6 +150,18 @@ def test_derive_sums_the_finer_figure_in_its_order() -> None:
 _INFERENCE = next(query for query in SUMMARY_QUERIES[Category.MODELS] if query.name == "inference_buckets")
 
 
+def test_a_query_by_model_travels_alone_and_the_others_with_their_category() -> None:
+    packs = packs_for(list(Category))
+    for name, pack in packs.items():
+        by_model = [query for query in pack if "model" in query.by]
+        assert by_model == [] or (pack == by_model and [query.name for query in pack] == [name])
+    names = [query.name for pack in packs.values() for query in pack]
+    assert len(names) == len(set(names))  # each query once
+    assert "models" not in packs  # every figure of it is by model
+    assert {"calls_per_second", "inference_buckets", "tokens_total"} <= set(packs)
+    assert [query.name for query in packs["system"]] == [query.name for query in SUMMARY_QUERIES[Category.SYSTEM]]
+
+
 def test_per_model_buckets_read_as_recorded_quantiles_leave_the_fleet_figure_to_its_own_record() -> None:
     everything = list(Category)
     asked = {query.name for pack in packs_for(everything).values() for query in pack}
