@@ -11,9 +11,12 @@ from collections.abc import Iterator
 import pytest
 from fastapi.testclient import TestClient
 
+from app.catalogue import Category
 from app.main import create_app
 from app.settings import Settings
 from app.summary.backend import PING_TIMEOUT_S
+from app.summary.promql import packs_for
+from app.summary.service import FLEET_PACK
 from tests.support.faulty_backend import FaultyBackend, Reply, envelope
 
 DEADLINE_S = 0.5
@@ -111,14 +114,16 @@ def test_warnings_are_reported_as_partial(client: TestClient, fake: FaultyBacken
 
 def test_backend_errors_are_merged_not_repeated_per_query(client: TestClient, fake: FaultyBackend) -> None:
     fake.stop()
-    summary = client.get(SUMMARY).json()  # every category: five packs, one error
+    summary = client.get(SUMMARY).json()  # every category: a dozen requests, one error
     unreachable = [error for error in summary["errors"] if error["kind"] == "unreachable"]
     assert len(unreachable) == 1
-    assert unreachable[0]["query"] == "system, providers, models, business, performance, fleet_health"
+    assert unreachable[0]["query"] == ", ".join([*packs_for(list(Category)), FLEET_PACK])
     summary, _ = timed_summary(client)
     unreachable = [error for error in summary["errors"] if error["kind"] == "unreachable"]
     assert len(unreachable) == 1
-    assert unreachable[0]["query"] == "models"  # the pack of the models category
+    # The models category's requests: each of its queries is by model, and travels alone.
+    assert unreachable[0]["query"] == ", ".join(packs_for([Category.MODELS]))
+    assert "inference_buckets" in unreachable[0]["query"]
 
 
 def test_ready_reports_a_down_backend_without_failing(client: TestClient, fake: FaultyBackend) -> None:
