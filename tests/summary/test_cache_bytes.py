@@ -125,14 +125,16 @@ def test_an_answer_is_charged_what_it_holds(into: type | None) -> None:
                                         "summary_query": "inference_buckets"}, "value": [0, "1"]}
                             for n in range(3000)])
     parse_response(200, body, into=into)  # the decoders made, caches warm
-    gc.collect()
-    tracemalloc.start()
-    try:
-        answer = parse_response(200, body, into=into)
-        held, _ = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert 0.9 * held <= result_nbytes(answer) <= 1.1 * held
+    held = []
+    for _ in range(3):  # the least of three: another thread of the suite may allocate meanwhile
+        gc.collect()
+        tracemalloc.start()
+        try:
+            answer = parse_response(200, body, into=into)
+            held.append(tracemalloc.get_traced_memory()[0])
+        finally:
+            tracemalloc.stop()
+    assert 0.9 * min(held) <= result_nbytes(answer) <= 1.1 * min(held)
 
 
 # --- the caches' rule ---------------------------------------------------------------------
