@@ -75,9 +75,9 @@ ErrorKind = Literal[
 #: Answers kept (fresh ones and last good ones alike), and their bytes at most. A summary
 #: is a dozen packed requests per window (app.summary.promql.packs_for). The per-model
 #: answers of a fleet of 1,000 models are about 32,000 samples, some 15 MB parsed (about
-#: 450 bytes a sample), so 32 MiB holds every pack
-#: of the default window of such a fleet, and those of many windows of a smaller one;
-#: callers asking for distinct windows cannot grow the process past it.
+#: 450 bytes a sample), so 32 MiB holds every pack of the default window of such a fleet,
+#: and those of many windows of a smaller one; callers asking for distinct windows cannot
+#: grow the process past it.
 MAX_CACHED_QUERIES = 4096
 MAX_CACHED_BYTES = 32 * 2**20
 #: /ready must answer fast even when the backend hangs.

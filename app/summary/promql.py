@@ -387,8 +387,9 @@ def packed_promql(queries: list[Query], window_s: int, extra: tuple[Matcher, ...
 
     Every query is one backend round trip and about a millisecond of the client's CPU,
     so a category's queries travel together (:func:`packs_for`); the backend evaluates
-    them in one request and :func:`unpack` splits the answer. The series cannot collide: each carries its
-    query's name in PACK_LABEL. Queries named in ``recorded`` read their recorded series.
+    them in one request and :func:`unpack` splits the answer. The series cannot collide:
+    each carries its query's name in PACK_LABEL. Queries named in ``recorded`` read
+    their recorded series.
     """
     return " or ".join(
         f'label_replace({text}, "{PACK_LABEL}", "{query.name}", "", "")'
@@ -458,8 +459,12 @@ def packs_for(categories: list[Category], recorded: frozenset[str] = frozenset()
         pack = [query for query in SUMMARY_QUERIES[category]
                 if query.name not in seen and DERIVED.get(query.name) not in summable]
         seen.update(query.name for query in pack)
-        packs.update((query.name, [query]) for query in pack if "model" in query.by)
-        together = [query for query in pack if "model" not in query.by]
+        together = []
+        for query in pack:
+            if "model" in query.by:
+                packs[query.name] = [query]
+            else:
+                together.append(query)
         if together:
             packs[category.value] = together
     return packs
