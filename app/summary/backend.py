@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -646,27 +646,44 @@ class PrometheusBackend:
     # --- queries ----------------------------------------------------------------------
 
     def query_many(self, queries: Mapping[str, str], deadline_s: float | None = None, *,
-                   at: float | None = None, into: type[LabelSet] | None = None) -> BatchResult:
+                   at: float | None = None, into: type[LabelSet] | None = None,
+                   on_answer: Callable[[str, QueryResult], None] | None = None) -> BatchResult:
         """Run the named instant queries in parallel, all within ``deadline_s`` (by
         default the backend's), all evaluated at ``at`` (Unix seconds; the backend's
         "now" when None); never raises for anything the backend does. ``into``: the
-        series' labels are read into that label set (app.summary.labelsets)."""
+        series' labels are read into that label set (app.summary.labelsets).
+
+        ``on_answer(name, result)`` is called in the calling thread for each answer as it
+        settles (fresh, cached or the last good one), the first while later ones are
+        still on their way: the caller reads each answer while waiting for the rest."""
         deadline_s = deadline_s or self.deadline_s
         deadline = time.monotonic() + deadline_s
-        outcomes: dict[str, Outcome] = {}
-        pending: dict[str, Future[Outcome]] = {}
+        batch = BatchResult({})
+        pending: dict[Future[Outcome], list[str]] = {}
         for name, text in queries.items():
             cached = self._cached((text, into), at)
             if cached is not None:
-                outcomes[name] = cached
+                self._settle(batch, name, text, into, cached, on_answer)
             else:
-                pending[name] = self._submit((text, into), deadline, at)
-        wait(pending.values(), timeout=max(0.0, deadline - time.monotonic()))
-        for name, future in pending.items():
-            answered = future.done() and not future.cancelled()  # cancelled: close() ran meanwhile
-            outcomes[name] = future.result() if answered else BackendError(
-                "timeout", f"no answer within the {deadline_s:g} s deadline")
-        return self._assemble(queries, into, outcomes)
+                pending.setdefault(self._submit((text, into), deadline, at), []).append(name)
+        try:
+            for future in as_completed(pending, timeout=max(0.0, deadline - time.monotonic())):
+                names = pending.pop(future)
+                if future.cancelled():  # close() ran meanwhile
+                    pending[future] = names
+                    continue
+                for name in names:
+                    self._settle(batch, name, queries[name], into, future.result(), on_answer)
+        except TimeoutError:
+            pass
+        for names in pending.values():
+            for name in names:
+                timeout = BackendError("timeout", f"no answer within the {deadline_s:g} s deadline")
+                self._settle(batch, name, queries[name], into, timeout, on_answer)
+        # In the order asked, whatever the order of arrival: the same answer every time.
+        order = {name: index for index, name in enumerate(queries)}
+        return BatchResult({name: batch.results[name] for name in queries if name in batch.results},
+                           sorted(batch.errors, key=lambda error: order[error.query or ""]))
 
     @property
     def cached_bytes(self) -> int:
@@ -713,23 +730,22 @@ class PrometheusBackend:
                 keep(self._kept, asked, kept)
         return outcome
 
-    def _assemble(self, queries: Mapping[str, str], into: type[LabelSet] | None,
-                  outcomes: Mapping[str, Outcome]) -> BatchResult:
-        results: dict[str, QueryResult] = {}
-        errors: list[BackendError] = []
-        for name, text in queries.items():
-            outcome = outcomes[name]
-            if isinstance(outcome, BackendError):
-                errors.append(replace(outcome, query=name))
-                with self._lock:
-                    last = self._kept.get((text, into))
-                if last is None:
-                    continue
-                outcome = replace(last.result, stale=True)
-            results[name] = outcome
-            if outcome.warnings:
-                errors.append(BackendError("partial", "; ".join(outcome.warnings), name))
-        return BatchResult(results, errors)
+    def _settle(self, batch: BatchResult, name: str, text: str, into: type[LabelSet] | None, outcome: Outcome,
+                on_answer: Callable[[str, QueryResult], None] | None) -> None:
+        """Add one query's outcome to ``batch``: its answer, or its error and its last good
+        answer (stale), if any."""
+        if isinstance(outcome, BackendError):
+            batch.errors.append(replace(outcome, query=name))
+            with self._lock:
+                last = self._kept.get((text, into))
+            if last is None:
+                return
+            outcome = replace(last.result, stale=True)
+        batch.results[name] = outcome
+        if outcome.warnings:
+            batch.errors.append(BackendError("partial", "; ".join(outcome.warnings), name))
+        if on_answer is not None:
+            on_answer(name, outcome)
 
     # --- one request --------------------------------------------------------------------
 

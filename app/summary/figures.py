@@ -217,58 +217,97 @@ def build_providers(results: Results, health: Mapping[str, HealthFigures]) -> Pr
     )
 
 
-def build_models(results: Results) -> ModelsSummary:
-    """Every model's row. At fleet scale (hundreds of models) each figure is computed a
-    column at a time (:func:`numbers`, :func:`ratios`, :func:`milliseconds`), and a row
-    only looks its figures up."""
-    by_model: Group = lambda key: key[:2]  # noqa: E731
-    outcomes = Outcomes.of(results.get("calls_per_second", {}), by_model)
-    calls = numbers(outcomes.calls)
-    error_rates, throttled, caller_faults = outcomes.error_rates(), outcomes.throttled_shares(), \
-        outcomes.client_error_shares()
-    totals = results.get("calls_total", {})
-    latency = _percentiles(results.get("inference_buckets", {}), by_model)
-    ttft = _percentiles(results.get("ttft_buckets", {}), by_model)
-    tpot_buckets = results.get("tpot_buckets", {})
-    tpot = _percentiles(tpot_buckets, by_model)
+_BY_MODEL: Group = lambda key: key[:2]  # noqa: E731
+
+
+def _call_columns(calls_per_second: Result) -> dict[str, Result]:
+    outcomes = Outcomes.of(calls_per_second, _BY_MODEL)
+    return {"requests_per_second": numbers(outcomes.calls), "error_rate": outcomes.error_rates(),
+            "throttled_share": outcomes.throttled_shares(), "client_error_share": outcomes.client_error_shares()}
+
+
+def _percentile_columns(prefix: str, *labels: str) -> Callable[[Result], dict[str, Result]]:
+    def columns(buckets: Result) -> dict[str, Result]:
+        by_label = _percentiles(buckets, _BY_MODEL)
+        return {f"{prefix}{label}_ms": by_label[label] for label in labels}
+    return columns
+
+
+def _pace_columns(tpot_buckets: Result, tpot_sum: Result) -> dict[str, Result]:
     # Streamed calls per second over the seconds per second they spent per token after the
     # first: 1 / the mean time per output token (models.OUTPUT_TOKENS_PER_SECOND).
-    output_speed = ratios(observations_by(tpot_buckets, by_model), results.get("tpot_sum", {}), None)
+    return {"output_tokens_per_second": ratios(observations_by(tpot_buckets, _BY_MODEL), tpot_sum, None)}
+
+
+def _token_columns(tokens_total: Result) -> dict[str, Result]:
     inputs: Result = {}
     outputs: Result = {}
-    for (provider, model, token_type), value in results.get("tokens_total", {}).items():
+    for (provider, model, token_type), value in tokens_total.items():
         if token_type == "input":
             inputs[provider, model] = value
         elif token_type == "output":
             outputs[provider, model] = value
-    efficiency = ratios(outputs, inputs)
-    p50, p95, p99 = latency["p50"].get, latency["p95"].get, latency["p99"].get
-    ttft_p50, ttft_p95, tpot_p50, tpot_p95 = ttft["p50"].get, ttft["p95"].get, tpot["p50"].get, tpot["p95"].get
-    seen = {key[:2] for key in results.get("tokens_total", {})}
-    models = [
-        ModelSummary(
-            provider=key[0],
-            model=key[1],
-            requests_total=totals.get(key, 0.0),
-            requests_per_second=calls.get(key),
-            error_rate=error_rates.get(key),
-            throttled_share=throttled.get(key),
-            client_error_share=caller_faults.get(key),
-            p50_ms=p50(key),
-            p95_ms=p95(key),
-            p99_ms=p99(key),
-            ttft_p50_ms=ttft_p50(key),
-            ttft_p95_ms=ttft_p95(key),
-            tpot_p50_ms=tpot_p50(key),
-            tpot_p95_ms=tpot_p95(key),
-            output_tokens_per_second=output_speed.get(key),
-            tokens_input=inputs.get(key, 0.0),
-            tokens_output=outputs.get(key, 0.0),
-            token_efficiency=efficiency.get(key),
-        )
-        for key in sorted(set(totals) | set(outcomes.calls) | seen)
-    ]
-    return ModelsSummary(total_models=len(models), models=models)
+    return {"tokens_input": inputs, "tokens_output": outputs, "token_efficiency": ratios(outputs, inputs)}
+
+
+#: The models table's columns, in groups each computed from the answers it names.
+_MODEL_COLUMNS: tuple[tuple[tuple[str, ...], Callable[..., dict[str, Result]]], ...] = (
+    (("calls_per_second",), _call_columns),
+    (("calls_total",), lambda totals: {"requests_total": totals}),
+    (("inference_buckets",), _percentile_columns("", "p50", "p95", "p99")),
+    (("ttft_buckets",), _percentile_columns("ttft_", "p50", "p95")),
+    (("tpot_buckets",), _percentile_columns("tpot_", "p50", "p95")),
+    (("tpot_buckets", "tpot_sum"), _pace_columns),
+    (("tokens_total",), lambda tokens: {"_tokens": tokens}),
+    (("tokens_total",), _token_columns),
+)
+#: Columns a model's row reads as 0 rather than null when it has none.
+_ZERO_WHEN_MISSING = frozenset({"requests_total", "tokens_input", "tokens_output"})
+
+
+class ModelTable:
+    """The models table, a column at a time (hundreds of models at fleet scale: a row
+    only looks its figures up). Each group of columns is computed as soon as the answers
+    it reads are in: :meth:`add` as each answer arrives, so the columns of the first are
+    computed while the last still travel; :meth:`summary` computes what is left and
+    assembles the rows."""
+
+    def __init__(self) -> None:
+        self.columns: dict[str, Result] = {}
+        self._pending = list(_MODEL_COLUMNS)
+
+    def add(self, results: Results) -> None:
+        """Compute every group of columns whose answers are all in ``results``."""
+        for group in [group for group in self._pending if all(name in results for name in group[0])]:
+            self._compute(group, results)
+
+    def summary(self, results: Results) -> ModelsSummary:
+        for group in list(self._pending):  # a missing answer reads as no series
+            self._compute(group, results)
+        columns = self.columns
+        # A model has a row once it made a call or used a token in the window.
+        keys = columns["requests_total"].keys() | columns["requests_per_second"].keys() | \
+            {key[:2] for key in columns["_tokens"]}
+        figures = [(name, column.get) for name, column in columns.items() if not name.startswith("_")]
+        models = []
+        for key in sorted(keys):
+            row = {name: get(key) for name, get in figures}
+            for name in _ZERO_WHEN_MISSING:
+                if row[name] is None:
+                    row[name] = 0.0
+            models.append(ModelSummary(provider=key[0], model=key[1], **row))
+        return ModelsSummary(total_models=len(models), models=models)
+
+    def _compute(self, group: tuple[tuple[str, ...], Callable[..., dict[str, Result]]], results: Results) -> None:
+        self._pending.remove(group)
+        names, compute = group
+        self.columns.update(compute(*(results.get(name, {}) for name in names)))
+
+
+def build_models(results: Results, table: ModelTable | None = None) -> ModelsSummary:
+    """Every model's row, from ``table`` where the columns were computed as the answers
+    arrived."""
+    return (table or ModelTable()).summary(results)
 
 
 def _top(table: SpaceSaving, n: int) -> list[TopEntry]:
@@ -349,12 +388,13 @@ def build_metrics(
     health: Mapping[str, HealthFigures],
     top_n: int,
     top_lists: TopLists,
+    models: ModelTable | None = None,
 ) -> SummaryMetrics:
     metrics = SummaryMetrics()
     if Category.PROVIDERS in categories:
         metrics.providers = build_providers(results, health)
     if Category.MODELS in categories:
-        metrics.models = build_models(results)
+        metrics.models = build_models(results, models)
     if Category.BUSINESS in categories:
         metrics.business = build_business(results, top_n, top_lists)
     if Category.PERFORMANCE in categories:

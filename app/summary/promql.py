@@ -100,14 +100,18 @@ class Recorded:
     labels: tuple[str, ...]
     window_s: int | None = 300
     #: A bucket record's quantiles recorded per group, (q, record): read instead of its
-    #: buckets, with the ``+Inf`` bucket alone for the observations. Quantiles do not add
-    #: up across jobs: these are read only while one job holds them (app.summary.rules).
+    #: buckets. Quantiles do not add up across jobs: these are read only while one job
+    #: holds them (app.summary.rules).
     quantiles: tuple[tuple[float, str], ...] = ()
+    #: With quantiles: the ``+Inf`` bucket is read too, for a figure that needs the
+    #: observations (the output speed of time per output token).
+    observations: bool = False
 
     @property
     def records(self) -> tuple[str, ...]:
         """Every record this figure reads."""
-        return (self.record, *(record for _, record in self.quantiles))
+        quantiles = tuple(record for _, record in self.quantiles)
+        return (self.record, *quantiles) if self.observations or not quantiles else quantiles
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,14 +173,16 @@ class Query:
         recorded = self.recorded
         by = ", ".join(self.by)
         if recorded.quantiles:
-            # The observations (``+Inf``) and each quantile of every group, under ``le``
-            # (app.summary.quantiles.quantile_le): a few series per group, not 13 buckets.
-            # ``> -Inf`` drops the NaN of idle groups, which have no observations either.
-            selector = _selector(recorded.record, (*extra, Matcher("le", "=", "+Inf")))
+            # Each quantile of every group, under ``le`` (app.summary.quantiles.quantile_le),
+            # and the observations (``+Inf``) if wanted: a few series per group, not 13
+            # buckets. ``> -Inf`` drops the NaN of idle groups, so only groups with
+            # observations answer, as :func:`active_groups` keeps of the buckets.
             groups = ", ".join(label for label in self.by if label != "le")
-            parts = [f"sum by ({by}) (max by ({', '.join(('job', *recorded.labels))}) ({selector}))"]
-            parts += [f'label_replace(max by ({groups}) ({_selector(record, extra)}) > -Inf, '
-                      f'"le", "{quantile_le(q)}", "", "")' for q, record in recorded.quantiles]
+            parts = [f'label_replace(max by ({groups}) ({_selector(record, extra)}) > -Inf, '
+                     f'"le", "{quantile_le(q)}", "", "")' for q, record in recorded.quantiles]
+            if recorded.observations:
+                selector = _selector(recorded.record, (*extra, Matcher("le", "=", "+Inf")))
+                parts.insert(0, f"sum by ({by}) (max by ({', '.join(('job', *recorded.labels))}) ({selector}))")
             return " or ".join(parts)
         copies = f"max by ({', '.join(('job', *recorded.labels))}) ({_selector(recorded.record, extra)})"
         return f"{self.aggregate} by ({by}) ({copies})" if by else f"{self.aggregate}({copies})"
@@ -189,9 +195,10 @@ def _selector(metric: str, matchers: Iterable[Matcher]) -> str:
 
 def active_groups(result: Result) -> Result:
     """A bucket query's result, keyed (le, *labels), without the groups that had no
-    observations in the window (their ``+Inf`` bucket did not grow)."""
-    active = {key[1:] for key, value in result.items() if key[0] == "+Inf" and value > 0}
-    return {key: value for key, value in result.items() if key[1:] in active}
+    observations in the window (their ``+Inf`` bucket did not grow). Recorded quantiles
+    read without their ``+Inf`` bucket answer only for groups with observations."""
+    idle = {key[1:] for key, value in result.items() if key[0] == "+Inf" and not value > 0}
+    return {key: value for key, value in result.items() if key[1:] not in idle} if idle else result
 
 
 def one_per_instance(metric: str, inner: str) -> str:
@@ -248,11 +255,11 @@ def buckets(name: str, histogram: str, *by: str, recorded: Recorded | None = Non
 CALLS_RECORD = Recorded("job_provider_model_status:model_inference_requests:rate5m", ("provider", "model", "status"))
 
 
-def _per_model_buckets(histogram: str, *qs: float) -> Recorded:
+def _per_model_buckets(histogram: str, *qs: float, observations: bool = False) -> Recorded:
     """A histogram's bucket rates per model and the quantiles ``qs`` per model, recorded."""
     quantiles = tuple((q, f"job_provider_model:{histogram}:p{round(q * 100)}_rate5m") for q in qs)
     return Recorded(f"job_provider_model_le:{histogram}_bucket:rate5m", ("provider", "model", "le"),
-                    quantiles=quantiles)
+                    quantiles=quantiles, observations=observations)
 
 
 def _fleet_buckets(histogram: str) -> Recorded:
@@ -263,7 +270,7 @@ def _fleet_buckets(histogram: str) -> Recorded:
 #: The per-model percentiles the summaries show (app.summary.models.ModelSummary).
 INFERENCE_RECORD = _per_model_buckets("model_inference_duration_seconds", 0.5, 0.95, 0.99)
 TTFT_RECORD = _per_model_buckets("gatewayz_time_to_first_token_seconds", 0.5, 0.95)
-TPOT_RECORD = _per_model_buckets("gatewayz_time_per_output_token_seconds", 0.5, 0.95)
+TPOT_RECORD = _per_model_buckets("gatewayz_time_per_output_token_seconds", 0.5, 0.95, observations=True)
 INFERENCE_FLEET_RECORD = _fleet_buckets("model_inference_duration_seconds")
 TTFT_FLEET_RECORD = _fleet_buckets("gatewayz_time_to_first_token_seconds")
 TPOT_FLEET_RECORD = _fleet_buckets("gatewayz_time_per_output_token_seconds")
@@ -388,14 +395,15 @@ def packed_promql(queries: list[Query], window_s: int, extra: tuple[Matcher, ...
     Every query is one backend round trip and about a millisecond of the client's CPU,
     so a category's queries travel together (:func:`packs_for`); the backend evaluates
     them in one request and :func:`unpack` splits the answer. The series cannot collide:
-    each carries its query's name in PACK_LABEL. Queries named in ``recorded`` read
-    their recorded series.
+    each carries its query's name in PACK_LABEL. A query alone is sent as it is: every
+    series is its. Queries named in ``recorded`` read their recorded series.
     """
-    return " or ".join(
-        f'label_replace({text}, "{PACK_LABEL}", "{query.name}", "", "")'
-        for query in queries
-        for text in (query.recorded_promql(extra) if query.name in recorded else query.promql(window_s, extra),)
-    )
+    texts = [query.recorded_promql(extra) if query.name in recorded else query.promql(window_s, extra)
+             for query in queries]
+    if len(queries) == 1:
+        return texts[0]
+    return " or ".join(f'label_replace({text}, "{PACK_LABEL}", "{query.name}", "", "")'
+                       for query, text in zip(queries, texts, strict=True))
 
 
 def unpack(labels: Sequence[Mapping[str, str]], values: Sequence[float], queries: list[Query]) -> dict[str, Result]:
@@ -405,6 +413,8 @@ def unpack(labels: Sequence[Mapping[str, str]], values: Sequence[float], queries
     attributes, a column at a time."""
     if len(labels) != len(values):
         raise ValueError(f"{len(labels)} label sets for {len(values)} values")
+    if len(queries) == 1:  # sent as it is (:func:`packed_promql`)
+        return {queries[0].name: _result(queries[0], labels, values)}
     rows: dict[str, tuple[list[Mapping[str, str]], list[float]]] = {query.name: ([], []) for query in queries}
     # The backend answers each query's series together (``or`` keeps its operands' order):
     # the answer is cut at each change of name, a slice at a time, not a sample at a time.
@@ -417,19 +427,19 @@ def unpack(labels: Sequence[Mapping[str, str]], values: Sequence[float], queries
             row[0].extend(labels[start:end])
             row[1].extend(values[start:end])
         start = end
-    results: dict[str, Result] = {}
-    for query in queries:
-        query_labels, query_values = rows[query.name]
-        result = dict(zip(_keys(query.by, query_labels), query_values, strict=True))
-        results[query.name] = active_groups(result) if query.active_only else result
-    return results
+    return {query.name: _result(query, *rows[query.name]) for query in queries}
+
+
+def _result(query: Query, labels: Sequence[Mapping[str, str]], values: Sequence[float]) -> Result:
+    result = dict(zip(_keys(query.by, labels), values, strict=True))
+    return active_groups(result) if query.active_only else result
 
 
 def _read_into_sets(labels: Sequence[Mapping[str, str]]) -> bool:
     return bool(labels) and isinstance(labels[0], LabelSet)
 
 
-def _keys(by: tuple[str, ...], labels: list[Mapping[str, str]]) -> Iterable[tuple[str, ...]]:
+def _keys(by: tuple[str, ...], labels: Sequence[Mapping[str, str]]) -> Iterable[tuple[str, ...]]:
     """Each series' values of the labels ``by`` ("" for one it lacks), in order."""
     if not by:
         return [()] * len(labels)

@@ -24,9 +24,9 @@ from pydantic import SecretStr
 from app.catalogue import Category
 from app.scoring import HealthTracker
 from app.settings import Settings
-from app.summary.backend import BackendError, PrometheusBackend
+from app.summary.backend import BackendError, PrometheusBackend, QueryResult
 from app.summary.caches import bounded, keep
-from app.summary.figures import HealthFigures, build_metrics
+from app.summary.figures import HealthFigures, ModelTable, build_metrics
 from app.summary.fleet_health import FLEET_HEALTH_QUERIES, fleet_health
 from app.summary.labelsets import label_set
 from app.summary.models import BackendReadiness, Summary, SummaryError, SummarySource
@@ -194,12 +194,15 @@ class SummaryService:
             fleet_recorded = self._recorded(fleet, health_window)
             recorded |= fleet_recorded
             texts[FLEET_PACK] = packed_promql(fleet, health_window, self.extra_matchers, fleet_recorded)
-        batch = self.backend.query_many(texts, at=at, into=PACKED_LABELS)
         results: dict[str, Result] = {}
-        for name, pack in packs.items():
-            answer = batch.results.get(name)
-            if answer is not None:
-                results.update(unpack(answer.labels, answer.values, pack))
+        models = ModelTable() if Category.MODELS in categories else None
+
+        def read(name: str, answer: QueryResult) -> None:  # each answer as it arrives, while the rest travel
+            results.update(unpack(answer.labels, answer.values, packs[name]))
+            if models is not None:
+                models.add(results)
+
+        batch = self.backend.query_many(texts, at=at, into=PACKED_LABELS, on_answer=read)
         answered = frozenset(results)
         errors = summary_errors(batch.errors)
         missing = [q for q in queries if q.name not in results]
@@ -211,7 +214,7 @@ class SummaryService:
         _add_derived(results, [*queries_for(categories), *(FLEET_HEALTH_QUERIES if fleet_answered else ())])
         health = fleet_health(results, self.tracker.config) if fleet_answered else local_health(self.tracker)
         return self._summary(source, window, categories, results, health, batch.stale, errors,
-                             at=at, recorded=sorted(recorded & answered))
+                             at=at, recorded=sorted(recorded & answered), models=models)
 
     def _recorded(self, queries: list[Query], window: int) -> frozenset[str]:
         """The names of ``queries`` to read from their recorded series over ``window``."""
@@ -258,6 +261,7 @@ class SummaryService:
         *,
         at: float | None = None,
         recorded: list[str] | None = None,
+        models: ModelTable | None = None,
     ) -> Summary:
         return Summary(
             timestamp=datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC),
@@ -266,7 +270,7 @@ class SummaryService:
             window_seconds=window,
             stale=stale,
             errors=errors,
-            metrics=build_metrics(categories, results, health, self.settings.top_n, self.top_lists),
+            metrics=build_metrics(categories, results, health, self.settings.top_n, self.top_lists, models),
         )
 
     def readiness(self) -> BackendReadiness:

@@ -139,7 +139,7 @@ def test_the_answers_read_into_label_sets_hold_what_they_hold_read_as_dicts(
     recording: Recording = request.getfixturevalue(which)
     recording.summary()
     [(texts, at)], [options] = recording.batches, recording.options
-    assert options == {"into": PACKED_LABELS}
+    assert options["into"] is PACKED_LABELS and callable(options["on_answer"])
     backend = recording.service.backend
     assert backend is not None
     read_into, read = backend.query_many(texts, at=at, into=PACKED_LABELS), backend.query_many(texts, at=at)
@@ -155,8 +155,10 @@ def test_recorded_series_are_read_while_the_rules_evaluate(ruled: Recording) -> 
     assert summary.source == "prometheus" and summary.errors == []
     assert set(summary.recorded_queries) == EXPECTED_RECORDED
     text = " ".join(ruled.batches[0][0].values())
-    assert "job_provider_model_le:model_inference_duration_seconds_bucket:rate5m{le=\"+Inf\"}" in text
-    # Per model, the recorded percentiles rather than the buckets; the fleet's from its own record.
+    # Per model, the recorded percentiles rather than the buckets, and the observations
+    # only where a figure needs them; the fleet's from its own record.
+    assert "job_provider_model_le:model_inference_duration_seconds_bucket:rate5m" not in text
+    assert "job_provider_model_le:gatewayz_time_per_output_token_seconds_bucket:rate5m{le=\"+Inf\"}" in text
     assert "job_provider_model:gatewayz_time_to_first_token_seconds:p95_rate5m" in text
     assert "job_le:model_inference_duration_seconds_bucket:rate5m" in text
     assert "rate(model_inference_duration_seconds_bucket" not in text

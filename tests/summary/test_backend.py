@@ -354,6 +354,42 @@ def test_queries_run_in_parallel(fake: FaultyBackend) -> None:
     assert sorted(request.form["query"] for request in fake.requests) == [f"vector({i})" for i in range(4)]
 
 
+def test_each_answer_is_read_as_it_arrives(fake: FaultyBackend) -> None:
+    # The slow query is held until the fast one's answer has been read: were answers read
+    # only once all had arrived, the slow one would wait for the deadline and fail.
+    fast_read = threading.Event()
+    fake.replies["vector(2)"] = Reply(body=envelope(result=[{"metric": {}, "value": [0, "2"]}]), hold=fast_read)
+    read: list[tuple[str, float | None]] = []
+
+    def on_answer(name: str, answer: QueryResult) -> None:
+        read.append((name, answer.value()))
+        fast_read.set()
+
+    with PrometheusBackend(fake.url, deadline_s=BOUND_S) as backend:
+        batch = backend.query_many({"slow": "vector(2)", "fast": QUERY}, on_answer=on_answer)
+    assert read == [("fast", 1.0), ("slow", 2.0)]
+    assert batch.errors == [] and list(batch.results) == ["slow", "fast"]  # the order asked
+
+
+def test_answers_settle_in_the_order_asked_whatever_their_arrival(
+        fake: FaultyBackend, warm_backend: PrometheusBackend) -> None:
+    # "q" fails (the last good answer is read, stale), "new" has none to fall back on, and
+    # "late" arrives last: results and errors come in the order asked all the same.
+    arrived = threading.Event()
+    fake.reply = Reply(status=500, body=b"down", content_type="text/plain")
+    fake.replies["vector(3)"] = Reply(hold=arrived)
+    read: list[tuple[str, bool]] = []
+
+    def on_answer(name: str, answer: QueryResult) -> None:
+        read.append((name, answer.stale))
+        arrived.set()
+
+    batch = warm_backend.query_many({"late": "vector(3)", "q": QUERY, "new": "vector(4)"}, on_answer=on_answer)
+    assert read == [("q", True), ("late", False)]  # an error with no last good answer reads nothing
+    assert list(batch.results) == ["late", "q"]
+    assert [(error.query, error.kind) for error in batch.errors] == [("q", "http_error"), ("new", "http_error")]
+
+
 def test_concurrent_batches_share_one_request_per_query(fake: FaultyBackend) -> None:
     fake.reply = Reply(delay_s=0.2)
     with PrometheusBackend(fake.url) as backend:

@@ -9,12 +9,15 @@ import math
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from app.catalogue import Category
 from app.scoring.outcome import Outcome
 from app.summary.figures import (
     PERCENTILES,
     HealthFigures,
+    ModelTable,
     Outcomes,
     _http_outcome,
     build_business,
@@ -253,6 +256,20 @@ def test_input_tokens_without_output_tokens_are_a_zero_efficiency() -> None:
     (model,) = build_models({"tokens_total": {("a", "m", "input"): 10.0}}).models
     assert (model.requests_total, model.tokens_input, model.tokens_output, model.token_efficiency) == (
         0.0, 10.0, 0.0, 0.0)
+
+
+@given(order=st.permutations(tuple(models_results())), answered=st.integers(0, len(models_results())))
+def test_the_models_table_is_the_same_whatever_order_its_answers_arrive_in(
+        order: list[str], answered: int) -> None:
+    # Answers arrive one at a time, some never: each group of columns is computed once all
+    # it reads are in, the rest when the rows are assembled.
+    every = models_results()
+    results: dict[str, Result] = {}
+    table = ModelTable()
+    for name in order[:answered]:
+        results[name] = every[name]
+        table.add(results)
+    assert build_models(results, table) == build_models(results)
 
 
 # --- business --------------------------------------------------------------------------

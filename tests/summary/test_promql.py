@@ -15,12 +15,14 @@ from app.summary.promql import (
     INFERENCE_RECORD,
     PACK_LABEL,
     SUMMARY_QUERIES,
+    TPOT_RECORD,
     Matcher,
     active_groups,
     buckets,
     current,
     derive,
     escape_label_value,
+    packed_promql,
     packs_for,
     rate,
     unpack,
@@ -87,6 +89,15 @@ def test_unpack_keeps_the_bucket_groups_with_observations() -> None:
     assert unpack(labels, [1.0, 2.0, 0.0, 0.0], _PACK)["latency"] == {("1.0", "busy"): 1.0, ("+Inf", "busy"): 2.0}
 
 
+def test_recorded_quantiles_read_without_observations_keep_their_groups() -> None:
+    # Idle groups answer no quantile (``> -Inf`` drops their NaN): every group is active.
+    result = {("q0.5", "a", "m"): 0.2, ("q0.95", "a", "m"): 0.9, ("q0.5", "b", "n"): 0.1}
+    assert active_groups(result) == result
+    # Beside the observations, a group whose +Inf did not grow is idle.
+    observed = {**result, ("+Inf", "a", "m"): 3.0, ("+Inf", "b", "n"): 0.0}
+    assert active_groups(observed) == {key: value for key, value in observed.items() if key[1] == "a"}
+
+
 _LABEL_VALUES = st.sampled_from(["a", "b", "c"])
 
 
@@ -148,6 +159,7 @@ def test_derive_sums_the_finer_figure_in_its_order() -> None:
 
 
 _INFERENCE = next(query for query in SUMMARY_QUERIES[Category.MODELS] if query.name == "inference_buckets")
+_TPOT = next(query for query in SUMMARY_QUERIES[Category.MODELS] if query.name == "tpot_buckets")
 
 
 def test_a_query_by_model_travels_alone_and_the_others_with_their_category() -> None:
@@ -172,12 +184,30 @@ def test_per_model_buckets_read_as_recorded_quantiles_leave_the_fleet_figure_to_
     assert "ttft_buckets_all" not in asked  # its per-model buckets still read raw
 
 
-def test_recorded_quantiles_come_under_le_beside_the_observations() -> None:
+def test_recorded_quantiles_come_under_le() -> None:
     text = _INFERENCE.recorded_promql((Matcher("job", "=", "gw"),))
     parts = text.split(" or ")
-    assert parts[0] == ('sum by (le, provider, model) (max by (job, provider, model, le) '
-                        '(job_provider_model_le:model_inference_duration_seconds_bucket:rate5m{job="gw",le="+Inf"}))')
-    assert parts[2] == ('label_replace(max by (provider, model) '
+    assert parts[1] == ('label_replace(max by (provider, model) '
                         '(job_provider_model:model_inference_duration_seconds:p95_rate5m{job="gw"}) > -Inf, '
                         '"le", "q0.95", "", "")')
-    assert len(parts) == 4 and INFERENCE_RECORD.records[1:] == tuple(record for _, record in INFERENCE_RECORD.quantiles)
+    # The observations are not read: nothing of the models table needs them.
+    assert len(parts) == 3 and INFERENCE_RECORD.records == tuple(record for _, record in INFERENCE_RECORD.quantiles)
+
+
+def test_recorded_quantiles_come_beside_the_observations_a_figure_needs() -> None:
+    # The output speed is the observations (+Inf) over the sum.
+    text = _TPOT.recorded_promql((Matcher("job", "=", "gw"),))
+    parts = text.split(" or ")
+    assert parts[0] == ('sum by (le, provider, model) (max by (job, provider, model, le) '
+                        '(job_provider_model_le:gatewayz_time_per_output_token_seconds_bucket:rate5m'
+                        '{job="gw",le="+Inf"}))')
+    assert len(parts) == 3 and TPOT_RECORD.records == (
+        TPOT_RECORD.record, *(record for _, record in TPOT_RECORD.quantiles))
+
+
+def test_a_query_alone_travels_as_it_is() -> None:
+    assert packed_promql([_INFERENCE], 300) == _INFERENCE.promql(300)
+    answer = unpack([{"le": "+Inf", "provider": "a", "model": "m"}], [2.0], [_INFERENCE])
+    assert answer == {"inference_buckets": {("+Inf", "a", "m"): 2.0}}
+
+

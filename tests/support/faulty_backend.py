@@ -7,6 +7,7 @@ bodies, warnings. It also records every request, headers included.
     with FaultyBackend() as fake:                       # answers vector(1) until told otherwise
         fake.reply = Reply(status=502, body=b"<html>bad gateway</html>", content_type="text/html")
         fake.reply = Reply(delay_s=5)                   # slow past any test deadline
+        fake.replies["vector(2)"] = Reply(hold=event)   # that query only: held until event is set
         fake.request_count, fake.requests[-1].headers["authorization"]
         fake.stop()                                     # from now on, connections are refused
 """
@@ -43,6 +44,7 @@ class Reply:
     content_type: str = "application/json"
     delay_s: float = 0.0  # wait before answering: a slow backend
     cut_at: int | None = None  # announce the whole body's length, send this many bytes, hang up
+    hold: threading.Event | None = None  # wait until it is set (or the server stops) before answering
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,10 +66,12 @@ def read_request(handler: BaseHTTPRequestHandler) -> SeenRequest:
 
 
 class FaultyBackend:
-    """A threaded HTTP server on a free loopback port answering every request with ``reply``."""
+    """A threaded HTTP server on a free loopback port answering every request with ``reply``,
+    or a query named in ``replies`` with its own."""
 
     def __init__(self, reply: Reply = Reply()) -> None:
         self.reply = reply
+        self.replies: dict[str, Reply] = {}
         self.requests: list[SeenRequest] = []
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
@@ -115,10 +119,15 @@ class FaultyBackend:
                 self._answer()
 
             def _answer(self) -> None:
-                backend._record(read_request(self))
-                reply = backend.reply
+                request = read_request(self)
+                backend._record(request)
+                reply = backend.replies.get(request.form.get("query", ""), backend.reply)
                 if reply.delay_s and backend._stopping.wait(reply.delay_s):
                     return
+                if reply.hold is not None:
+                    while not reply.hold.wait(0.05):
+                        if backend._stopping.is_set():
+                            return
                 payload = reply.body if reply.cut_at is None else reply.body[: reply.cut_at]
                 try:
                     self.send_response(reply.status)
