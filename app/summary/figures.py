@@ -382,6 +382,31 @@ def build_system(results: Results) -> SystemSummary:
     )
 
 
+CategorySummary = ProvidersSummary | ModelsSummary | BusinessSummary | PerformanceSummary | SystemSummary
+
+
+def build_category(
+    category: Category,
+    results: Results,
+    health: Mapping[str, HealthFigures],
+    top_n: int,
+    top_lists: TopLists,
+    models: ModelTable | None = None,
+) -> CategorySummary:
+    """One category's figures (``models``: the models table's columns computed so far)."""
+    match category:
+        case Category.PROVIDERS:
+            return build_providers(results, health)
+        case Category.MODELS:
+            return build_models(results, models)
+        case Category.BUSINESS:
+            return build_business(results, top_n, top_lists)
+        case Category.PERFORMANCE:
+            return build_performance(results)
+        case Category.SYSTEM:
+            return build_system(results)
+
+
 def build_metrics(
     categories: list[Category],
     results: Results,
@@ -389,16 +414,12 @@ def build_metrics(
     top_n: int,
     top_lists: TopLists,
     models: ModelTable | None = None,
+    built: Mapping[Category, CategorySummary] | None = None,
 ) -> SummaryMetrics:
-    metrics = SummaryMetrics()
-    if Category.PROVIDERS in categories:
-        metrics.providers = build_providers(results, health)
-    if Category.MODELS in categories:
-        metrics.models = build_models(results, models)
-    if Category.BUSINESS in categories:
-        metrics.business = build_business(results, top_n, top_lists)
-    if Category.PERFORMANCE in categories:
-        metrics.performance = build_performance(results)
-    if Category.SYSTEM in categories:
-        metrics.system = build_system(results)
-    return metrics
+    """The categories asked for; those in ``built`` were built already."""
+    built = built or {}
+    return SummaryMetrics(**{
+        category.value: built[category] if category in built
+        else build_category(category, results, health, top_n, top_lists, models)
+        for category in Category if category in categories
+    })

@@ -7,6 +7,8 @@ With a backend, each category's named queries travel as one packed request
 that is a sum of another one of the summary is summed here rather than asked for
 (app.summary.promql.DERIVED), and figures the shipped recording rules hold for the
 window are read from their series while the backend evaluates them (app.summary.rules).
+Each answer is read as it arrives, and each category built as soon as the answers it
+reads are in (:class:`_Answers`), while the later answers are still on their way.
 A request that fails is answered from its last good value (``stale: true``) or, when it
 never had one, from the local registry, and ``errors`` says which and why.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 
 from cachetools import TTLCache
@@ -26,7 +28,7 @@ from app.scoring import HealthTracker
 from app.settings import Settings
 from app.summary.backend import BackendError, PrometheusBackend, QueryResult
 from app.summary.caches import bounded, keep
-from app.summary.figures import HealthFigures, ModelTable, build_metrics
+from app.summary.figures import CategorySummary, HealthFigures, ModelTable, build_category, build_metrics
 from app.summary.fleet_health import FLEET_HEALTH_QUERIES, fleet_health
 from app.summary.labelsets import label_set
 from app.summary.models import BackendReadiness, Summary, SummaryError, SummarySource
@@ -194,15 +196,9 @@ class SummaryService:
             fleet_recorded = self._recorded(fleet, health_window)
             recorded |= fleet_recorded
             texts[FLEET_PACK] = packed_promql(fleet, health_window, self.extra_matchers, fleet_recorded)
-        results: dict[str, Result] = {}
-        models = ModelTable() if Category.MODELS in categories else None
-
-        def read(name: str, answer: QueryResult) -> None:  # each answer as it arrives, while the rest travel
-            results.update(unpack(answer.labels, answer.values, packs[name]))
-            if models is not None:
-                models.add(results)
-
-        batch = self.backend.query_many(texts, at=at, into=PACKED_LABELS, on_answer=read)
+        answers = _Answers(self, categories, packs)
+        batch = self.backend.query_many(texts, at=at, into=PACKED_LABELS, on_answer=answers.read)
+        results = answers.results
         answered = frozenset(results)
         errors = summary_errors(batch.errors)
         missing = [q for q in queries if q.name not in results]
@@ -214,7 +210,7 @@ class SummaryService:
         _add_derived(results, [*queries_for(categories), *(FLEET_HEALTH_QUERIES if fleet_answered else ())])
         health = fleet_health(results, self.tracker.config) if fleet_answered else local_health(self.tracker)
         return self._summary(source, window, categories, results, health, batch.stale, errors,
-                             at=at, recorded=sorted(recorded & answered), models=models)
+                             at=at, recorded=sorted(recorded & answered), models=answers.models, built=answers.built)
 
     def _recorded(self, queries: list[Query], window: int) -> frozenset[str]:
         """The names of ``queries`` to read from their recorded series over ``window``."""
@@ -262,6 +258,7 @@ class SummaryService:
         at: float | None = None,
         recorded: list[str] | None = None,
         models: ModelTable | None = None,
+        built: Mapping[Category, CategorySummary] | None = None,
     ) -> Summary:
         return Summary(
             timestamp=datetime.now(UTC) if at is None else datetime.fromtimestamp(at, UTC),
@@ -270,7 +267,7 @@ class SummaryService:
             window_seconds=window,
             stale=stale,
             errors=errors,
-            metrics=build_metrics(categories, results, health, self.settings.top_n, self.top_lists, models),
+            metrics=build_metrics(categories, results, health, self.settings.top_n, self.top_lists, models, built),
         )
 
     def readiness(self) -> BackendReadiness:
@@ -289,7 +286,47 @@ class SummaryService:
             self.backend.close()
 
 
-def _add_derived(results: dict[str, Result], wanted: list[Query] | tuple[Query, ...]) -> None:
+class _Answers:
+    """A summary's answers, read as they arrive (``on_answer`` of
+    app.summary.backend.PrometheusBackend.query_many): each one unpacked, the models
+    table's columns computed from it, and each category built as soon as every answer its
+    figures read is in. When the last answer arrives, what is left is its own category;
+    a category missing an answer is built once the fallback has filled it in."""
+
+    def __init__(self, service: SummaryService, categories: list[Category], packs: Mapping[str, list[Query]]) -> None:
+        self.results: dict[str, Result] = {}
+        self.models = ModelTable() if Category.MODELS in categories else None
+        self.built: dict[Category, CategorySummary] = {}
+        self._service = service
+        self._packs = packs
+        asked = {query.name for pack in packs.values() for query in pack}
+
+        def reads(queries: Iterable[Query]) -> set[str]:  # a figure not asked for is summed from its finer one
+            return {query.name if query.name in asked else DERIVED[query.name] for query in queries}
+
+        self._waiting = {category: reads(SUMMARY_QUERIES[category]) for category in categories}
+        if Category.PROVIDERS in self._waiting:  # and the fleet's health
+            self._waiting[Category.PROVIDERS] |= reads(FLEET_HEALTH_QUERIES)
+
+    def read(self, name: str, answer: QueryResult) -> None:
+        self.results.update(unpack(answer.labels, answer.values, self._packs[name]))
+        if self.models is not None:
+            self.models.add(self.results)
+        for category in [category for category, reads in self._waiting.items() if reads <= self.results.keys()]:
+            del self._waiting[category]
+            self.built[category] = self._build(category)
+
+    def _build(self, category: Category) -> CategorySummary:
+        service, results = self._service, self.results
+        health: Mapping[str, HealthFigures] = {}
+        if category is Category.PROVIDERS:
+            _add_derived(results, FLEET_HEALTH_QUERIES)
+            health = fleet_health(results, service.tracker.config)
+        _add_derived(results, SUMMARY_QUERIES[category])
+        return build_category(category, results, health, service.settings.top_n, service.top_lists, self.models)
+
+
+def _add_derived(results: dict[str, Result], wanted: Iterable[Query]) -> None:
     """Sum the wanted figures that were not asked for from the finer ones (DERIVED)."""
     for query in wanted:
         finer = DERIVED.get(query.name)

@@ -4,6 +4,7 @@ Prometheus evaluates them (raw expressions otherwise, the same figures)."""
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -148,6 +149,40 @@ def test_the_answers_read_into_label_sets_hold_what_they_hold_read_as_dicts(
         assert {type(labels) for labels in answer.labels} <= {PACKED_LABELS}
         assert answer.values == read.results[name].values
         assert list(map(dict, answer.labels)) == list(map(dict, read.results[name].labels))
+
+
+@pytest.mark.parametrize("which", ["ruled", "bare"])
+@pytest.mark.parametrize("order", ["reversed", "shuffled"])
+def test_a_summary_is_the_same_whatever_order_its_answers_arrive_in(
+        which: str, order: str, request: pytest.FixtureRequest) -> None:
+    # Each category is built as soon as the answers it reads are in: as they arrive, then
+    # all after the last in another order, the same summary of the same instant.
+    recording: Recording = request.getfixturevalue(which)
+    service, backend = recording.service, recording.service.backend
+    assert backend is not None
+    at = service.instant()
+    service.instant = lambda: at  # type: ignore[method-assign]
+    as_they_came = recording.summary()
+    query_many = backend.query_many
+
+    def read_after_the_last(texts: Mapping[str, str], deadline_s: float | None = None, *,
+                            on_answer: Any = None, **options: Any) -> Any:
+        batch = query_many(texts, deadline_s, **options)
+        names = list(batch.results)
+        names.reverse() if order == "reversed" else random.Random(7).shuffle(names)
+        for name in names:
+            on_answer(name, batch.results[name])
+        return batch
+
+    backend.query_many = read_after_the_last  # type: ignore[method-assign]
+    at_the_end = service.summary(list(Category))
+    assert as_they_came.errors == at_the_end.errors == [] and at_the_end.metrics.models is not None
+    assert at_the_end.metrics.models.total_models > 0
+
+    def figures(summary: Summary) -> dict[str, Any]:  # the uptime moves on between the two
+        return summary.model_dump(exclude={"metrics": {"system": {"uptime_seconds"}}})
+
+    assert figures(at_the_end) == figures(as_they_came)
 
 
 def test_recorded_series_are_read_while_the_rules_evaluate(ruled: Recording) -> None:
