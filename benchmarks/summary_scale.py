@@ -14,8 +14,9 @@ a target of one job every ``--scrape-interval`` seconds (15, Prometheus' default
 told) and evaluates the rules as often. Each size first waits ``--fill`` seconds, so the
 5-minute rates read a full window of samples. The summary runs in this process
 (app.summary.service.SummaryService, every category, the default 300 s window); the limit is
-the same request bodies posted by one thread each, timed until the last body is read
-(the summary first, then the limit first, in turns).
+the same request bodies posted by eight threads (as many as the backend sends a summary's
+requests with), timed until the last body is read (the summary first, then the limit
+first, in turns).
 
 It also times this process's CPU per summary and per limit (every thread's, which the
 limit spends in its HTTP client alone): the difference is what the summary adds in Python.
@@ -180,7 +181,7 @@ def before_texts(window_s: int, health: Mapping[str, str]) -> dict[str, str]:
 
 def send_directly(url: str, texts: Mapping[str, str], at: float, pool: ThreadPoolExecutor,
                   sessions: threading.local) -> float:
-    """Milliseconds to post ``texts`` to Prometheus, one thread each, until every body is read."""
+    """Milliseconds to post ``texts`` to Prometheus on ``pool``'s threads, until every body is read."""
 
     def one(text: str) -> int:
         session = getattr(sessions, "session", None)
