@@ -413,6 +413,36 @@ def test_basic_auth_is_sent(fake: FaultyBackend) -> None:
     assert fake.requests[-1].headers["authorization"] == "Basic " + base64.b64encode(b"grafana:pa:ss").decode()
 
 
+@pytest.fixture
+def no_proxy_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """An environment without proxies, and a home of its own (for ~/.netrc)."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    return monkeypatch
+
+
+def test_the_environments_proxy_is_used(no_proxy_settings: pytest.MonkeyPatch, fake: FaultyBackend) -> None:
+    # Read once per connection rather than by requests at every request: still honoured.
+    no_proxy_settings.setenv("HTTP_PROXY", fake.url)
+    with PrometheusBackend("http://prometheus.invalid:9090") as backend:
+        assert backend.query_many({"q": QUERY}).errors == []
+    assert fake.requests[-1].headers["host"] == "prometheus.invalid:9090"
+
+
+def test_netrc_credentials_are_sent_unless_the_settings_give_some(
+        no_proxy_settings: pytest.MonkeyPatch, tmp_path: Path, fake: FaultyBackend) -> None:
+    (tmp_path / ".netrc").write_text("machine 127.0.0.1 login netrc-user password netrc-pass\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    with PrometheusBackend(fake.url) as backend:
+        assert backend.query_many({"q": QUERY}).errors == []
+    assert fake.requests[-1].headers["authorization"] == "Basic " + base64.b64encode(b"netrc-user:netrc-pass").decode()
+    with PrometheusBackend(fake.url, bearer_token="s3cret-token") as backend:
+        assert backend.query_many({"q": QUERY}).errors == []
+    assert fake.requests[-1].headers["authorization"] == "Bearer s3cret-token"
+
+
 def test_bearer_token_and_basic_auth_together_are_refused() -> None:
     with pytest.raises(ValueError, match="not both"):
         PrometheusBackend("http://127.0.0.1:9090", bearer_token="t", basic_auth=("u", "p"))
