@@ -208,7 +208,9 @@ class SummaryService:
         source: SummarySource = "local" if len(missing) == len(queries) else "prometheus"
         fleet_answered = FLEET_PACK in batch.results
         _add_derived(results, [*queries_for(categories), *(FLEET_HEALTH_QUERIES if fleet_answered else ())])
-        health = fleet_health(results, self.tracker.config) if fleet_answered else local_health(self.tracker)
+        health: Mapping[str, HealthFigures] = {}
+        if Category.PROVIDERS in categories and Category.PROVIDERS not in answers.built:
+            health = fleet_health(results, self.tracker.config) if fleet_answered else local_health(self.tracker)
         return self._summary(source, window, categories, results, health, batch.stale, errors,
                              at=at, recorded=sorted(recorded & answered), models=answers.models, built=answers.built)
 
