@@ -250,7 +250,9 @@ def _token_columns(tokens_total: Result) -> dict[str, Result]:
             inputs[provider, model] = value
         elif token_type == "output":
             outputs[provider, model] = value
-    return {"tokens_input": inputs, "tokens_output": outputs, "token_efficiency": ratios(outputs, inputs)}
+    # Every token type counts for the rows (_tokens): a model that used any has one.
+    return {"tokens_input": inputs, "tokens_output": outputs, "token_efficiency": ratios(outputs, inputs),
+            "_tokens": tokens_total}
 
 
 #: The models table's columns, in groups each computed from the answers it names.
@@ -261,7 +263,6 @@ _MODEL_COLUMNS: tuple[tuple[tuple[str, ...], Callable[..., dict[str, Result]]], 
     (("ttft_buckets",), _percentile_columns("ttft_", "p50", "p95")),
     (("tpot_buckets",), _percentile_columns("tpot_", "p50", "p95")),
     (("tpot_buckets", "tpot_sum"), _pace_columns),
-    (("tokens_total",), lambda tokens: {"_tokens": tokens}),
     (("tokens_total",), _token_columns),
 )
 #: Columns a model's row reads as 0 rather than null when it has none.
