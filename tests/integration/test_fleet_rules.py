@@ -154,7 +154,7 @@ def test_the_answers_read_into_label_sets_hold_what_they_hold_read_as_dicts(
 @pytest.mark.parametrize("which", ["ruled", "bare"])
 @pytest.mark.parametrize("order", ["reversed", "shuffled"])
 def test_a_summary_is_the_same_whatever_order_its_answers_arrive_in(
-        which: str, order: str, request: pytest.FixtureRequest) -> None:
+        which: str, order: str, request: pytest.FixtureRequest, demo: tuple[MetricsServer, MetricsServer]) -> None:
     # Each category is built as soon as the answers it reads are in: as they arrive, then
     # all after the last in another order, the same summary of the same instant.
     recording: Recording = request.getfixturevalue(which)
@@ -162,6 +162,13 @@ def test_a_summary_is_the_same_whatever_order_its_answers_arrive_in(
     assert backend is not None
     at = service.instant()
     service.instant = lambda: at  # type: ignore[method-assign]
+    # Both summaries once every scrape and rule evaluation up to that instant is written:
+    # one still being written would add a sample between them.
+    prometheus = demo[0] if which == "ruled" else demo[1]
+    series = ["up", *(({record for recorded in SUMMARY_RECORDS for record in recorded.records}) if which == "ruled"
+                      else ())]
+    poll(lambda: all(float(prometheus.query(f"max(timestamp({name}))")["result"][0]["value"][1]) > at
+                     for name in series), 20, "the scrapes and rule evaluations after the summary's instant")
     as_they_came = recording.summary()
     query_many = backend.query_many
 
